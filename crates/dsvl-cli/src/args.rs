@@ -1,0 +1,154 @@
+//! Command-line flags (clap derive). What the user typed, validated; resolved in `cmd::*`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dsvl",
+    version,
+    about = "Run DeepSeek-VL vision-language models locally: one binary, no Python.",
+    long_about = "Run DeepSeek-VL vision-language models locally: one binary, no Python.\n\n\
+        --model takes a local model folder (deepseek-ai/* or deepseek-community/* layout) or a Hugging Face \
+        repo id, which is looked up in the Hugging Face cache ($HF_HOME, default ~/.cache/huggingface) and \
+        downloaded there if absent ($HF_ENDPOINT honoured).",
+    after_help = "Examples:\n  \
+        dsvl run --model deepseek-ai/deepseek-vl-1.3b-chat --image receipt.jpg \"What is the total?\"\n  \
+        dsvl run --model ./deepseek-vl-7b-chat --messages conversation.json --max-tokens 256\n  \
+        dsvl chat --model ./deepseek-vl-1.3b-chat\n  \
+        dsvl inspect ./deepseek-vl-7b-chat"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log more (-v: debug timings, -vv: trace). Logs go to stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Answer one prompt (or a whole conversation from a file) and stream the answer to stdout.
+    #[command(after_help = "Examples:\n  \
+        dsvl run --model DIR --image a.jpg \"Describe this image.\"\n  \
+        dsvl run --model DIR --image a.jpg --image b.png \"<image_placeholder>A. <image_placeholder>B. Compare them.\"\n  \
+        dsvl run --model DIR --messages conversation.json\n  \
+        dsvl run --model DIR --image a.jpg --logprobs 5 --format jsonl \"What is this?\"\n\n\
+        Images without <image_placeholder> markers in the prompt are placed, one marker each, at the start of the user turn.\n\
+        conversation.json: [{\"role\": \"user\", \"content\": \"<image_placeholder>What is this?\", \"images\": [\"a.jpg\"]}, …]\n\
+        (roles system/user/assistant, any case; image paths relative to the JSON file's folder).")]
+    Run(RunArgs),
+    /// Interactive multi-turn chat (/image PATH, /clear, /system TEXT, /exit).
+    Chat(ChatArgs),
+    /// Describe a model folder (layout, architecture, sizes, dtype, tokenizer) and report problems, without loading the weights.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model folder, or a Hugging Face repo id such as deepseek-ai/deepseek-vl-1.3b-chat.
+    #[arg(short, long)]
+    pub model: String,
+    /// Compute dtype. f32 is exact to the reference on CPU; bf16/f16 halve the memory.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
+    /// CPU threads for tensor maths (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Refuse images with more pixels than this, before decoding them.
+    #[arg(long, default_value_t = dsvl::image::DEFAULT_MAX_PIXELS)]
+    pub max_image_pixels: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// System prompt (default: the official DeepSeek-VL one).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Maximum number of new tokens.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 = greedy (deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling mass (used when temperature > 0).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Keep the k most likely tokens (used when temperature > 0; 0 disables it). The default 50 matches
+    /// the reference's transformers generate().
+    #[arg(long, default_value_t = 50)]
+    pub top_k: usize,
+    /// Penalise tokens already generated (1.0 = off; the official chat demos use 1.1).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// Seed for sampling: the same seed gives the same text.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when the answer contains this string (repeatable); the string is not printed.
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Keep generating after the end-of-sentence token (benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Image file (JPEG, PNG, WebP, GIF, BMP, TIFF); repeat for several images.
+    #[arg(short, long)]
+    pub image: Vec<PathBuf>,
+    /// A whole conversation as JSON (see below) instead of PROMPT and --image.
+    #[arg(long, conflicts_with_all = ["image", "prompt"])]
+    pub messages: Option<PathBuf>,
+    /// Report the K most likely alternatives with logprobs for every token (use with --format jsonl).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub logprobs: Option<u32>,
+    /// Output format: plain text, or one JSON object per token and a final summary.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// The question (may contain <image_placeholder> markers, one per --image).
+    #[arg(required_unless_present = "messages")]
+    pub prompt: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Model folder or Hugging Face repo id (from the local cache only).
+    pub model: String,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl DtypeArg {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            DtypeArg::F32 => candle_core::DType::F32,
+            DtypeArg::Bf16 => candle_core::DType::BF16,
+            DtypeArg::F16 => candle_core::DType::F16,
+        }
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Jsonl,
+}

@@ -1,0 +1,78 @@
+//! `dsvl inspect`: what a model folder holds, from its headers only.
+
+use anyhow::Context;
+use dsvl::config::{ModelSpec, VisionSpec};
+use dsvl::weights::Checkpoint;
+
+use crate::args::InspectArgs;
+use crate::model_path::resolve_model;
+
+pub fn run(a: InspectArgs) -> anyhow::Result<()> {
+    let dir = resolve_model(&a.model, false)?;
+    println!("folder:        {}", dir.display());
+    let spec = ModelSpec::from_dir(&dir).with_context(|| format!("while reading {}", dir.display()))?;
+    println!("layout:        {:?}", spec.layout);
+    match &spec.vision {
+        VisionSpec::Siglip(s) => println!(
+            "vision:        SigLIP {}px/{} width {} × {} layers, {} heads",
+            s.image_size, s.patch_size, s.width, s.layers, s.heads
+        ),
+        VisionSpec::Hybrid { sam, siglip } => {
+            println!(
+                "vision:        hybrid: SAM {}px width {} × {} layers (global {:?}, neck {}, downsample {:?}) + SigLIP {}px width {} × {} layers",
+                sam.image_size, sam.width, sam.layers, sam.global_attn_indexes, sam.neck_channels,
+                sam.downsample_channels, siglip.image_size, siglip.width, siglip.layers
+            )
+        }
+    }
+    println!(
+        "aligner:       {:?} depth {} ({} → {})",
+        spec.aligner.kind, spec.aligner.depth, spec.aligner.input_dim, spec.aligner.n_embed
+    );
+    let l = &spec.llm;
+    println!(
+        "language:      Llama hidden {} × {} layers, {} heads ({} kv), ffn {}, vocab {}, context {}",
+        l.hidden_size, l.num_layers, l.num_heads, l.num_kv_heads, l.intermediate_size, l.vocab_size,
+        l.max_position_embeddings
+    );
+    let p = &spec.processor;
+    println!(
+        "preprocessing: resize long side to {} (min {}), pad with {:?}, {} tokens per image ({})",
+        p.image_size, p.min_size, p.background, p.num_image_tokens, p.image_tag
+    );
+    let mut problems = Vec::new();
+    match Checkpoint::open(&dir, spec.layout, None) {
+        Ok(ck) => {
+            let n = ck.stored_names().count();
+            let dtype = ck
+                .stored_names()
+                .find(|n| n.contains("embed_tokens"))
+                .and_then(|n| ck.stored_dtype(n))
+                .unwrap_or_else(|| "?".into());
+            println!(
+                "weights:       {n} tensors, {:.2} GB, stored as {dtype}",
+                ck.total_bytes() as f64 / 1e9
+            );
+        }
+        Err(e) => problems.push(format!("weights: {e}")),
+    }
+    match dsvl::engine::load_tokenizer(&dir) {
+        Ok(t) => println!(
+            "tokenizer:     {} tokens; bos {} eos {} image {}",
+            t.vocab_size(),
+            t.bos_id(),
+            t.eos_id(),
+            t.image_id()
+        ),
+        Err(e) => problems.push(format!("tokenizer: {e}")),
+    }
+    if problems.is_empty() {
+        println!("problems:      none found");
+        Ok(())
+    } else {
+        for p in &problems {
+            println!("problem:       {p}");
+        }
+        anyhow::bail!("{} problem(s) found in {}", problems.len(), dir.display())
+    }
+}

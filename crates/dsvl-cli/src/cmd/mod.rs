@@ -1,0 +1,79 @@
+//! One module per subcommand, plus the model loading they share.
+
+pub mod chat;
+pub mod inspect;
+pub mod run;
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use dsvl::engine::{GenerateParams, LoadOptions, Pipeline};
+use dsvl::sampling::SamplingParams;
+
+use crate::args::{ModelArgs, SamplingArgs};
+use crate::model_path::resolve_model;
+
+/// Resolves `--model`, applies `--threads`, and loads the pipeline with a progress bar on a terminal.
+pub fn load_pipeline(m: &ModelArgs) -> anyhow::Result<Pipeline> {
+    if let Some(n) = m.threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        // candle's CPU kernels size their thread pools from RAYON_NUM_THREADS at first use.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    let dir = resolve_model(&m.model, true)?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "loading weights {bar:40.cyan/blue} {bytes}/{total_bytes} ({eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let progress: Option<dsvl::weights::Progress> = bar.clone().map(|bar| {
+        Arc::new(move |done: u64, total: u64| {
+            bar.set_length(total);
+            bar.set_position(done);
+        }) as dsvl::weights::Progress
+    });
+    let opts = LoadOptions {
+        dtype: m.dtype.dtype(),
+        progress,
+        max_image_pixels: m.max_image_pixels,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let pipeline =
+        Pipeline::load(&dir, &opts).with_context(|| format!("while loading the model from {}", dir.display()))?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    tracing::info!(
+        "loaded {} ({:?} layout, {:?}) in {:.1}s",
+        dir.display(),
+        pipeline.spec().layout,
+        m.dtype,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(pipeline)
+}
+
+pub fn generate_params(s: &SamplingArgs, logprobs: Option<usize>) -> GenerateParams {
+    GenerateParams {
+        sampling: SamplingParams {
+            temperature: s.temperature,
+            top_k: (s.top_k > 0).then_some(s.top_k),
+            top_p: s.top_p,
+            repetition_penalty: s.repetition_penalty,
+            seed: s.seed,
+            max_new_tokens: s.max_tokens,
+            stop: s.stop.clone(),
+            ..Default::default()
+        },
+        ignore_eos: s.ignore_eos,
+        logprobs,
+    }
+}

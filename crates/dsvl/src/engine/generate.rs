@@ -1,0 +1,206 @@
+//! The generation loop: vision → embedding merge → prefill → decode, one token per step (v1 §9–§10).
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use super::{Pipeline, Prepared};
+use crate::error::Result;
+use crate::sampling::processors::{log_softmax, top_logprobs};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::text::{DecodeStream, StopMatcher};
+
+/// Per-request generation settings.
+#[derive(Debug, Clone, Default)]
+pub struct GenerateParams {
+    /// Temperature, top-k/p, penalties, seed, max new tokens and stop strings.
+    pub sampling: SamplingParams,
+    /// Keep generating past EOS (benchmarks).
+    pub ignore_eos: bool,
+    /// Report this many top alternatives (with logprobs) per token; `None`: no logprobs.
+    pub logprobs: Option<usize>,
+}
+
+/// One generated token.
+#[derive(Debug, Clone)]
+pub struct TokenEvent {
+    pub id: u32,
+    /// Text that became final with this token (may be empty: an incomplete UTF-8 character or
+    /// text held back because it may start a stop string).
+    pub text: String,
+    /// The token's own text, decoded alone (for logprob reports).
+    pub token_text: String,
+    /// log p(token) under the model's raw distribution, when logprobs were requested.
+    pub logprob: Option<f32>,
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+/// What the decode loop reports.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A generated token and the text it completed.
+    Token(TokenEvent),
+    /// Text released at the end (held back by the UTF-8 window or a possible stop string).
+    Tail(String),
+}
+
+impl Event {
+    /// The text to show for this event.
+    pub fn text(&self) -> &str {
+        match self {
+            Event::Token(t) => &t.text,
+            Event::Tail(s) => s,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// EOS or a stop string.
+    Stop,
+    /// `max_new_tokens` reached.
+    Length,
+    /// The caller's callback asked to stop.
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    pub preprocess_ms: f64,
+    pub vision_ms: f64,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+}
+
+impl Timings {
+    pub fn time_to_first_token_ms(&self) -> f64 {
+        self.preprocess_ms + self.vision_ms + self.prefill_ms
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Generated ids (EOS excluded).
+    pub ids: Vec<u32>,
+    /// The answer text (stop string excluded).
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub timings: Timings,
+}
+
+impl Outcome {
+    pub fn completion_tokens(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+impl Pipeline {
+    /// Generates the assistant's answer for `prepared`, calling `on_event` for every token; the
+    /// callback returns `ControlFlow::Break(())` to stop (a disconnected client).
+    pub fn generate(
+        &self,
+        prepared: &Prepared,
+        params: &GenerateParams,
+        mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<Outcome> {
+        let sp = &params.sampling;
+        sp.validate()?;
+        let model = self.model();
+        let tok = self.tokenizer();
+        let mut timings = Timings {
+            preprocess_ms: prepared.preprocess_ms,
+            ..Default::default()
+        };
+
+        let t = Instant::now();
+        let image_embeds = match &prepared.pixels {
+            Some(p) => Some(model.encode_images(p)?),
+            None => None,
+        };
+        timings.vision_ms = ms(t);
+
+        let t = Instant::now();
+        let embeds = model.input_embeddings(&prepared.ids, tok.image_id(), image_embeds.as_ref())?;
+        let mut cache = model.llm().new_cache();
+        let mut logits = model.forward_embeds(&embeds, &mut cache)?.to_vec1::<f32>()?;
+        timings.prefill_ms = ms(t);
+
+        let t = Instant::now();
+        let mut sampler = Sampler::new(sp)?;
+        let mut stream = DecodeStream::new(|ids: &[u32]| tok.decode(ids, true));
+        let mut stops = StopMatcher::new(&sp.stop)?;
+        let mut ids = Vec::new();
+        let mut text = String::new();
+        let mut finish = FinishReason::Length;
+        for step in 0..sp.max_new_tokens {
+            let id = sampler.sample(&logits, &ids)?;
+            if id == tok.eos_id() && !params.ignore_eos {
+                finish = FinishReason::Stop;
+                break;
+            }
+            ids.push(id);
+            let (logprob, top) = match params.logprobs {
+                Some(k) => {
+                    let lp = log_softmax(&logits);
+                    (lp.get(id as usize).copied(), top_logprobs(&lp, k))
+                }
+                None => (None, Vec::new()),
+            };
+            let delta = stream.push(id)?.unwrap_or_default();
+            let (emit, hit) = stops.push(&delta);
+            text.push_str(&emit);
+            let event = Event::Token(TokenEvent {
+                id,
+                text: emit,
+                token_text: tok.decode(&[id], false)?,
+                logprob,
+                top_logprobs: top,
+            });
+            if on_event(&event).is_break() {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            if hit.is_some() {
+                finish = FinishReason::Stop;
+                break;
+            }
+            if step + 1 < sp.max_new_tokens {
+                logits = model.decode_step(id, &mut cache)?.to_vec1::<f32>()?;
+            }
+        }
+        if finish != FinishReason::Cancelled && !stops.is_stopped() {
+            // Release text held back by the UTF-8 window and the stop matcher.
+            let tail = stream.finish()?.unwrap_or_default();
+            let (mut emit, _) = stops.push(&tail);
+            if !stops.is_stopped() {
+                emit.push_str(&stops.flush());
+            }
+            if !emit.is_empty() {
+                text.push_str(&emit);
+                let _ = on_event(&Event::Tail(emit));
+            }
+        }
+        timings.decode_ms = ms(t);
+        Ok(Outcome {
+            ids,
+            text,
+            finish_reason: finish,
+            prompt_tokens: prepared.ids.len(),
+            timings,
+        })
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}

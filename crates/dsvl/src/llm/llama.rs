@@ -1,0 +1,238 @@
+//! Llama decoder as used by DeepSeek-VL v1 (v1 §7; transformers 4.38 `LlamaForCausalLM`, eager
+//! attention). Keys: `language_model.model.{embed_tokens, layers.{i}.{self_attn.{q,k,v,o}_proj,
+//! mlp.{gate,up,down}_proj, input_layernorm, post_attention_layernorm}, norm}`, `language_model.lm_head`.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Embedding, VarBuilder};
+
+use super::KvCache;
+use crate::config::LlamaSpec;
+use crate::nn::{linear, sdpa, Linear, RmsNorm, Scale};
+
+/// RoPE tables in f32 (v1 §13.10): `inv_freq[i] = 1 / theta^(2i/d)`, angle = position × inv_freq,
+/// rotate-half (NeoX) layout. Grown on demand.
+struct Rope {
+    inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    fn new(cfg: &LlamaSpec) -> Self {
+        let d = cfg.head_dim;
+        // ref: 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim)), all in float32
+        let inv_freq = (0..d / 2)
+            .map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / d as f32))
+            .collect();
+        Self { inv_freq }
+    }
+
+    /// `(cos, sin)`, each `[t, d/2]`, for positions `offset..offset+t`, in `dtype`.
+    fn tables(&self, offset: usize, t: usize, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for p in offset..offset + t {
+            for &f in &self.inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (t, half), dev)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (t, half), dev)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(cfg: &LlamaSpec, vb: VarBuilder) -> Result<Self> {
+        let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        Ok(Self {
+            q_proj: linear(h, cfg.num_heads * d, false, vb.pp("q_proj"))?,
+            k_proj: linear(h, cfg.num_kv_heads * d, false, vb.pp("k_proj"))?,
+            v_proj: linear(h, cfg.num_kv_heads * d, false, vb.pp("v_proj"))?,
+            o_proj: linear(cfg.num_heads * d, h, false, vb.pp("o_proj"))?,
+            heads: cfg.num_heads,
+            kv_heads: cfg.num_kv_heads,
+            head_dim: d,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, ctx: &StepCtx, cache: &mut KvCache, layer: usize) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let split = |y: Tensor, n: usize| -> Result<Tensor> {
+            y.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous()
+        };
+        let q = split(self.q_proj.forward(x)?, self.heads)?;
+        let k = split(self.k_proj.forward(x)?, self.kv_heads)?;
+        let v = split(self.v_proj.forward(x)?, self.kv_heads)?;
+        let q = candle_nn::rotary_emb::rope(&q, &ctx.cos, &ctx.sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, &ctx.cos, &ctx.sin)?;
+        let (k, v) = cache.append(layer, &k, &v)?;
+        let (k, v) = (repeat_kv(k, self.heads / self.kv_heads)?, repeat_kv(v, self.heads / self.kv_heads)?);
+        // Eager attention: softmax(q·kᵀ / √d + causal) in f32, cast back, @ v.
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let o = sdpa(&q, &k, &v, Scale::Scores(scale), ctx.mask.as_ref())?;
+        let o = o.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
+        self.o_proj.forward(&o)
+    }
+}
+
+fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x);
+    }
+    let (b, h, t, d) = x.dims4()?;
+    x.unsqueeze(2)?.expand((b, h, n, t, d))?.reshape((b, h * n, t, d))
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn new(cfg: &LlamaSpec, vb: VarBuilder) -> Result<Self> {
+        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: linear(h, f, false, vb.pp("gate_proj"))?,
+            up_proj: linear(h, f, false, vb.pp("up_proj"))?,
+            down_proj: linear(f, h, false, vb.pp("down_proj"))?,
+        })
+    }
+}
+
+impl Module for Mlp {
+    /// down(silu(gate(x)) * up(x))
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
+        self.down_proj.forward(&(g * self.up_proj.forward(x)?)?)
+    }
+}
+
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &LlamaSpec, vb: VarBuilder) -> Result<Self> {
+        let eps = cfg.rms_norm_eps;
+        Ok(Self {
+            input_layernorm: RmsNorm::new(cfg.hidden_size, eps, vb.pp("input_layernorm"))?,
+            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            post_attention_layernorm: RmsNorm::new(cfg.hidden_size, eps, vb.pp("post_attention_layernorm"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, ctx: &StepCtx, cache: &mut KvCache, i: usize) -> Result<Tensor> {
+        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, ctx, cache, i)?)?;
+        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?
+    }
+}
+
+/// Per-forward inputs shared by all layers: RoPE tables and the causal mask.
+struct StepCtx {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Option<Tensor>,
+}
+
+/// Which positions need logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    Last,
+    All,
+}
+
+pub struct Llama {
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    spec: LlamaSpec,
+    dtype: DType,
+    device: Device,
+}
+
+impl Llama {
+    /// `vb` is rooted at `language_model`.
+    pub fn new(cfg: &LlamaSpec, vb: VarBuilder) -> Result<Self> {
+        let m = vb.pp("model");
+        let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
+        let layers = (0..cfg.num_layers)
+            .map(|i| DecoderLayer::new(cfg, m.pp("layers").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        // Always the separate lm_head, never tied to the embedding (v1 §12.3).
+        let lm_head = linear(cfg.hidden_size, cfg.vocab_size, false, vb.pp("lm_head"))?;
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?,
+            lm_head,
+            rope: Rope::new(cfg),
+            spec: cfg.clone(),
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
+    }
+
+    pub fn spec(&self) -> &LlamaSpec {
+        &self.spec
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Token ids `[B, T]` (u32) → embeddings `[B, T, hidden]`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embed_tokens.forward(ids)
+    }
+
+    /// Runs the decoder on `embeds` `[B, T, hidden]` at positions `cache.len()..`, appending to the
+    /// cache. Returns f32 logits `[B, vocab]` (Last) or `[B, T, vocab]` (All) (v1 §13.12).
+    pub fn forward(&self, embeds: &Tensor, cache: &mut KvCache, which: Logits) -> Result<Tensor> {
+        let (_, t, _) = embeds.dims3()?;
+        let offset = cache.len();
+        let (cos, sin) = self.rope.tables(offset, t, self.dtype, &self.device)?;
+        let mask = (t > 1).then(|| causal_mask(t, offset, self.dtype, &self.device)).transpose()?;
+        let ctx = StepCtx { cos, sin, mask };
+        let mut x = embeds.to_dtype(self.dtype)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &ctx, cache, i)?;
+        }
+        let x = match which {
+            Logits::Last => x.narrow(1, t - 1, 1)?,
+            Logits::All => x,
+        };
+        let logits = self.lm_head.forward(&self.norm.forward(&x)?)?.to_dtype(DType::F32)?;
+        match which {
+            Logits::Last => logits.squeeze(1),
+            Logits::All => Ok(logits),
+        }
+    }
+}
+
+/// `[t, offset + t]` additive mask: 0 where key ≤ query position, −∞ after it.
+fn causal_mask(t: usize, offset: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..offset + t).map(move |j| if j > i + offset { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (t, offset + t), dev)?.to_dtype(dtype)
+}
+

@@ -1,0 +1,158 @@
+//! DeepSeek-VL v1 (`MultiModalityCausalLM`): vision tower(s) + aligner + Llama (v1 §15).
+//! The three children are loaded under the key prefixes `vision_model`, `aligner`, `language_model`.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::merge::merge_image_embeddings;
+use crate::config::{ModelSpec, VisionSpec};
+use crate::error::{Error, Result};
+use crate::llm::llama::Logits;
+use crate::llm::{KvCache, Llama};
+use crate::projector::{Aligner, VisionFeatures};
+use crate::vision::{normalize, sam::Sam, siglip::Siglip};
+use crate::weights::{Checkpoint, Progress};
+
+enum VisionTower {
+    /// `vision_model.vision_tower` (CLIPVisionTower around SigLIP).
+    Siglip(Siglip),
+    /// `vision_model.vision_tower_high.vision_tower` (SAM) and `…_low.vision_tower` (SigLIP).
+    Hybrid { sam: Sam, siglip: Siglip },
+}
+
+/// Per-stage outputs of the vision path, for parity tests and debugging.
+pub struct VisionStages {
+    /// The SigLIP input before normalisation `[N, 3, 384, 384]` (hybrid: the antialiased 384 view).
+    pub low_res: Tensor,
+    pub siglip_out: Tensor,
+    pub sam_out: Option<Tensor>,
+    /// `[N, 576, hidden]`
+    pub aligner_out: Tensor,
+}
+
+pub struct DeepseekVl {
+    spec: ModelSpec,
+    vision: VisionTower,
+    aligner: Aligner,
+    llm: Llama,
+    dtype: DType,
+    device: Device,
+}
+
+impl DeepseekVl {
+    /// Loads the weights of `spec.dir` in `dtype` on `device`.
+    pub fn load(spec: &ModelSpec, dtype: DType, device: &Device, progress: Option<Progress>) -> Result<Self> {
+        let ckpt = Arc::new(Checkpoint::open(&spec.dir, spec.layout, progress)?);
+        let vb = ckpt.var_builder(dtype, device);
+        let built = (|| -> candle_core::Result<_> {
+            let vm = vb.pp("vision_model");
+            let vision = match &spec.vision {
+                VisionSpec::Siglip(s) => VisionTower::Siglip(Siglip::new(s, vm.pp("vision_tower"))?),
+                VisionSpec::Hybrid { sam, siglip } => VisionTower::Hybrid {
+                    sam: Sam::new(sam, vm.pp("vision_tower_high").pp("vision_tower"))?,
+                    siglip: Siglip::new(siglip, vm.pp("vision_tower_low").pp("vision_tower"))?,
+                },
+            };
+            let aligner = Aligner::new(&spec.aligner, vb.pp("aligner"))?;
+            let llm = Llama::new(&spec.llm, vb.pp("language_model"))?;
+            Ok((vision, aligner, llm))
+        })();
+        let (vision, aligner, llm) = ckpt.finish(built)?;
+        Ok(Self {
+            spec: spec.clone(),
+            vision,
+            aligner,
+            llm,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+    pub fn llm(&self) -> &Llama {
+        &self.llm
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// `pixels`: preprocessed images `[N, 3, S, S]`, f32 values in [0, 1] (v1 §3.1 step 7).
+    /// Returns every stage of the vision path; `aligner_out` is `[N, 576, hidden]` in the model dtype.
+    pub fn vision_stages(&self, pixels: &Tensor) -> Result<VisionStages> {
+        let _span = tracing::debug_span!("vision", images = pixels.dim(0).unwrap_or(0)).entered();
+        // v1 §3.1 step 8: the processor output is cast to the model dtype before the tower.
+        let x = pixels.to_dtype(self.dtype)?.to_device(&self.device)?;
+        let (features, low_res, sam_out) = match (&self.vision, &self.spec.vision) {
+            (VisionTower::Siglip(siglip), VisionSpec::Siglip(s)) => {
+                let out = siglip.forward(&normalize(&x, s.pixel_mean, s.pixel_std)?)?;
+                (VisionFeatures::Single(out), x, None)
+            }
+            (VisionTower::Hybrid { sam, siglip }, VisionSpec::Hybrid { sam: ss, siglip: ls }) => {
+                // v1 §3.3: the 384 view is derived from the (model-dtype) padded image, in f32, with
+                // antialiased bilinear, before either branch normalises.
+                let low = low_res_view(&x, ls.image_size)?;
+                let high = sam.forward(&normalize(&x, ss.pixel_mean, ss.pixel_std)?)?;
+                let lo = siglip.forward(&normalize(&low, ls.pixel_mean, ls.pixel_std)?)?;
+                (VisionFeatures::Hybrid(high.clone(), lo), low, Some(high))
+            }
+            _ => return Err(Error::Unsupported { what: "vision tower/spec mismatch".into(), hint: "internal".into() }),
+        };
+        let siglip_out = match &features {
+            VisionFeatures::Single(x) | VisionFeatures::Hybrid(_, x) => x.clone(),
+        };
+        let aligner_out = self.aligner.forward(&features)?;
+        Ok(VisionStages { low_res, siglip_out, sam_out, aligner_out })
+    }
+
+    /// Image embeddings `[N, 576, hidden]` for preprocessed pixels `[N, 3, S, S]`.
+    pub fn encode_images(&self, pixels: &Tensor) -> Result<Tensor> {
+        Ok(self.vision_stages(pixels)?.aligner_out)
+    }
+
+    /// Token embeddings `[1, T, hidden]` with the rows at `image_token_id` replaced, in order, by
+    /// the rows of `image_embeds` (`[N, 576, hidden]`) (v1 §9).
+    pub fn input_embeddings(&self, ids: &[u32], image_token_id: u32, image_embeds: Option<&Tensor>) -> Result<Tensor> {
+        let ids_t = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        let text = self.llm.embed(&ids_t)?;
+        match image_embeds {
+            Some(img) => merge_image_embeddings(&text, ids, image_token_id, img),
+            None => Ok(text),
+        }
+    }
+
+    /// Runs `embeds` `[1, T, hidden]` through the LLM, appending to `cache`; f32 logits of the last position `[vocab]`.
+    pub fn forward_embeds(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let _span = tracing::debug_span!("llm", tokens = embeds.dim(1).unwrap_or(0)).entered();
+        Ok(self.llm.forward(embeds, cache, Logits::Last)?.squeeze(0)?)
+    }
+
+    /// One decode step for token `id`; f32 logits `[vocab]`.
+    pub fn decode_step(&self, id: u32, cache: &mut KvCache) -> Result<Tensor> {
+        let embeds = self.input_embeddings(&[id], u32::MAX, None)?;
+        self.forward_embeds(&embeds, cache)
+    }
+}
+
+/// v1 §3.3: `Resize(384, antialias=True)` on the padded image: cast to f32, antialiased bilinear,
+/// cast back to the working dtype.
+fn low_res_view(x: &Tensor, size: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if (h, w) == (size, size) {
+        return Ok(x.clone());
+    }
+    let data = x.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+    let per = c * h * w;
+    let mut out = Vec::with_capacity(n * c * size * size);
+    for img in data.chunks(per) {
+        out.extend(crate::image::resize_bilinear_antialias_f32(img, c, h, w, size, size)?);
+    }
+    Ok(Tensor::from_vec(out, (n, c, size, size), &Device::Cpu)?
+        .to_dtype(x.dtype())?
+        .to_device(x.device())?)
+}

@@ -1,0 +1,143 @@
+//! Building blocks shared by the vision towers, the aligner and the language model.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::config::Activation;
+
+pub use candle_nn::LayerNorm;
+
+/// `nn.Linear(in, out, bias)`: weight `[out, in]`, `y = x·Wᵀ + b` over the last dim of any rank.
+/// Inputs are flattened to 2-D so every call is one GEMM.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight_t: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn out_dim(&self) -> usize {
+        self.weight_t.dim(1).unwrap_or(0)
+    }
+}
+
+pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get((out_dim, in_dim), "weight")?;
+    let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
+    Ok(Linear {
+        weight_t: weight.t()?.contiguous()?,
+        bias,
+    })
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let (in_dim, out_dim) = self.weight_t.dims2()?;
+        let rows = x.elem_count() / in_dim.max(1);
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims.to_vec();
+        if let Some(last) = out.last_mut() {
+            *last = out_dim;
+        }
+        y.reshape(out)
+    }
+}
+
+/// `nn.LayerNorm(dim, eps)` with affine weight and bias, computed in f32.
+pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
+    candle_nn::layer_norm(dim, eps, vb)
+}
+
+impl Activation {
+    pub fn forward(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::GeluErf => x.gelu_erf(),
+            Activation::GeluTanh => x.gelu(),
+        }
+    }
+}
+
+/// Two-layer MLP `fc2(act(fc1(x)))` with biases; `names` are the checkpoint names of the two
+/// linears (`fc1`/`fc2` in SigLIP, `lin1`/`lin2` in SAM).
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    pub fn new(
+        dim: usize,
+        hidden: usize,
+        act: Activation,
+        names: (&str, &str),
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(Self {
+            fc1: linear(dim, hidden, true, vb.pp(names.0))?,
+            fc2: linear(hidden, dim, true, vb.pp(names.1))?,
+            act,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.act.forward(&self.fc1.forward(x)?)?)
+    }
+}
+
+/// Where the attention scale is applied (v1 §13.7): SigLIP/Llama scale `q·kᵀ`, SAM scales `q` first.
+#[derive(Debug, Clone, Copy)]
+pub enum Scale {
+    Scores(f64),
+    Query(f64),
+}
+
+/// Plain scaled-dot-product attention over `[B, H, T, D]` tensors, softmax computed in f32 and cast
+/// back to the working dtype (v1 §13.8). `bias` (broadcastable to `[B, H, Tq, Tk]`) is added to the
+/// scaled scores before the softmax (causal masks, SAM relative positions).
+pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, scale: Scale, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dtype = q.dtype();
+    let scores = match scale {
+        Scale::Scores(s) => (q.matmul(&k.t()?)? * s)?,
+        Scale::Query(s) => (q * s)?.matmul(&k.t()?)?,
+    };
+    let scores = match bias {
+        Some(b) => scores.broadcast_add(b)?,
+        None => scores,
+    };
+    let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
+    probs.matmul(v)
+}
+
+/// Numerically careful RMSNorm (v1 §13.11): normalise in f32, cast back, then multiply by the weight.
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            eps,
+        })
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let xf = x.to_dtype(DType::F32)?;
+        let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+        // ref: hidden_states * torch.rsqrt(variance + eps)
+        let normed = xf.broadcast_mul(&(var + self.eps)?.sqrt()?.recip()?)?;
+        normed.to_dtype(dtype)?.broadcast_mul(&self.weight)
+    }
+}

@@ -1,0 +1,283 @@
+//! Memory-mapped safetensors checkpoints (single file or sharded via the index), exposed to the
+//! model constructors as a candle `VarBuilder` over canonical (original-layout) names.
+//!
+//! The backend records every tensor the model asks for. After construction, [`Checkpoint::finish`]
+//! reports missing, wrongly shaped and unexpected tensors as typed errors naming the tensor, the
+//! file and the expected shape.
+
+pub mod keymap;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+
+use crate::error::{CheckpointLayout, Error, Result};
+use keymap::{HfNaming, Source};
+
+/// Called with (bytes loaded so far, total bytes) while tensors are read.
+pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+struct Shard {
+    path: PathBuf,
+    st: MmapedSafetensors,
+}
+
+/// The tensors of one model directory.
+pub struct Checkpoint {
+    dir: PathBuf,
+    layout: CheckpointLayout,
+    hf: HfNaming,
+    shards: Vec<Shard>,
+    /// stored name → (shard index, byte size)
+    index: HashMap<String, (usize, u64)>,
+    total_bytes: u64,
+    state: Mutex<LoadState>,
+    progress: Option<Progress>,
+}
+
+#[derive(Default)]
+struct LoadState {
+    used: HashSet<String>,
+    loaded_bytes: u64,
+    first_error: Option<Error>,
+}
+
+/// Lists the safetensors files of a model directory: the index's shards, or `model.safetensors`.
+pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        #[derive(serde::Deserialize)]
+        struct Index {
+            weight_map: BTreeMap<String, String>,
+        }
+        let idx: Index = crate::config::read_json(&index)?;
+        let mut files: Vec<String> = idx.weight_map.into_values().collect();
+        files.sort();
+        files.dedup();
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    Err(Error::Config {
+        path: dir.to_path_buf(),
+        message: "no model.safetensors or model.safetensors.index.json; the weights are missing \
+                  (only safetensors checkpoints are supported)"
+            .into(),
+    })
+}
+
+impl Checkpoint {
+    /// Memory-maps every shard and reads their headers (no tensor data is touched).
+    pub fn open(dir: &Path, layout: CheckpointLayout, progress: Option<Progress>) -> Result<Self> {
+        let mut shards = Vec::new();
+        let mut index = HashMap::new();
+        let mut total_bytes = 0;
+        for path in checkpoint_files(dir)? {
+            if !path.is_file() {
+                return Err(Error::Safetensors {
+                    path: path.clone(),
+                    message: "file listed in model.safetensors.index.json is missing".into(),
+                });
+            }
+            // SAFETY: the file is mapped read-only; like every mmap-based loader we assume it is
+            // not truncated or rewritten while the process runs.
+            let st = unsafe { MmapedSafetensors::new(&path) }.map_err(|e| Error::Safetensors {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            let i = shards.len();
+            for (name, view) in st.tensors() {
+                let bytes = view.data().len() as u64;
+                total_bytes += bytes;
+                index.insert(name, (i, bytes));
+            }
+            shards.push(Shard { path, st });
+        }
+        let hf = HfNaming {
+            siglip_double_prefix: index
+                .keys()
+                .any(|k| k.starts_with("model.vision_model.vision_model.")),
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            layout,
+            hf,
+            shards,
+            index,
+            total_bytes,
+            state: Mutex::new(LoadState::default()),
+            progress,
+        })
+    }
+
+    /// Stored tensor names (for `inspect`).
+    pub fn stored_names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(|s| s.as_str())
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// The stored dtype of one tensor, if present.
+    pub fn stored_dtype(&self, name: &str) -> Option<String> {
+        let (i, _) = self.index.get(name)?;
+        self.shards[*i].st.get(name).ok().map(|v| format!("{:?}", v.dtype()))
+    }
+
+    /// A `VarBuilder` whose names are canonical (original-layout) keys.
+    pub fn var_builder(self: &Arc<Self>, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(Backend(self.clone())), dtype, device.clone())
+    }
+
+    /// Turns a construction failure into the typed error the backend recorded (if any), and checks
+    /// that every stored tensor was used or is on the known-unused list.
+    pub fn finish<T>(&self, built: candle_core::Result<T>) -> Result<T> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = state.first_error.take() {
+            return Err(e);
+        }
+        let value = built?;
+        let mut unexpected: Vec<String> = self
+            .index
+            .keys()
+            .filter(|k| !state.used.contains(*k) && !keymap::is_known_unused(self.layout, k))
+            .cloned()
+            .collect();
+        if !unexpected.is_empty() {
+            unexpected.sort();
+            return Err(Error::UnexpectedTensors {
+                dir: self.dir.clone(),
+                names: unexpected,
+                layout: self.layout,
+            });
+        }
+        Ok(value)
+    }
+
+    fn record_error(&self, e: Error) -> candle_core::Error {
+        let msg = e.to_string();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.first_error.get_or_insert(e);
+        candle_core::Error::Msg(msg)
+    }
+
+    fn load_stored(&self, name: &str, canonical: &str, expected: &Shape) -> Result<Tensor> {
+        let Some(&(i, bytes)) = self.index.get(name) else {
+            return Err(Error::MissingTensor {
+                dir: self.dir.clone(),
+                name: if name == canonical {
+                    name.to_string()
+                } else {
+                    format!("{name} (canonical {canonical})")
+                },
+                layout: self.layout,
+                expected: expected.dims().to_vec(),
+            });
+        };
+        let shard = &self.shards[i];
+        let t = shard
+            .st
+            .load(name, &Device::Cpu)
+            .map_err(|e| Error::Safetensors {
+                path: shard.path.clone(),
+                message: format!("tensor `{name}`: {e}"),
+            })?;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.used.insert(name.to_string());
+        state.loaded_bytes += bytes;
+        if let Some(cb) = &self.progress {
+            cb(state.loaded_bytes, self.total_bytes);
+        }
+        Ok(t)
+    }
+
+    fn shape_error(&self, name: &str, expected: &Shape, actual: &[usize]) -> Error {
+        let path = self
+            .index
+            .get(name)
+            .map(|(i, _)| self.shards[*i].path.clone())
+            .unwrap_or_else(|| self.dir.clone());
+        Error::TensorShape {
+            path,
+            name: name.to_string(),
+            expected: expected.dims().to_vec(),
+            actual: actual.to_vec(),
+        }
+    }
+
+    /// Loads the canonical tensor `canonical` with the given shape, converted to `dtype` on `dev`.
+    fn get(&self, shape: &Shape, canonical: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let t = match keymap::source(self.layout, canonical, &self.hf) {
+            Source::Name(n) => {
+                let t = self.load_stored(&n, canonical, shape)?;
+                if t.dims() != shape.dims() {
+                    return Err(self.shape_error(&n, shape, t.dims()));
+                }
+                t
+            }
+            Source::Unsqueeze0(n) => {
+                let t = self.load_stored(&n, canonical, shape)?;
+                let want = &shape.dims()[1..];
+                if shape.dims().first() != Some(&1) || t.dims() != want {
+                    return Err(self.shape_error(&n, &Shape::from(want), t.dims()));
+                }
+                t.unsqueeze(0)?
+            }
+            Source::Concat0(names) => {
+                let d0 = shape.dims().first().copied().unwrap_or(0);
+                let mut part = shape.dims().to_vec();
+                part[0] = d0 / names.len();
+                let part = Shape::from(part);
+                let mut parts = Vec::with_capacity(names.len());
+                for n in &names {
+                    let t = self.load_stored(n, canonical, &part)?;
+                    if t.dims() != part.dims() {
+                        return Err(self.shape_error(n, &part, t.dims()));
+                    }
+                    parts.push(t);
+                }
+                Tensor::cat(&parts, 0)?
+            }
+        };
+        Ok(t.to_dtype(dtype)?.to_device(dev)?)
+    }
+}
+
+struct Backend(Arc<Checkpoint>);
+
+impl SimpleBackend for Backend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.0
+            .get(&s, name, dtype, dev)
+            .map_err(|e| self.0.record_error(e))
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+        Err(self.0.record_error(Error::Unsupported {
+            what: format!("loading `{name}` without a known shape"),
+            hint: "internal: every module must give the expected shape".into(),
+        }))
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        match keymap::source(self.0.layout, name, &self.0.hf) {
+            Source::Name(n) | Source::Unsqueeze0(n) => self.0.index.contains_key(&n),
+            Source::Concat0(ns) => ns.iter().all(|n| self.0.index.contains_key(n)),
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! The prompt tokenizer (v1 §2.5, §8.2): `tokenizer.json` through the HF `tokenizers` crate, with the special ids
+//! read from the tokenizer itself, never hard-coded (v1 §14: the `language_config` bos/eos 1/2 are wrong).
+//!
+//! BOS handling mirrors `LlamaTokenizerFast`, the class of the DeepSeek tokenizer: it rebuilds its post-processor
+//! from `add_bos_token` / `add_eos_token` (defaults true / false). So [`PromptTokenizer::encode_prompt`] encodes the
+//! text without the post-processor's template and adds BOS (and EOS) itself according to those flags. With the
+//! official files this equals `tokenizer.encode(prompt)` = `[100000, …]` (v1 §8.2.1), and the BOS is never doubled
+//! whether or not `tokenizer.json`'s post-processor also adds one.
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::{AddedToken, Tokenizer};
+
+use super::template::{END_OF_SENTENCE, IMAGE_PLACEHOLDER};
+use crate::error::{Error, Result};
+
+/// BOS text of the DeepSeek LLM tokenizer (v1 §2.5 `special_tokens_map.json`), used when no config names one.
+pub const BEGIN_OF_SENTENCE: &str = "<｜begin▁of▁sentence｜>";
+
+/// A loaded tokenizer plus the three special ids the engine needs.
+#[derive(Debug, Clone)]
+pub struct PromptTokenizer {
+    inner: Tokenizer,
+    bos_id: u32,
+    eos_id: u32,
+    image_id: u32,
+    add_bos: bool,
+    add_eos: bool,
+}
+
+/// The fields of `tokenizer_config.json` we read. Token fields are a string or an `AddedToken` object.
+#[derive(Debug, Default)]
+struct TokenizerConfig {
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    add_bos_token: Option<bool>,
+    add_eos_token: Option<bool>,
+}
+
+impl TokenizerConfig {
+    fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let token = |key: &str| match v.get(key) {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(obj) => obj
+                .get("content")
+                .and_then(|c| c.as_str())
+                .map(String::from),
+            None => None,
+        };
+        Ok(Self {
+            bos_token: token("bos_token"),
+            eos_token: token("eos_token"),
+            add_bos_token: v.get("add_bos_token").and_then(|b| b.as_bool()),
+            add_eos_token: v.get("add_eos_token").and_then(|b| b.as_bool()),
+        })
+    }
+}
+
+impl PromptTokenizer {
+    /// Load `tokenizer.json` alone (BOS/EOS texts of v1 §2.5, `add_bos_token` true).
+    pub fn from_file(tokenizer_json: impl AsRef<Path>) -> Result<Self> {
+        Self::from_files(tokenizer_json, None)
+    }
+
+    /// Load `tokenizer.json` and, if given, `tokenizer_config.json` (its `bos_token`, `eos_token`, `add_bos_token`,
+    /// `add_eos_token` win over the defaults).
+    ///
+    /// If the tokenizer has no `<image_placeholder>`, it is added as a special token, exactly as the official
+    /// `VLChatProcessor.__init__` does (v1 §2.5); the official files already contain it (id 100015).
+    pub fn from_files(
+        tokenizer_json: impl AsRef<Path>,
+        tokenizer_config: Option<&Path>,
+    ) -> Result<Self> {
+        let path = tokenizer_json.as_ref();
+        let fail = |message: String| Error::Tokenizer {
+            path: PathBuf::from(path),
+            message,
+        };
+        if !path.is_file() {
+            return Err(fail(
+                "file not found; expected the model's tokenizer.json".into(),
+            ));
+        }
+        let mut inner = Tokenizer::from_file(path).map_err(|e| fail(e.to_string()))?;
+        // Never cut a prompt silently (STYLE §3.5): ignore any truncation/padding stored in the file.
+        inner
+            .with_truncation(None)
+            .map_err(|e| fail(e.to_string()))?
+            .with_padding(None);
+        let cfg = match tokenizer_config {
+            Some(p) => TokenizerConfig::read(p)?,
+            None => TokenizerConfig::default(),
+        };
+        let lookup = |inner: &Tokenizer, text: &str, what: &str| {
+            inner.token_to_id(text).ok_or_else(|| {
+                fail(format!(
+                    "the tokenizer has no {what} token `{text}`; this is not a DeepSeek-VL tokenizer"
+                ))
+            })
+        };
+        let bos_id = lookup(
+            &inner,
+            cfg.bos_token.as_deref().unwrap_or(BEGIN_OF_SENTENCE),
+            "BOS",
+        )?;
+        let eos_id = lookup(
+            &inner,
+            cfg.eos_token.as_deref().unwrap_or(END_OF_SENTENCE),
+            "EOS",
+        )?;
+        if inner.token_to_id(IMAGE_PLACEHOLDER).is_none() {
+            inner.add_special_tokens(&[AddedToken::from(IMAGE_PLACEHOLDER, true)]);
+        }
+        let image_id = lookup(&inner, IMAGE_PLACEHOLDER, "image")?;
+        Ok(Self {
+            inner,
+            bos_id,
+            eos_id,
+            image_id,
+            // `LlamaTokenizerFast` defaults (v1 §2.5: the official config sets true / false explicitly).
+            add_bos: cfg.add_bos_token.unwrap_or(true),
+            add_eos: cfg.add_eos_token.unwrap_or(false),
+        })
+    }
+
+    /// Token ids of a rendered prompt (v1 §8.2.1): BOS first, no EOS, `<image_placeholder>` and
+    /// `<｜end▁of▁sentence｜>` matched as single special tokens. Image placeholders are not expanded here.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenize(e.to_string()))?;
+        let mut ids = Vec::with_capacity(enc.len() + 2);
+        if self.add_bos {
+            ids.push(self.bos_id);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        if self.add_eos {
+            ids.push(self.eos_id);
+        }
+        Ok(ids)
+    }
+
+    /// Text of `ids`. The reference decodes generated text with `skip_special_tokens=True` (v1 §10). Ids without a
+    /// token (the padding rows ≥ tokenizer length, v1 §14) decode to nothing.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| Error::Tokenize(e.to_string()))
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Tokenizer length including added tokens (100016 for the official files, less than the 102400 embedding
+    /// rows, v1 §2.5).
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn bos_id(&self) -> u32 {
+        self.bos_id
+    }
+
+    pub fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+
+    pub fn image_id(&self) -> u32 {
+        self.image_id
+    }
+
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+}
+
+/// A tiny byte-level BPE tokenizer in the DeepSeek format, for unit tests: the 256 byte symbols (no merges) plus
+/// BOS / EOS / `<image_placeholder>` as special added tokens and a `TemplateProcessing` post-processor adding BOS.
+#[cfg(test)]
+pub(crate) mod test_tokenizer {
+    use std::path::PathBuf;
+
+    use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+    use tokenizers::models::bpe::{Vocab, BPE};
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::processors::template::TemplateProcessing;
+    use tokenizers::{AddedToken, Tokenizer};
+
+    use super::BEGIN_OF_SENTENCE;
+    use crate::prompt::template::{END_OF_SENTENCE, IMAGE_PLACEHOLDER};
+
+    /// Build it; with `image` false the placeholder token is left out.
+    pub(crate) fn build(image: bool) -> Tokenizer {
+        let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+        alphabet.sort_unstable();
+        let vocab: Vocab = alphabet
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.to_string(), i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, vec![])
+            .build()
+            .expect("static BPE vocab is valid");
+        let mut tok = Tokenizer::new(bpe);
+        tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        tok.with_decoder(Some(ByteLevelDecoder::default()));
+        let n = alphabet.len() as u32;
+        let mut specials = vec![
+            AddedToken::from(BEGIN_OF_SENTENCE, true),
+            AddedToken::from(END_OF_SENTENCE, true),
+        ];
+        if image {
+            specials.push(AddedToken::from(IMAGE_PLACEHOLDER, true));
+        }
+        tok.add_special_tokens(&specials);
+        let post = TemplateProcessing::builder()
+            .try_single(format!("{BEGIN_OF_SENTENCE} $A"))
+            .expect("static template is valid")
+            .special_tokens(vec![(BEGIN_OF_SENTENCE, n)])
+            .build()
+            .expect("static template is valid");
+        tok.with_post_processor(Some(post));
+        tok
+    }
+
+    /// Save it to a unique file under the temp dir and return the path.
+    pub(crate) fn save(name: &str, image: bool) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("dsvl-tok-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir is writable");
+        let path = dir.join("tokenizer.json");
+        build(image)
+            .save(&path, false)
+            .expect("temp file is writable");
+        path
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_with_single_bos_and_special_tokens() {
+        let tok = PromptTokenizer::from_file(test_tokenizer::save("enc", true)).unwrap();
+        let n = 256;
+        assert_eq!(
+            (tok.bos_id(), tok.eos_id(), tok.image_id()),
+            (n, n + 1, n + 2)
+        );
+        assert_eq!(tok.vocab_size(), 259);
+        let text = format!("User: {IMAGE_PLACEHOLDER}hi{END_OF_SENTENCE}");
+        let ids = tok.encode_prompt(&text).unwrap();
+        // Same ids as the post-processor's own BOS template: one BOS, no EOS added.
+        let reference = tok.inner().encode(text.as_str(), true).unwrap();
+        assert_eq!(ids, reference.get_ids());
+        assert_eq!(ids[0], tok.bos_id());
+        assert_eq!(ids.iter().filter(|&&i| i == tok.bos_id()).count(), 1);
+        assert_eq!(ids.iter().filter(|&&i| i == tok.image_id()).count(), 1);
+        assert_eq!(ids.last(), Some(&tok.eos_id()));
+        assert_eq!(ids.len(), 1 + "User: ".len() + 1 + 2 + 1);
+        assert_eq!(tok.decode(&ids, true).unwrap(), "User: hi");
+        assert_eq!(tok.id_to_token(n + 2).as_deref(), Some(IMAGE_PLACEHOLDER));
+    }
+
+    #[test]
+    fn config_controls_bos() {
+        let path = test_tokenizer::save("cfg", true);
+        let cfg = path.with_file_name("tokenizer_config.json");
+        std::fs::write(
+            &cfg,
+            r#"{"add_bos_token": false, "bos_token": {"content": "<｜begin▁of▁sentence｜>"}}"#,
+        )
+        .unwrap();
+        let tok = PromptTokenizer::from_files(&path, Some(&cfg)).unwrap();
+        assert_eq!(
+            tok.encode_prompt("a").unwrap(),
+            vec![tok.token_to_id("a").unwrap()]
+        );
+        std::fs::write(&cfg, r#"{"bos_token": "nope"}"#).unwrap();
+        let err = PromptTokenizer::from_files(&path, Some(&cfg))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no BOS token `nope`"), "{err}");
+    }
+
+    #[test]
+    fn adds_missing_image_token_like_the_official_processor() {
+        let tok = PromptTokenizer::from_file(test_tokenizer::save("noimg", false)).unwrap();
+        assert_eq!(tok.image_id(), 258);
+        let ids = tok.encode_prompt(IMAGE_PLACEHOLDER).unwrap();
+        assert_eq!(ids, vec![tok.bos_id(), 258]);
+    }
+
+    #[test]
+    fn missing_or_invalid_file_names_the_path() {
+        let err = PromptTokenizer::from_file("/nonexistent/tokenizer.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/tokenizer.json"), "{err}");
+        let bad = std::env::temp_dir().join(format!("dsvl-bad-{}.json", std::process::id()));
+        std::fs::write(&bad, "{not json").unwrap();
+        let err = PromptTokenizer::from_file(&bad).unwrap_err();
+        assert!(
+            matches!(err, Error::Tokenizer { ref path, .. } if path == &bad),
+            "{err}"
+        );
+    }
+
+    /// The v1 fixture tokenizer (real DeepSeek format: byte-level BPE, ids 100000/100001/100015, v1 §2.5).
+    pub(crate) fn fixture_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
+    }
+
+    fn read_json(path: &Path) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn ids_of(v: &serde_json::Value) -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    }
+
+    #[test]
+    fn fixture_tokenizer_matches_reference_encodings() {
+        let dir = fixture_dir();
+        let models = dir.join("models/siglip-tiny");
+        let tok = PromptTokenizer::from_files(
+            models.join("tokenizer.json"),
+            Some(&models.join("tokenizer_config.json")),
+        )
+        .unwrap();
+        assert_eq!(
+            (tok.bos_id(), tok.eos_id(), tok.image_id(), tok.vocab_size()),
+            (100000, 100001, 100015, 100016)
+        );
+        let manifest = read_json(&dir.join("manifest.json"));
+        let checks = manifest["tokenizer"]["check_encodings"]
+            .as_object()
+            .unwrap();
+        assert!(!checks.is_empty());
+        for (text, want) in checks {
+            assert_eq!(tok.encode_prompt(text).unwrap(), ids_of(want), "{text:?}");
+        }
+    }
+
+    /// Every fixture case: official conversation → `render` → `encode_prompt` → `expand_prompt` gives the
+    /// reference `prompt` string and `input_ids` (v1 §8), for both tiny models.
+    #[test]
+    fn fixture_cases_render_encode_expand_like_the_reference() {
+        use crate::prompt::{expand_prompt, render, Message};
+        let dir = fixture_dir();
+        let mut n_cases = 0;
+        for entry in std::fs::read_dir(dir.join("cases")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let case = read_json(&path);
+            let models = dir.join("models").join(case["model"].as_str().unwrap());
+            let tok = PromptTokenizer::from_files(
+                models.join("tokenizer.json"),
+                Some(&models.join("tokenizer_config.json")),
+            )
+            .unwrap();
+            let msgs: Vec<Message> = case["conversation"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    let n = m
+                        .get("images")
+                        .and_then(|i| i.as_array())
+                        .map_or(0, |i| i.len());
+                    Message::new(
+                        m["role"].as_str().unwrap().parse().unwrap(),
+                        m["content"].as_str().unwrap(),
+                    )
+                    .with_images(n)
+                })
+                .collect();
+            let prompt = render(case["system_prompt"].as_str().unwrap(), &msgs).unwrap();
+            assert_eq!(
+                prompt,
+                case["prompt"].as_str().unwrap(),
+                "{}",
+                path.display()
+            );
+            let n_images = case["n_images"].as_u64().unwrap() as usize;
+            let ids = tok.encode_prompt(&prompt).unwrap();
+            let expanded =
+                expand_prompt(&ids, tok.image_id(), 576, n_images, IMAGE_PLACEHOLDER).unwrap();
+            assert_eq!(
+                expanded.ids,
+                ids_of(&case["input_ids"]),
+                "{}",
+                path.display()
+            );
+            assert_eq!(expanded.image_spans.len(), n_images);
+            n_cases += 1;
+        }
+        assert!(n_cases >= 8, "only {n_cases} fixture cases found");
+    }
+}

@@ -70,7 +70,7 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 512)]
     pub max_tokens: usize,
     /// Sampling temperature; 0 = greedy (deterministic).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Nucleus sampling mass (used when temperature > 0).
     #[arg(long, default_value_t = 1.0)]
@@ -80,7 +80,7 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 50)]
     pub top_k: usize,
     /// Penalise tokens already generated (1.0 = off; the official chat demos use 1.1).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repetition_penalty: f32,
     /// Seed for sampling: the same seed gives the same text.
     #[arg(long, default_value_t = 0)]

@@ -19,7 +19,11 @@ fn looks_like_repo_id(s: &str) -> bool {
     let mut parts = s.split('/');
     let ok = |p: Option<&str>| {
         p.is_some_and(|p| {
-            !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && p != ".." && p != "."
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && p != ".."
+                && p != "."
         })
     };
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
@@ -70,11 +74,15 @@ fn download(cache: &Path, repo_id: &str) -> anyhow::Result<PathBuf> {
         .build()
         .context("cannot set up the Hugging Face client")?;
     let repo = api.model(repo_id.to_string());
-    let info = repo
-        .info()
-        .with_context(|| format!("cannot list the files of {repo_id} (no network, wrong repo id, or a gated repo?)"))?;
+    let info = repo.info().with_context(|| {
+        format!("cannot list the files of {repo_id} (no network, wrong repo id, or a gated repo?)")
+    })?;
     let names: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
-    let mut wanted: Vec<&str> = SIDE_FILES.iter().copied().filter(|f| names.iter().any(|n| n == f)).collect();
+    let mut wanted: Vec<&str> = SIDE_FILES
+        .iter()
+        .copied()
+        .filter(|f| names.iter().any(|n| n == f))
+        .collect();
     let weights: Vec<&str> = names
         .iter()
         .map(|s| s.as_str())
@@ -86,7 +94,9 @@ fn download(cache: &Path, repo_id: &str) -> anyhow::Result<PathBuf> {
     wanted.extend(weights);
     let mut dir = None;
     for f in wanted {
-        let path = repo.get(f).with_context(|| format!("while downloading {f} from {repo_id}"))?;
+        let path = repo
+            .get(f)
+            .with_context(|| format!("while downloading {f} from {repo_id}"))?;
         dir = path.parent().map(Path::to_path_buf);
     }
     dir.context("nothing was downloaded")

@@ -11,7 +11,8 @@ use super::{generate_params, load_pipeline};
 use crate::args::ChatArgs;
 use crate::cmd::run::report_timings;
 
-const HELP: &str = "commands: /image PATH (attach to the next message), /clear (forget the conversation), \
+const HELP: &str =
+    "commands: /image PATH (attach to the next message), /clear (forget the conversation), \
 /system TEXT (set the system prompt), /exit. Image paths typed in a message are attached too.";
 
 pub fn run(a: ChatArgs) -> anyhow::Result<()> {
@@ -70,16 +71,18 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
                 text.push(word);
             }
         }
-        let user = ChatMessage::new(Role::User, text.join(" ")).with_images(std::mem::take(&mut pending));
+        let user =
+            ChatMessage::new(Role::User, text.join(" ")).with_images(std::mem::take(&mut pending));
         history.push(user);
-        let prepared = match pipeline.prepare(system.as_deref(), &history, params.sampling.max_new_tokens) {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("error: {e}");
-                history.pop();
-                continue;
-            }
-        };
+        let prepared =
+            match pipeline.prepare(system.as_deref(), &history, params.sampling.max_new_tokens) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    history.pop();
+                    continue;
+                }
+            };
         let outcome = pipeline.generate(&prepared, &params, |ev| {
             let _ = out.write_all(ev.text().as_bytes());
             let _ = out.flush();
@@ -104,5 +107,7 @@ fn is_image_path(p: &std::path::Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
         .map(|e| e.to_ascii_lowercase())
-        .is_some_and(|e| ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"].contains(&e.as_str()))
+        .is_some_and(|e| {
+            ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"].contains(&e.as_str())
+        })
 }

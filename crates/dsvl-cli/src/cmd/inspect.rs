@@ -10,7 +10,8 @@ use crate::model_path::resolve_model;
 pub fn run(a: InspectArgs) -> anyhow::Result<()> {
     let dir = resolve_model(&a.model, false)?;
     println!("folder:        {}", dir.display());
-    let spec = ModelSpec::from_dir(&dir).with_context(|| format!("while reading {}", dir.display()))?;
+    let spec =
+        ModelSpec::from_dir(&dir).with_context(|| format!("while reading {}", dir.display()))?;
     println!("layout:        {:?}", spec.layout);
     match &spec.vision {
         VisionSpec::Siglip(s) => println!(

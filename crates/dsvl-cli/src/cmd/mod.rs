@@ -46,8 +46,8 @@ pub fn load_pipeline(m: &ModelArgs) -> anyhow::Result<Pipeline> {
         ..Default::default()
     };
     let t = Instant::now();
-    let pipeline =
-        Pipeline::load(&dir, &opts).with_context(|| format!("while loading the model from {}", dir.display()))?;
+    let pipeline = Pipeline::load(&dir, &opts)
+        .with_context(|| format!("while loading the model from {}", dir.display()))?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

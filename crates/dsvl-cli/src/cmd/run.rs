@@ -26,7 +26,8 @@ struct MessageJson {
 
 /// Reads a conversation file; relative image paths are taken from the file's folder.
 pub fn read_messages(path: &Path) -> anyhow::Result<Vec<ChatMessage>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let raw: Vec<MessageJson> = serde_json::from_str(&text).with_context(|| {
         format!(
             "{} is not a conversation: expected a JSON array of {{\"role\", \"content\", \"images\"}} objects",
@@ -41,7 +42,11 @@ pub fn read_messages(path: &Path) -> anyhow::Result<Vec<ChatMessage>> {
                 .role
                 .parse()
                 .with_context(|| format!("{}: message {i}", path.display()))?;
-            let images = m.images.into_iter().map(|p| ImageSource::Path(base.join(p))).collect();
+            let images = m
+                .images
+                .into_iter()
+                .map(|p| ImageSource::Path(base.join(p)))
+                .collect();
             Ok(ChatMessage::new(role, m.content).with_images(images))
         })
         .collect()
@@ -65,12 +70,18 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let params = generate_params(&a.sampling, a.logprobs.map(|k| k as usize));
     params.sampling.validate()?;
     let pipeline = load_pipeline(&a.model)?;
-    let prepared = pipeline.prepare(a.sampling.system.as_deref(), &messages, params.sampling.max_new_tokens)?;
+    let prepared = pipeline.prepare(
+        a.sampling.system.as_deref(),
+        &messages,
+        params.sampling.max_new_tokens,
+    )?;
     let mut out = std::io::stdout().lock();
     let mut io_err = None;
     let outcome = pipeline.generate(&prepared, &params, |ev| {
         let r = match a.format {
-            Format::Text => out.write_all(ev.text().as_bytes()).and_then(|_| out.flush()),
+            Format::Text => out
+                .write_all(ev.text().as_bytes())
+                .and_then(|_| out.flush()),
             Format::Jsonl => write_jsonl(&mut out, &pipeline, ev),
         };
         match r {
@@ -133,8 +144,16 @@ pub fn summary(o: &Outcome) -> serde_json::Value {
 
 pub fn report_timings(o: &Outcome) {
     let t = &o.timings;
-    let decode_rate = if t.decode_ms > 0.0 { o.completion_tokens() as f64 / (t.decode_ms / 1e3) } else { 0.0 };
-    let prefill_rate = if t.prefill_ms > 0.0 { o.prompt_tokens as f64 / (t.prefill_ms / 1e3) } else { 0.0 };
+    let decode_rate = if t.decode_ms > 0.0 {
+        o.completion_tokens() as f64 / (t.decode_ms / 1e3)
+    } else {
+        0.0
+    };
+    let prefill_rate = if t.prefill_ms > 0.0 {
+        o.prompt_tokens as f64 / (t.prefill_ms / 1e3)
+    } else {
+        0.0
+    };
     tracing::debug!(
         "preprocess {:.0} ms, vision {:.0} ms, prefill {} tokens in {:.0} ms ({:.1} tok/s), decode {} tokens in {:.0} ms ({:.2} tok/s), finish: {}",
         t.preprocess_ms,

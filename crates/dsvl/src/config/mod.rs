@@ -261,7 +261,11 @@ impl ModelSpec {
                 ));
             }
         }
-        let out = if a.kind == AlignerKind::Identity { a.input_dim } else { a.n_embed };
+        let out = if a.kind == AlignerKind::Identity {
+            a.input_dim
+        } else {
+            a.n_embed
+        };
         if out != self.llm.hidden_size {
             return Err(config_err(
                 path,
@@ -296,8 +300,11 @@ fn siglip_table(name: &str) -> Option<(usize, usize, usize, usize, f64)> {
     }
 }
 
-/// Official SAM factory table (`sam.py::SAM_MODEL_CONFIG`): (width, layers, heads, globals, downsample).
-fn sam_table(name: &str) -> Option<(usize, usize, usize, Vec<usize>, Vec<usize>)> {
+/// One row of the official SAM factory table: (width, layers, heads, global blocks, downsample channels).
+type SamRow = (usize, usize, usize, Vec<usize>, Vec<usize>);
+
+/// Official SAM factory table (`sam.py::SAM_MODEL_CONFIG`).
+fn sam_table(name: &str) -> Option<SamRow> {
     match name {
         "sam_b_downsample" => Some((768, 12, 12, vec![2, 5, 8, 11], vec![512, 1024])),
         "sam_vit_b" => Some((768, 12, 12, vec![2, 5, 8, 11], vec![])),
@@ -306,12 +313,15 @@ fn sam_table(name: &str) -> Option<(usize, usize, usize, Vec<usize>, Vec<usize>)
 }
 
 fn siglip_from_params(path: &Path, p: &TowerParams) -> Result<SiglipSpec> {
-    let (patch, width, layers, heads, ratio) = siglip_table(&p.model_name).ok_or_else(|| {
-        Error::Unsupported {
-            what: format!("vision tower model_name `{}` in {}", p.model_name, path.display()),
+    let (patch, width, layers, heads, ratio) =
+        siglip_table(&p.model_name).ok_or_else(|| Error::Unsupported {
+            what: format!(
+                "vision tower model_name `{}` in {}",
+                p.model_name,
+                path.display()
+            ),
             hint: "DeepSeek-VL v1 uses `siglip_large_patch16_384`".into(),
-        }
-    })?;
+        })?;
     let width = p.width.unwrap_or(width);
     let all_layers = p.layers.unwrap_or(layers);
     // create_siglip_vit: select_layer <= 0 keeps L + select_layer + 1 blocks, else select_layer.
@@ -380,7 +390,11 @@ fn aligner_kind(path: &Path, name: &str) -> Result<AlignerKind> {
 fn llama_spec(path: &Path, c: &LlamaConfigJson) -> Result<LlamaSpec> {
     if c.hidden_act != "silu" {
         return Err(Error::Unsupported {
-            what: format!("language model hidden_act `{}` in {}", c.hidden_act, path.display()),
+            what: format!(
+                "language model hidden_act `{}` in {}",
+                c.hidden_act,
+                path.display()
+            ),
             hint: "DeepSeek-VL's Llama uses silu".into(),
         });
     }
@@ -422,8 +436,7 @@ fn llama_spec(path: &Path, c: &LlamaConfigJson) -> Result<LlamaSpec> {
 }
 
 fn params<T: DeserializeOwned>(path: &Path, what: &str, v: &serde_json::Value) -> Result<T> {
-    serde_json::from_value(v.clone())
-        .map_err(|e| config_err(path, format!("{what}: {e}")))
+    serde_json::from_value(v.clone()).map_err(|e| config_err(path, format!("{what}: {e}")))
 }
 
 fn resolve_original(
@@ -598,7 +611,10 @@ fn resolve_processor(
     let mut background = [0u8; 3];
     for (dst, v) in background.iter_mut().zip(bg) {
         if !(0.0..=255.0).contains(&v) {
-            return Err(config_err(path, format!("background_color value {v} is not 0..255")));
+            return Err(config_err(
+                path,
+                format!("background_color value {v} is not 0..255"),
+            ));
         }
         *dst = v as u8;
     }

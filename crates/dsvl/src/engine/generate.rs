@@ -130,9 +130,12 @@ impl Pipeline {
         timings.vision_ms = ms(t);
 
         let t = Instant::now();
-        let embeds = model.input_embeddings(&prepared.ids, tok.image_id(), image_embeds.as_ref())?;
+        let embeds =
+            model.input_embeddings(&prepared.ids, tok.image_id(), image_embeds.as_ref())?;
         let mut cache = model.llm().new_cache();
-        let mut logits = model.forward_embeds(&embeds, &mut cache)?.to_vec1::<f32>()?;
+        let mut logits = model
+            .forward_embeds(&embeds, &mut cache)?
+            .to_vec1::<f32>()?;
         timings.prefill_ms = ms(t);
 
         let t = Instant::now();

@@ -28,7 +28,10 @@ pub use generate::{Event, FinishReason, GenerateParams, Outcome, Timings, TokenE
 pub enum ImageSource {
     Path(PathBuf),
     /// Raw file bytes (e.g. a base64 data URL), with a name for error messages.
-    Bytes { name: String, data: Vec<u8> },
+    Bytes {
+        name: String,
+        data: Vec<u8>,
+    },
 }
 
 impl ImageSource {
@@ -141,7 +144,12 @@ impl Pipeline {
 
     /// Renders, tokenizes and expands the prompt, checks it fits, and preprocesses the images.
     /// `system`: `None` for the official system prompt.
-    pub fn prepare(&self, system: Option<&str>, messages: &[ChatMessage], max_new_tokens: usize) -> Result<Prepared> {
+    pub fn prepare(
+        &self,
+        system: Option<&str>,
+        messages: &[ChatMessage],
+        max_new_tokens: usize,
+    ) -> Result<Prepared> {
         let t0 = Instant::now();
         let spec = self.model.spec();
         let tag = &spec.processor.image_tag;
@@ -152,8 +160,18 @@ impl Pipeline {
         let prompt = render(system.unwrap_or(DEFAULT_SYSTEM_PROMPT), &turns)?;
         let ids = self.tokenizer.encode_prompt(&prompt)?;
         let n_images: usize = messages.iter().map(|m| m.images.len()).sum();
-        let expanded = expand_prompt(&ids, self.tokenizer.image_id(), spec.processor.num_image_tokens, n_images, tag)?;
-        check_context(expanded.ids.len(), max_new_tokens, spec.llm.max_position_embeddings)?;
+        let expanded = expand_prompt(
+            &ids,
+            self.tokenizer.image_id(),
+            spec.processor.num_image_tokens,
+            n_images,
+            tag,
+        )?;
+        check_context(
+            expanded.ids.len(),
+            max_new_tokens,
+            spec.llm.max_position_embeddings,
+        )?;
         let pixels = self.preprocess_images(messages.iter().flat_map(|m| m.images.iter()))?;
         Ok(Prepared {
             prompt,
@@ -165,7 +183,10 @@ impl Pipeline {
     }
 
     /// Decodes and preprocesses images into `[N, 3, S, S]` f32 (v1 §3.1).
-    pub fn preprocess_images<'a>(&self, images: impl Iterator<Item = &'a ImageSource>) -> Result<Option<Tensor>> {
+    pub fn preprocess_images<'a>(
+        &self,
+        images: impl Iterator<Item = &'a ImageSource>,
+    ) -> Result<Option<Tensor>> {
         let p = &self.model.spec().processor;
         let s = p.image_size;
         let mut data = Vec::new();

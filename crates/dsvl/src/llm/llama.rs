@@ -26,7 +26,13 @@ impl Rope {
     }
 
     /// `(cos, sin)`, each `[t, d/2]`, for positions `offset..offset+t`, in `dtype`.
-    fn tables(&self, offset: usize, t: usize, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
+    fn tables(
+        &self,
+        offset: usize,
+        t: usize,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
@@ -67,10 +73,18 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, ctx: &StepCtx, cache: &mut KvCache, layer: usize) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &StepCtx,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let split = |y: Tensor, n: usize| -> Result<Tensor> {
-            y.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous()
+            y.reshape((b, t, n, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let q = split(self.q_proj.forward(x)?, self.heads)?;
         let k = split(self.k_proj.forward(x)?, self.kv_heads)?;
@@ -78,11 +92,16 @@ impl Attention {
         let q = candle_nn::rotary_emb::rope(&q, &ctx.cos, &ctx.sin)?;
         let k = candle_nn::rotary_emb::rope(&k, &ctx.cos, &ctx.sin)?;
         let (k, v) = cache.append(layer, &k, &v)?;
-        let (k, v) = (repeat_kv(k, self.heads / self.kv_heads)?, repeat_kv(v, self.heads / self.kv_heads)?);
+        let (k, v) = (
+            repeat_kv(k, self.heads / self.kv_heads)?,
+            repeat_kv(v, self.heads / self.kv_heads)?,
+        );
         // Eager attention: softmax(q·kᵀ / √d + causal) in f32, cast back, @ v.
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let o = sdpa(&q, &k, &v, Scale::Scores(scale), ctx.mask.as_ref())?;
-        let o = o.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
+        let o = o
+            .transpose(1, 2)?
+            .reshape((b, t, self.heads * self.head_dim))?;
         self.o_proj.forward(&o)
     }
 }
@@ -92,7 +111,9 @@ fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
         return Ok(x);
     }
     let (b, h, t, d) = x.dims4()?;
-    x.unsqueeze(2)?.expand((b, h, n, t, d))?.reshape((b, h * n, t, d))
+    x.unsqueeze(2)?
+        .expand((b, h, n, t, d))?
+        .reshape((b, h * n, t, d))
 }
 
 struct Mlp {
@@ -133,14 +154,22 @@ impl DecoderLayer {
         Ok(Self {
             input_layernorm: RmsNorm::new(cfg.hidden_size, eps, vb.pp("input_layernorm"))?,
             self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
-            post_attention_layernorm: RmsNorm::new(cfg.hidden_size, eps, vb.pp("post_attention_layernorm"))?,
+            post_attention_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
         })
     }
 
     fn forward(&self, x: &Tensor, ctx: &StepCtx, cache: &mut KvCache, i: usize) -> Result<Tensor> {
-        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, ctx, cache, i)?)?;
-        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?
+        let h = (x + self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x)?, ctx, cache, i)?)?;
+        &h + self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&h)?)?
     }
 }
 
@@ -173,7 +202,8 @@ impl Llama {
     /// `vb` is rooted at `language_model`.
     pub fn new(cfg: &LlamaSpec, vb: VarBuilder) -> Result<Self> {
         let m = vb.pp("model");
-        let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
+        let embed_tokens =
+            candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
         let layers = (0..cfg.num_layers)
             .map(|i| DecoderLayer::new(cfg, m.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
@@ -210,7 +240,9 @@ impl Llama {
         let (_, t, _) = embeds.dims3()?;
         let offset = cache.len();
         let (cos, sin) = self.rope.tables(offset, t, self.dtype, &self.device)?;
-        let mask = (t > 1).then(|| causal_mask(t, offset, self.dtype, &self.device)).transpose()?;
+        let mask = (t > 1)
+            .then(|| causal_mask(t, offset, self.dtype, &self.device))
+            .transpose()?;
         let ctx = StepCtx { cos, sin, mask };
         let mut x = embeds.to_dtype(self.dtype)?;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -220,7 +252,10 @@ impl Llama {
             Logits::Last => x.narrow(1, t - 1, 1)?,
             Logits::All => x,
         };
-        let logits = self.lm_head.forward(&self.norm.forward(&x)?)?.to_dtype(DType::F32)?;
+        let logits = self
+            .lm_head
+            .forward(&self.norm.forward(&x)?)?
+            .to_dtype(DType::F32)?;
         match which {
             Logits::Last => logits.squeeze(1),
             Logits::All => Ok(logits),
@@ -231,8 +266,15 @@ impl Llama {
 /// `[t, offset + t]` additive mask: 0 where key ≤ query position, −∞ after it.
 fn causal_mask(t: usize, offset: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..offset + t).map(move |j| if j > i + offset { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..offset + t).map(move |j| {
+                if j > i + offset {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(mask, (t, offset + t), dev)?.to_dtype(dtype)
 }
-

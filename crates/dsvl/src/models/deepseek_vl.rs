@@ -18,7 +18,7 @@ enum VisionTower {
     /// `vision_model.vision_tower` (CLIPVisionTower around SigLIP).
     Siglip(Siglip),
     /// `vision_model.vision_tower_high.vision_tower` (SAM) and `…_low.vision_tower` (SigLIP).
-    Hybrid { sam: Sam, siglip: Siglip },
+    Hybrid { sam: Box<Sam>, siglip: Siglip },
 }
 
 /// Per-stage outputs of the vision path, for parity tests and debugging.
@@ -42,15 +42,25 @@ pub struct DeepseekVl {
 
 impl DeepseekVl {
     /// Loads the weights of `spec.dir` in `dtype` on `device`.
-    pub fn load(spec: &ModelSpec, dtype: DType, device: &Device, progress: Option<Progress>) -> Result<Self> {
+    pub fn load(
+        spec: &ModelSpec,
+        dtype: DType,
+        device: &Device,
+        progress: Option<Progress>,
+    ) -> Result<Self> {
         let ckpt = Arc::new(Checkpoint::open(&spec.dir, spec.layout, progress)?);
         let vb = ckpt.var_builder(dtype, device);
         let built = (|| -> candle_core::Result<_> {
             let vm = vb.pp("vision_model");
             let vision = match &spec.vision {
-                VisionSpec::Siglip(s) => VisionTower::Siglip(Siglip::new(s, vm.pp("vision_tower"))?),
+                VisionSpec::Siglip(s) => {
+                    VisionTower::Siglip(Siglip::new(s, vm.pp("vision_tower"))?)
+                }
                 VisionSpec::Hybrid { sam, siglip } => VisionTower::Hybrid {
-                    sam: Sam::new(sam, vm.pp("vision_tower_high").pp("vision_tower"))?,
+                    sam: Box::new(Sam::new(
+                        sam,
+                        vm.pp("vision_tower_high").pp("vision_tower"),
+                    )?),
                     siglip: Siglip::new(siglip, vm.pp("vision_tower_low").pp("vision_tower"))?,
                 },
             };
@@ -93,7 +103,13 @@ impl DeepseekVl {
                 let out = siglip.forward(&normalize(&x, s.pixel_mean, s.pixel_std)?)?;
                 (VisionFeatures::Single(out), x, None)
             }
-            (VisionTower::Hybrid { sam, siglip }, VisionSpec::Hybrid { sam: ss, siglip: ls }) => {
+            (
+                VisionTower::Hybrid { sam, siglip },
+                VisionSpec::Hybrid {
+                    sam: ss,
+                    siglip: ls,
+                },
+            ) => {
                 // v1 §3.3: the 384 view is derived from the (model-dtype) padded image, in f32, with
                 // antialiased bilinear, before either branch normalises.
                 let low = low_res_view(&x, ls.image_size)?;
@@ -101,13 +117,23 @@ impl DeepseekVl {
                 let lo = siglip.forward(&normalize(&low, ls.pixel_mean, ls.pixel_std)?)?;
                 (VisionFeatures::Hybrid(high.clone(), lo), low, Some(high))
             }
-            _ => return Err(Error::Unsupported { what: "vision tower/spec mismatch".into(), hint: "internal".into() }),
+            _ => {
+                return Err(Error::Unsupported {
+                    what: "vision tower/spec mismatch".into(),
+                    hint: "internal".into(),
+                })
+            }
         };
         let siglip_out = match &features {
             VisionFeatures::Single(x) | VisionFeatures::Hybrid(_, x) => x.clone(),
         };
         let aligner_out = self.aligner.forward(&features)?;
-        Ok(VisionStages { low_res, siglip_out, sam_out, aligner_out })
+        Ok(VisionStages {
+            low_res,
+            siglip_out,
+            sam_out,
+            aligner_out,
+        })
     }
 
     /// Image embeddings `[N, 576, hidden]` for preprocessed pixels `[N, 3, S, S]`.
@@ -117,7 +143,12 @@ impl DeepseekVl {
 
     /// Token embeddings `[1, T, hidden]` with the rows at `image_token_id` replaced, in order, by
     /// the rows of `image_embeds` (`[N, 576, hidden]`) (v1 §9).
-    pub fn input_embeddings(&self, ids: &[u32], image_token_id: u32, image_embeds: Option<&Tensor>) -> Result<Tensor> {
+    pub fn input_embeddings(
+        &self,
+        ids: &[u32],
+        image_token_id: u32,
+        image_embeds: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let ids_t = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
         let text = self.llm.embed(&ids_t)?;
         match image_embeds {
@@ -146,11 +177,17 @@ fn low_res_view(x: &Tensor, size: usize) -> Result<Tensor> {
     if (h, w) == (size, size) {
         return Ok(x.clone());
     }
-    let data = x.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+    let data = x
+        .to_dtype(DType::F32)?
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     let per = c * h * w;
     let mut out = Vec::with_capacity(n * c * size * size);
     for img in data.chunks(per) {
-        out.extend(crate::image::resize_bilinear_antialias_f32(img, c, h, w, size, size)?);
+        out.extend(crate::image::resize_bilinear_antialias_f32(
+            img, c, h, w, size, size,
+        )?);
     }
     Ok(Tensor::from_vec(out, (n, c, size, size), &Device::Cpu)?
         .to_dtype(x.dtype())?

@@ -8,7 +8,12 @@ use crate::error::{Error, Result};
 /// `text`: `[1, T, D]` token embeddings; `ids`: the T ids; `images`: `[N, tokens, D]`.
 /// Every position whose id is `image_id` takes the next image row. The number of such positions
 /// must be exactly `N × tokens`.
-pub fn merge_image_embeddings(text: &Tensor, ids: &[u32], image_id: u32, images: &Tensor) -> Result<Tensor> {
+pub fn merge_image_embeddings(
+    text: &Tensor,
+    ids: &[u32],
+    image_id: u32,
+    images: &Tensor,
+) -> Result<Tensor> {
     let (n, per, d) = images.dims3()?;
     let slots = ids.iter().filter(|&&i| i == image_id).count();
     if slots != n * per {
@@ -24,7 +29,10 @@ pub fn merge_image_embeddings(text: &Tensor, ids: &[u32], image_id: u32, images:
     let (mut pos, mut next_row) = (0, 0);
     while pos < ids.len() {
         let is_img = ids[pos] == image_id;
-        let run = ids[pos..].iter().take_while(|&&i| (i == image_id) == is_img).count();
+        let run = ids[pos..]
+            .iter()
+            .take_while(|&&i| (i == image_id) == is_img)
+            .count();
         parts.push(if is_img {
             let p = rows.narrow(0, next_row, run)?;
             next_row += run;

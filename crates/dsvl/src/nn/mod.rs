@@ -23,7 +23,11 @@ impl Linear {
 
 pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
     let weight = vb.get((out_dim, in_dim), "weight")?;
-    let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
+    let bias = if bias {
+        Some(vb.get(out_dim, "bias")?)
+    } else {
+        None
+    };
     Ok(Linear {
         weight_t: weight.t()?.contiguous()?,
         bias,
@@ -102,7 +106,13 @@ pub enum Scale {
 /// Plain scaled-dot-product attention over `[B, H, T, D]` tensors, softmax computed in f32 and cast
 /// back to the working dtype (v1 §13.8). `bias` (broadcastable to `[B, H, Tq, Tk]`) is added to the
 /// scaled scores before the softmax (causal masks, SAM relative positions).
-pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, scale: Scale, bias: Option<&Tensor>) -> Result<Tensor> {
+pub fn sdpa(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: Scale,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
     let dtype = q.dtype();
     let scores = match scale {
         Scale::Scores(s) => (q.matmul(&k.t()?)? * s)?,
@@ -139,5 +149,59 @@ impl Module for RmsNorm {
         // ref: hidden_states * torch.rsqrt(variance + eps)
         let normed = xf.broadcast_mul(&(var + self.eps)?.sqrt()?.recip()?)?;
         normed.to_dtype(dtype)?.broadcast_mul(&self.weight)
+    }
+}
+
+/// `nn.Conv2d` (square kernel). candle's CPU convolution has no bf16 kernel, so reduced-precision
+/// inputs are widened to f32 for the convolution and rounded back once, which is also what a
+/// bf16 reference conv does (f32 accumulation, one rounding of the output).
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+}
+
+/// Conv weight `[out, in, k, k]`, optional bias `[out]`.
+pub fn conv2d(
+    in_c: usize,
+    out_c: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    bias: bool,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let weight = vb.get((out_c, in_c, k, k), "weight")?;
+    let bias = if bias {
+        Some(vb.get(out_c, "bias")?)
+    } else {
+        None
+    };
+    Ok(Conv2d {
+        weight,
+        bias,
+        stride,
+        padding,
+    })
+}
+
+impl Module for Conv2d {
+    /// `[B, in, H, W] -> [B, out, H', W']`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let widen = dtype == DType::BF16 && x.device().is_cpu();
+        let (x, w) = if widen {
+            (x.to_dtype(DType::F32)?, self.weight.to_dtype(DType::F32)?)
+        } else {
+            (x.clone(), self.weight.clone())
+        };
+        let y = x.conv2d(&w, self.padding, self.stride, 1, 1)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?.reshape((1, (), 1, 1))?)?,
+            None => y,
+        };
+        y.to_dtype(dtype)
     }
 }

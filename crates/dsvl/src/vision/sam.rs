@@ -5,10 +5,10 @@
 //! `neck.{0..3}`, `neck_hd.{0..3}`, `downsamples.{k}`, `hd_alpha_downsamples`.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::config::{Activation, SamSpec};
-use crate::nn::{layer_norm, linear, sdpa, LayerNorm, Linear, Mlp, Scale};
+use crate::nn::{conv2d, layer_norm, linear, sdpa, Conv2d, LayerNorm, Linear, Mlp, Scale};
 
 /// Score matrices above this many bytes are computed a few heads at a time (global blocks on a
 /// 64×64 grid have 4096² scores per head).
@@ -73,10 +73,16 @@ impl Attention {
             let v = v.narrow(0, start, n)?.contiguous()?;
             let bias = self.rel_pos_bias(&q, h, w)?;
             // v1 §13.7: q scaled before q·kᵀ; rel-pos terms use the unscaled q.
-            outs.push(sdpa(&q, &k, &v, Scale::Query((hd as f64).powf(-0.5)), Some(&bias))?);
+            outs.push(sdpa(
+                &q,
+                &k,
+                &v,
+                Scale::Query((hd as f64).powf(-0.5)),
+                Some(&bias),
+            )?);
         }
         let o = Tensor::cat(&outs, 0)?; // (B·heads, T, hd)
-        // ref: .view(B, heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
+                                        // ref: .view(B, heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
         let o = o
             .reshape((b, self.heads, h, w, hd))?
             .permute((0, 2, 3, 1, 4))?
@@ -95,14 +101,14 @@ impl Attention {
             .matmul(&self.rel_h.transpose(1, 2)?)?
             .reshape((h, n, w, h))?
             .permute((1, 0, 2, 3))?; // (n, qh, qw, kh)
-        // ref: rel_w = einsum("bhwc,wkc->bhwk", r_q, Rw): one GEMM per column qw.
+                                     // ref: rel_w = einsum("bhwc,wkc->bhwk", r_q, Rw): one GEMM per column qw.
         let rel_w = r_q
             .permute((2, 0, 1, 3))?
             .reshape((w, n * h, hd))?
             .matmul(&self.rel_w.transpose(1, 2)?)?
             .reshape((w, n, h, w))?
             .permute((1, 2, 0, 3))?; // (n, qh, qw, kw)
-        // ref: attn.view(B, qh, qw, kh, kw) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
+                                     // ref: attn.view(B, qh, qw, kh, kw) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
         let bias = rel_h
             .unsqueeze(4)?
             .broadcast_add(&rel_w.unsqueeze(3)?)?
@@ -227,14 +233,10 @@ struct Neck {
 impl Neck {
     fn new(cfg: &SamSpec, vb: VarBuilder) -> Result<Self> {
         let c = cfg.neck_channels;
-        let pad1 = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
         Ok(Self {
-            conv1: candle_nn::conv2d_no_bias(cfg.width, c, 1, Default::default(), vb.pp("0"))?,
+            conv1: conv2d(cfg.width, c, 1, 1, 0, false, vb.pp("0"))?,
             ln1: LayerNorm2d::new(c, cfg.ln_eps, vb.pp("1"))?,
-            conv2: candle_nn::conv2d_no_bias(c, c, 3, pad1, vb.pp("2"))?,
+            conv2: conv2d(c, c, 3, 1, 1, false, vb.pp("2"))?,
             ln2: LayerNorm2d::new(c, cfg.ln_eps, vb.pp("3"))?,
         })
     }
@@ -262,29 +264,28 @@ pub struct Sam {
 impl Sam {
     pub fn new(cfg: &SamSpec, vb: VarBuilder) -> Result<Self> {
         let g = cfg.grid();
-        let patch = Conv2dConfig {
-            stride: cfg.patch_size,
-            ..Default::default()
-        };
-        let patch_embed =
-            candle_nn::conv2d(3, cfg.width, cfg.patch_size, patch, vb.pp("patch_embed.proj"))?;
+        let p = cfg.patch_size;
+        let patch_embed = conv2d(3, cfg.width, p, p, 0, true, vb.pp("patch_embed.proj"))?;
         let pos_embed = vb.get((1, g, g, cfg.width), "pos_embed")?;
         let blocks = (0..cfg.layers)
-            .map(|i| Block::new(cfg, cfg.global_attn_indexes.contains(&i), vb.pp("blocks").pp(i)))
+            .map(|i| {
+                Block::new(
+                    cfg,
+                    cfg.global_attn_indexes.contains(&i),
+                    vb.pp("blocks").pp(i),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
-        let down = Conv2dConfig {
-            stride: 2,
-            padding: 1,
-            ..Default::default()
-        };
         let mut in_c = cfg.neck_channels;
         let mut downsamples = Vec::new();
         for (i, &out_c) in cfg.downsample_channels.iter().enumerate() {
-            downsamples.push(candle_nn::conv2d_no_bias(
+            downsamples.push(conv2d(
                 in_c,
                 out_c,
                 3,
-                down,
+                2,
+                1,
+                false,
                 vb.pp("downsamples").pp(i),
             )?);
             in_c = out_c;
@@ -352,13 +353,17 @@ mod tests {
         let table = Tensor::arange(0f32, 5.0, &Device::Cpu)?.reshape((5, 1))?;
         let r = gather_rel_pos(&table, 3)?.squeeze(2)?.to_vec2::<f32>()?;
         // R[i, j] = table[i - j + 2]
-        assert_eq!(r, vec![vec![2., 1., 0.], vec![3., 2., 1.], vec![4., 3., 2.]]);
+        assert_eq!(
+            r,
+            vec![vec![2., 1., 0.], vec![3., 2., 1.], vec![4., 3., 2.]]
+        );
         Ok(())
     }
 
     #[test]
     fn window_partition_round_trips_and_pads_with_zeros() -> Result<()> {
-        let x = Tensor::arange(0f32, (2 * 5 * 5 * 3) as f32, &Device::Cpu)?.reshape((2, 5, 5, 3))?;
+        let x =
+            Tensor::arange(0f32, (2 * 5 * 5 * 3) as f32, &Device::Cpu)?.reshape((2, 5, 5, 3))?;
         let (win, hp, wp) = window_partition(&x, 3)?;
         assert_eq!((win.dims(), hp, wp), (&[8usize, 3, 3, 3][..], 6, 6));
         // Window (0, 1) of image 0 holds rows 0..3, cols 3..6; col 5 is padding.

@@ -3,10 +3,10 @@
 //! Keys under the tower prefix: `pos_embed`, `patch_embed.proj`, `blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}`, `norm`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::config::SiglipSpec;
-use crate::nn::{layer_norm, linear, sdpa, LayerNorm, Linear, Mlp, Scale};
+use crate::nn::{conv2d, layer_norm, linear, sdpa, Conv2d, LayerNorm, Linear, Mlp, Scale};
 
 struct Attention {
     qkv: Linear,
@@ -56,7 +56,13 @@ impl Block {
             norm1: layer_norm(cfg.width, cfg.ln_eps, vb.pp("norm1"))?,
             attn: Attention::new(cfg, vb.pp("attn"))?,
             norm2: layer_norm(cfg.width, cfg.ln_eps, vb.pp("norm2"))?,
-            mlp: Mlp::new(cfg.width, cfg.mlp_hidden, cfg.act, ("fc1", "fc2"), vb.pp("mlp"))?,
+            mlp: Mlp::new(
+                cfg.width,
+                cfg.mlp_hidden,
+                cfg.act,
+                ("fc1", "fc2"),
+                vb.pp("mlp"),
+            )?,
         })
     }
 
@@ -77,12 +83,8 @@ pub struct Siglip {
 
 impl Siglip {
     pub fn new(cfg: &SiglipSpec, vb: VarBuilder) -> Result<Self> {
-        let conv = Conv2dConfig {
-            stride: cfg.patch_size,
-            ..Default::default()
-        };
-        let patch_embed =
-            candle_nn::conv2d(3, cfg.width, cfg.patch_size, conv, vb.pp("patch_embed.proj"))?;
+        let p = cfg.patch_size;
+        let patch_embed = conv2d(3, cfg.width, p, p, 0, true, vb.pp("patch_embed.proj"))?;
         let n = cfg.grid() * cfg.grid();
         let pos_embed = vb.get((1, n, cfg.width), "pos_embed")?;
         let blocks = (0..cfg.layers)
@@ -100,7 +102,11 @@ impl Siglip {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _span = tracing::debug_span!("siglip").entered();
         // Patch conv → (B, C, g, g) → flatten row-major → (B, g², C).
-        let x = self.patch_embed.forward(x)?.flatten_from(2)?.transpose(1, 2)?;
+        let x = self
+            .patch_embed
+            .forward(x)?
+            .flatten_from(2)?
+            .transpose(1, 2)?;
         let mut x = x.broadcast_add(&self.pos_embed)?;
         for block in &self.blocks {
             x = block.forward(&x)?;

@@ -262,14 +262,23 @@ mod tests {
             hf("vision_model.vision_tower_high.vision_tower.pos_embed"),
             n("model.high_res_vision_model.vision_encoder.pos_embed")
         );
-        assert_eq!(hf("aligner.layers.0.weight"), n("model.aligner.linear1.weight"));
+        assert_eq!(
+            hf("aligner.layers.0.weight"),
+            n("model.aligner.linear1.weight")
+        );
         assert_eq!(hf("aligner.layers.2.bias"), n("model.aligner.linear2.bias"));
         assert_eq!(
             hf("aligner.high_up_proj.weight"),
             n("model.aligner.high_res_vision_proj.weight")
         );
-        assert_eq!(hf("aligner.low_up_proj.bias"), n("model.aligner.vision_proj.bias"));
-        assert_eq!(hf("aligner.layers.1.weight"), n("model.aligner.proj.weight"));
+        assert_eq!(
+            hf("aligner.low_up_proj.bias"),
+            n("model.aligner.vision_proj.bias")
+        );
+        assert_eq!(
+            hf("aligner.layers.1.weight"),
+            n("model.aligner.proj.weight")
+        );
     }
 
     #[test]

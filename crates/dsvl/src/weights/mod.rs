@@ -129,7 +129,11 @@ impl Checkpoint {
     /// The stored dtype of one tensor, if present.
     pub fn stored_dtype(&self, name: &str) -> Option<String> {
         let (i, _) = self.index.get(name)?;
-        self.shards[*i].st.get(name).ok().map(|v| format!("{:?}", v.dtype()))
+        self.shards[*i]
+            .st
+            .get(name)
+            .ok()
+            .map(|v| format!("{:?}", v.dtype()))
     }
 
     /// A `VarBuilder` whose names are canonical (original-layout) keys.
@@ -267,7 +271,12 @@ impl SimpleBackend for Backend {
             .map_err(|e| self.0.record_error(e))
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         Err(self.0.record_error(Error::Unsupported {
             what: format!("loading `{name}` without a known shape"),
             hint: "internal: every module must give the expected shape".into(),

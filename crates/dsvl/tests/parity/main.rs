@@ -1,2 +1,6 @@
-mod placeholder {}
+//! The one parity test binary: each stage module against reference fixtures.
+
+mod errors;
 mod image;
+mod tol;
+mod v1;

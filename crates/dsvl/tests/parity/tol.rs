@@ -11,9 +11,15 @@ pub struct Tol {
 
 /// f32 stage gates (v1 issue: logits within 1e-4 of the logit scale). Vision and aligner outputs
 /// get the same relative gate; reference-v1 §6 measured 6e-5 for an independent implementation.
-pub const F32_STAGE: Tol = Tol { abs: 1e-5, rel: 1e-4 };
+pub const F32_STAGE: Tol = Tol {
+    abs: 1e-5,
+    rel: 1e-4,
+};
 /// bf16 has 8 bits of mantissa: ulp at 1.0 is 2^-7; end-to-end logits drift a few ulps.
-pub const BF16_LOGITS: Tol = Tol { abs: 0.0, rel: 3e-2 };
+pub const BF16_LOGITS: Tol = Tol {
+    abs: 0.0,
+    rel: 3e-2,
+};
 
 pub struct Diff {
     pub max_abs: f32,
@@ -33,12 +39,24 @@ pub fn diff(got: &Tensor, want: &Tensor) -> anyhow::Result<Diff> {
     let g = got.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let w = want.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let mut d = Diff { max_abs: 0.0, at: 0, got: 0.0, want: 0.0, scale };
+    let mut d = Diff {
+        max_abs: 0.0,
+        at: 0,
+        got: 0.0,
+        want: 0.0,
+        scale,
+    };
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
         anyhow::ensure!(a.is_finite(), "non-finite value {a} at flat index {i}");
         let e = (a - b).abs();
         if e > d.max_abs {
-            d = Diff { max_abs: e, at: i, got: *a, want: *b, scale };
+            d = Diff {
+                max_abs: e,
+                at: i,
+                got: *a,
+                want: *b,
+                scale,
+            };
         }
     }
     Ok(d)
@@ -48,8 +66,16 @@ pub fn diff(got: &Tensor, want: &Tensor) -> anyhow::Result<Diff> {
 pub fn assert_close(name: &str, got: &Tensor, want: &Tensor, tol: Tol) -> anyhow::Result<()> {
     let w = want.to_dtype(DType::F32)?.flatten_all()?;
     let mean = w.mean_all()?.to_scalar::<f32>()?;
-    let std = (w.broadcast_sub(&Tensor::new(mean, w.device())?)?.sqr()?.mean_all()?.to_scalar::<f32>()?).sqrt();
-    anyhow::ensure!(std > 0.0, "{name}: the reference is constant ({mean}); the fixture is trivial");
+    let std = (w
+        .broadcast_sub(&Tensor::new(mean, w.device())?)?
+        .sqr()?
+        .mean_all()?
+        .to_scalar::<f32>()?)
+    .sqrt();
+    anyhow::ensure!(
+        std > 0.0,
+        "{name}: the reference is constant ({mean}); the fixture is trivial"
+    );
     let d = diff(got, want).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     let gate = tol.abs + tol.rel * d.scale;
     anyhow::ensure!(
@@ -73,9 +99,16 @@ fn assert_close_rejects_a_perturbation_just_past_the_gate() -> anyhow::Result<()
     let ok = Tensor::new(&[1.0f32 + gate * 0.9, -2.0, 4.0, 0.5], &dev)?;
     let bad = Tensor::new(&[1.0f32, -2.0, 4.0, 0.5 + gate * 1.5], &dev)?;
     assert_close("ok", &ok, &want, F32_STAGE)?;
-    let err = assert_close("bad", &bad, &want, F32_STAGE).unwrap_err().to_string();
-    assert!(err.contains("bad: max|Δ|") && err.contains("flat index 3"), "{err}");
-    let shape = assert_close("shape", &want.reshape((2, 2))?, &want, F32_STAGE).unwrap_err().to_string();
+    let err = assert_close("bad", &bad, &want, F32_STAGE)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bad: max|Δ|") && err.contains("flat index 3"),
+        "{err}"
+    );
+    let shape = assert_close("shape", &want.reshape((2, 2))?, &want, F32_STAGE)
+        .unwrap_err()
+        .to_string();
     assert!(shape.contains("shape mismatch"), "{shape}");
     Ok(())
 }

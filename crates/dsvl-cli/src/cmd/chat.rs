@@ -4,7 +4,7 @@ use std::io::{BufRead, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use dsvl::engine::{ChatMessage, ImageSource};
+use dsvl::engine::{ChatMessage, FeatureCache, ImageSource};
 use dsvl::prompt::template::Role;
 
 use super::{generate_params, load_pipeline};
@@ -15,6 +15,8 @@ const HELP: &str =
     "commands: /image PATH (attach to the next message), /clear (forget the conversation), \
 /system TEXT (set the system prompt), /exit. Image paths typed in a message are attached too.";
 
+const CHAT_FEATURE_CACHE_BYTES: usize = 512 << 20;
+
 pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     let params = generate_params(&a.sampling, None);
     params.sampling.validate()?;
@@ -22,6 +24,8 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     let mut system = a.sampling.system.clone();
     let mut history: Vec<ChatMessage> = Vec::new();
     let mut pending: Vec<ImageSource> = Vec::new();
+    // Every turn resends the conversation's images; their embeddings are computed once.
+    let mut features = FeatureCache::new(CHAT_FEATURE_CACHE_BYTES);
     eprintln!("{HELP}");
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
@@ -42,6 +46,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
                 "clear" => {
                     history.clear();
                     pending.clear();
+                    features = FeatureCache::new(CHAT_FEATURE_CACHE_BYTES);
                     eprintln!("(conversation cleared)");
                 }
                 "system" => {
@@ -83,7 +88,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
                     continue;
                 }
             };
-        let outcome = pipeline.generate(&prepared, &params, |ev| {
+        let outcome = pipeline.generate_cached(&prepared, &params, Some(&mut features), |ev| {
             let _ = out.write_all(ev.text().as_bytes());
             let _ = out.flush();
             ControlFlow::Continue(())

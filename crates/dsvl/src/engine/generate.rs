@@ -3,7 +3,9 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use super::{Pipeline, Prepared};
+use candle_core::Tensor;
+
+use super::{FeatureCache, Pipeline, Prepared};
 use crate::error::Result;
 use crate::sampling::processors::{log_softmax, top_logprobs};
 use crate::sampling::{Sampler, SamplingParams};
@@ -111,6 +113,18 @@ impl Pipeline {
         &self,
         prepared: &Prepared,
         params: &GenerateParams,
+        on_event: impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<Outcome> {
+        self.generate_cached(prepared, params, None, on_event)
+    }
+
+    /// [`Pipeline::generate`] with an image feature cache: images already in `cache` skip the
+    /// vision tower, new ones are added to it.
+    pub fn generate_cached(
+        &self,
+        prepared: &Prepared,
+        params: &GenerateParams,
+        mut cache: Option<&mut FeatureCache>,
         mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
     ) -> Result<Outcome> {
         let sp = &params.sampling;
@@ -124,7 +138,7 @@ impl Pipeline {
 
         let t = Instant::now();
         let image_embeds = match &prepared.pixels {
-            Some(p) => Some(model.encode_images(p)?),
+            Some(p) => Some(self.image_embeddings(p, cache.as_deref_mut())?),
             None => None,
         };
         timings.vision_ms = ms(t);
@@ -201,6 +215,48 @@ impl Pipeline {
             prompt_tokens: prepared.ids.len(),
             timings,
         })
+    }
+}
+
+impl Pipeline {
+    /// Image embeddings `[N, tokens, hidden]` for `pixels` `[N, 3, S, S]`, running the vision tower
+    /// only on images the cache does not hold.
+    pub fn image_embeddings(
+        &self,
+        pixels: &Tensor,
+        cache: Option<&mut FeatureCache>,
+    ) -> Result<Tensor> {
+        let model = self.model();
+        let Some(cache) = cache else {
+            return model.encode_images(pixels);
+        };
+        let n = pixels.dim(0)?;
+        let mut out: Vec<Option<Tensor>> = Vec::with_capacity(n);
+        let mut keys = Vec::with_capacity(n);
+        for i in 0..n {
+            let key = FeatureCache::key(&pixels.get(i)?)?;
+            out.push(cache.get(key));
+            keys.push(key);
+        }
+        let missing: Vec<usize> = (0..n).filter(|&i| out[i].is_none()).collect();
+        if !missing.is_empty() {
+            let idx = Tensor::new(
+                missing
+                    .iter()
+                    .map(|&i| i as u32)
+                    .collect::<Vec<_>>()
+                    .as_slice(),
+                pixels.device(),
+            )?;
+            let emb = model.encode_images(&pixels.index_select(&idx, 0)?)?;
+            for (j, &i) in missing.iter().enumerate() {
+                let e = emb.get(j)?;
+                cache.insert(keys[i], e.clone());
+                out[i] = Some(e);
+            }
+        }
+        let all: Vec<Tensor> = out.into_iter().flatten().collect();
+        Ok(Tensor::stack(&all, 0)?)
     }
 }
 

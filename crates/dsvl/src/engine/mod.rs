@@ -5,6 +5,7 @@
 //! [`Pipeline::generate`] runs vision, prefill and the decode loop, reporting each token through a
 //! callback that can stop generation.
 
+mod feature_cache;
 mod generate;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use crate::prompt::template::{render, Message, Role, DEFAULT_SYSTEM_PROMPT};
 use crate::prompt::tokenizer::PromptTokenizer;
 use crate::weights::Progress;
 
+pub use feature_cache::FeatureCache;
 pub use generate::{Event, FinishReason, GenerateParams, Outcome, Timings, TokenEvent};
 
 /// Where an image comes from.

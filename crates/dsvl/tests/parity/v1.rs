@@ -296,6 +296,44 @@ fn both_layouts_give_identical_logits() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The image feature cache: a second request with the same images skips the vision tower and
+/// answers identically.
+#[test]
+fn feature_cache_reuses_image_embeddings() -> anyhow::Result<()> {
+    let Loaded { case, .. } = load_case("hybrid-tiny__multi")?;
+    let p = load_model("hybrid-tiny", DType::F32)?;
+    let prepared = prepare(&p, &case)?;
+    let params = GenerateParams {
+        sampling: SamplingParams {
+            max_new_tokens: 8,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut cache = dsvl::engine::FeatureCache::new(64 << 20);
+    let first = p.generate_cached(&prepared, &params, Some(&mut cache), |_| {
+        ControlFlow::Continue(())
+    })?;
+    anyhow::ensure!(
+        (cache.hits, cache.misses, cache.len()) == (0, 2, 2),
+        "first: {cache:?}"
+    );
+    let second = p.generate_cached(&prepared, &params, Some(&mut cache), |_| {
+        ControlFlow::Continue(())
+    })?;
+    anyhow::ensure!(
+        (cache.hits, cache.misses) == (2, 2),
+        "second: hits {} misses {}",
+        cache.hits,
+        cache.misses
+    );
+    anyhow::ensure!(
+        first.ids == second.ids && first.ids[..] == case.greedy_ids[..8],
+        "answers differ"
+    );
+    Ok(())
+}
+
 /// bf16 against the reference's own bf16 run (weights, pixels and activations in bf16). The
 /// reference rounds in places we do not mirror op for op, so the gate is bf16-scaled; its greedy
 /// step 1 is an exact tie in the reference, so only step 0 is compared.

@@ -124,7 +124,7 @@ impl Pipeline {
         &self,
         prepared: &Prepared,
         params: &GenerateParams,
-        mut cache: Option<&mut FeatureCache>,
+        cache: Option<&mut FeatureCache>,
         mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
     ) -> Result<Outcome> {
         let sp = &params.sampling;
@@ -138,7 +138,7 @@ impl Pipeline {
 
         let t = Instant::now();
         let image_embeds = match &prepared.pixels {
-            Some(p) => Some(self.image_embeddings(p, cache.as_deref_mut())?),
+            Some(p) => Some(self.image_embeddings(p, cache)?),
             None => None,
         };
         timings.vision_ms = ms(t);

@@ -29,9 +29,49 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
         None
     };
     Ok(Linear {
-        weight_t: weight.t()?.contiguous()?,
+        weight_t: transpose_2d(&weight)?,
         bias,
     })
+}
+
+/// `[r, c] -> [c, r]` contiguous. candle's strided copy walks the source element by element
+/// (about 20 s for the 1.3B model's linears); a blocked transpose is an order of magnitude faster.
+fn transpose_2d(w: &Tensor) -> Result<Tensor> {
+    let (r, c) = w.dims2()?;
+    let (dtype, dev) = (w.dtype(), w.device().clone());
+    if dtype != DType::F32 || !dev.is_cpu() {
+        return w.t()?.contiguous();
+    }
+    let src = w.flatten_all()?.to_vec1::<f32>()?;
+    let mut dst = vec![0f32; r * c];
+    const B: usize = 32;
+    for i0 in (0..r).step_by(B) {
+        for j0 in (0..c).step_by(B) {
+            for i in i0..(i0 + B).min(r) {
+                let row = &src[i * c..(i + 1) * c];
+                for j in j0..(j0 + B).min(c) {
+                    dst[j * r + i] = row[j];
+                }
+            }
+        }
+    }
+    Tensor::from_vec(dst, (c, r), &dev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocked_transpose_matches_candle() -> Result<()> {
+        let w =
+            Tensor::arange(0f32, (70 * 45) as f32, &candle_core::Device::Cpu)?.reshape((70, 45))?;
+        let got = transpose_2d(&w)?;
+        let want = w.t()?.contiguous()?;
+        assert_eq!(got.dims(), &[45, 70]);
+        assert_eq!(got.to_vec2::<f32>()?, want.to_vec2::<f32>()?);
+        Ok(())
+    }
 }
 
 impl Module for Linear {

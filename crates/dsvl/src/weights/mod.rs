@@ -173,7 +173,15 @@ impl Checkpoint {
         candle_core::Error::Msg(msg)
     }
 
-    fn load_stored(&self, name: &str, canonical: &str, expected: &Shape) -> Result<Tensor> {
+    /// Loads a stored tensor; f16 data wanted as f32 is widened with the vectorised `half`
+    /// conversion (candle's element-wise cast is several times slower on multi-GB checkpoints).
+    fn load_stored(
+        &self,
+        name: &str,
+        canonical: &str,
+        expected: &Shape,
+        want: DType,
+    ) -> Result<Tensor> {
         let Some(&(i, bytes)) = self.index.get(name) else {
             return Err(Error::MissingTensor {
                 dir: self.dir.clone(),
@@ -187,13 +195,23 @@ impl Checkpoint {
             });
         };
         let shard = &self.shards[i];
-        let t = shard
-            .st
-            .load(name, &Device::Cpu)
-            .map_err(|e| Error::Safetensors {
-                path: shard.path.clone(),
-                message: format!("tensor `{name}`: {e}"),
-            })?;
+        let st_err = |e: &dyn std::fmt::Display| Error::Safetensors {
+            path: shard.path.clone(),
+            message: format!("tensor `{name}`: {e}"),
+        };
+        let view = shard.st.get(name).map_err(|e| st_err(&e))?;
+        let t = if view.dtype() == safetensors::Dtype::F16 && want == DType::F32 {
+            let src: Vec<half::f16> = view
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])))
+                .collect();
+            let mut dst = vec![0f32; src.len()];
+            half::slice::HalfFloatSliceExt::convert_to_f32_slice(src.as_slice(), &mut dst);
+            Tensor::from_vec(dst, view.shape(), &Device::Cpu)?
+        } else {
+            shard.st.load(name, &Device::Cpu).map_err(|e| st_err(&e))?
+        };
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.used.insert(name.to_string());
         state.loaded_bytes += bytes;
@@ -221,14 +239,14 @@ impl Checkpoint {
     fn get(&self, shape: &Shape, canonical: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
         let t = match keymap::source(self.layout, canonical, &self.hf) {
             Source::Name(n) => {
-                let t = self.load_stored(&n, canonical, shape)?;
+                let t = self.load_stored(&n, canonical, shape, dtype)?;
                 if t.dims() != shape.dims() {
                     return Err(self.shape_error(&n, shape, t.dims()));
                 }
                 t
             }
             Source::Unsqueeze0(n) => {
-                let t = self.load_stored(&n, canonical, shape)?;
+                let t = self.load_stored(&n, canonical, shape, dtype)?;
                 let want = &shape.dims()[1..];
                 if shape.dims().first() != Some(&1) || t.dims() != want {
                     return Err(self.shape_error(&n, &Shape::from(want), t.dims()));
@@ -242,7 +260,7 @@ impl Checkpoint {
                 let part = Shape::from(part);
                 let mut parts = Vec::with_capacity(names.len());
                 for n in &names {
-                    let t = self.load_stored(n, canonical, &part)?;
+                    let t = self.load_stored(n, canonical, &part, dtype)?;
                     if t.dims() != part.dims() {
                         return Err(self.shape_error(n, &part, t.dims()));
                     }

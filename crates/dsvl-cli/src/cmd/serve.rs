@@ -1,0 +1,81 @@
+//! `dsvl serve`: the OpenAI-compatible HTTP server (crate `dsvl-server`).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use dsvl_server::ServerConfig;
+
+use crate::args::DtypeArg;
+use crate::model_path::resolve_model;
+
+#[derive(Args, Debug)]
+#[command(after_help = "Example:\n  \
+    dsvl serve --model deepseek-ai/deepseek-vl-1.3b-chat --port 8080\n  \
+    curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n    \
+    -d '{\"temperature\": 0, \"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\", \
+    \"image_url\": {\"url\": \"data:image/png;base64,…\"}}, {\"type\": \"text\", \"text\": \"Describe it.\"}]}]}'\n\n\
+    /health answers 503 while the model loads, then 200. Ctrl-C or SIGTERM shuts down gracefully.")]
+pub struct ServeArgs {
+    /// Model folder, or a Hugging Face repo id such as deepseek-ai/deepseek-vl-1.3b-chat.
+    #[arg(short, long)]
+    pub model: String,
+    /// Address to bind (loopback by default; use 0.0.0.0 to accept other machines).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Compute dtype.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
+    /// CPU threads for tensor maths (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Require `Authorization: Bearer KEY` on every route except /health and /ready.
+    #[arg(long, env = "DSVL_API_KEY")]
+    pub api_key: Option<String>,
+    /// Requests waiting beyond the running one; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Largest request body in bytes (base64 images count).
+    #[arg(long, default_value_t = 32 << 20)]
+    pub max_body_bytes: usize,
+    /// Most images in one request.
+    #[arg(long, default_value_t = 8)]
+    pub max_images: usize,
+    /// Refuse images with more pixels than this, before decoding them.
+    #[arg(long, default_value_t = dsvl::image::DEFAULT_MAX_PIXELS)]
+    pub max_image_pixels: u64,
+    /// Largest prompt in tokens (default: the model's context).
+    #[arg(long)]
+    pub max_prompt_tokens: Option<usize>,
+    /// Allow `file://` image URLs under this folder.
+    #[arg(long)]
+    pub allowed_local_media_path: Option<PathBuf>,
+    /// Model name reported by /v1/models and in responses.
+    #[arg(long, default_value = "deepseek-vl")]
+    pub served_model_name: String,
+}
+
+pub fn run(a: ServeArgs) -> anyhow::Result<()> {
+    if let Some(n) = a.threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    let model_dir = resolve_model(&a.model, true)?;
+    let cfg = ServerConfig {
+        host: a.host,
+        port: a.port,
+        model_dir,
+        dtype: a.dtype.dtype(),
+        api_key: a.api_key,
+        max_queue: a.max_queue,
+        max_body_bytes: a.max_body_bytes,
+        max_images_per_request: a.max_images,
+        max_image_pixels: a.max_image_pixels,
+        max_prompt_tokens: a.max_prompt_tokens,
+        allowed_local_media_path: a.allowed_local_media_path,
+        model_name: a.served_model_name,
+        ..Default::default()
+    };
+    tokio::runtime::Runtime::new()?.block_on(dsvl_server::serve(cfg))
+}

@@ -1,0 +1,151 @@
+//! Image URLs → image bytes (landscape §5.3): `data:` base64 URLs always; `file://` only under
+//! `--allowed-local-media-path` (canonicalized, so `..` and symlinks cannot leave it); `http(s)`
+//! not fetched yet. Runs on a blocking thread (it reads files).
+
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+use dsvl::engine::ImageSource;
+
+use crate::error::ApiError;
+use crate::openai::convert::ImageRef;
+
+/// Where images may come from.
+#[derive(Debug, Clone, Default)]
+pub struct MediaPolicy {
+    /// Canonical directory that `file://` URLs must resolve into; `None`: `file://` refused.
+    pub allowed_local_media_path: Option<PathBuf>,
+    pub allow_remote_images: bool,
+}
+
+/// Standard alphabet, padding optional (clients differ).
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+impl MediaPolicy {
+    /// Loads one image part. The returned source is named by the part's JSON path, so decode
+    /// errors from the engine point at it.
+    pub fn load(&self, img: &ImageRef) -> Result<ImageSource, ApiError> {
+        let url = img.url.trim();
+        let data = if let Some(rest) = url.strip_prefix("data:") {
+            decode_data_url(rest).map_err(|m| invalid(img, m))?
+        } else if let Some(rest) = url.strip_prefix("file://") {
+            self.read_local(rest).map_err(|m| invalid(img, m))?
+        } else if url.starts_with("http://") || url.starts_with("https://") {
+            let why = if self.allow_remote_images {
+                "remote image URLs are not supported yet"
+            } else {
+                "remote image URLs are disabled on this server"
+            };
+            return Err(invalid(
+                img,
+                format!("{why}; send the image inline as a data:image/...;base64,... URL"),
+            ));
+        } else {
+            return Err(invalid(
+                img,
+                "unsupported image URL; send a data:image/png;base64,... URL",
+            ));
+        };
+        Ok(ImageSource::Bytes {
+            name: img.param.clone(),
+            data,
+        })
+    }
+
+    fn read_local(&self, rest: &str) -> Result<Vec<u8>, String> {
+        let Some(root) = &self.allowed_local_media_path else {
+            return Err(
+                "file:// URLs are disabled; start the server with an allowed local media path"
+                    .into(),
+            );
+        };
+        // `file:///abs/path` or `file://localhost/abs/path`.
+        let raw = rest.strip_prefix("localhost").unwrap_or(rest);
+        let path = PathBuf::from(percent_decode(raw)?);
+        if !path.is_absolute() {
+            return Err("a file:// URL needs an absolute path (file:///dir/image.png)".into());
+        }
+        let real = path
+            .canonicalize()
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        if !real.starts_with(root) {
+            return Err(format!(
+                "{} is outside the allowed media directory",
+                path.display()
+            ));
+        }
+        std::fs::read(&real).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    }
+}
+
+fn invalid(img: &ImageRef, message: impl std::fmt::Display) -> ApiError {
+    ApiError::invalid(
+        format!("{}.image_url.url", img.param),
+        format!("{}: {message}", img.param),
+    )
+    .with_code("invalid_image_url")
+}
+
+/// `data:[<mediatype>];base64,<payload>` (after the `data:` prefix).
+fn decode_data_url(rest: &str) -> Result<Vec<u8>, String> {
+    let Some((header, payload)) = rest.split_once(',') else {
+        return Err("malformed data URL: no ',' before the payload".into());
+    };
+    if !header.ends_with(";base64") {
+        return Err("only base64 data URLs are supported (data:image/png;base64,...)".into());
+    }
+    let clean: Vec<u8> = payload
+        .bytes()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    BASE64
+        .decode(clean)
+        .map_err(|e| format!("invalid base64 in data URL ({e})"))
+}
+
+/// `%XX` escapes of a URL path.
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .ok_or("truncated %-escape in file URL")?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| "bad %-escape in file URL")?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "file URL is not UTF-8".into())
+}
+
+/// Canonicalizes the allowed media directory once, at startup.
+pub fn canonical_root(dir: &Path) -> anyhow::Result<PathBuf> {
+    use anyhow::Context as _;
+    dir.canonicalize()
+        .with_context(|| format!("allowed local media path {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_urls_and_escapes() {
+        assert_eq!(decode_data_url("image/png;base64,aGk=").unwrap(), b"hi");
+        assert_eq!(decode_data_url("image/png;base64,aGk").unwrap(), b"hi");
+        assert!(decode_data_url("image/png,hi").is_err());
+        assert!(decode_data_url("image/png;base64,@@@").is_err());
+        assert_eq!(percent_decode("/a%20b/c.png").unwrap(), "/a b/c.png");
+        assert!(percent_decode("/a%2").is_err());
+    }
+}

@@ -1,0 +1,283 @@
+//! Wire request → engine inputs (STYLE §3.10: wire types stay separate from engine types).
+//! Every error names the JSON path of the offending field. No I/O happens here: image URLs are
+//! only collected; `media` resolves them.
+
+use std::str::FromStr;
+
+use dsvl::engine::{FinishReason, GenerateParams};
+use dsvl::prompt::template::{Message, Role, IMAGE_PLACEHOLDER};
+use dsvl::sampling::SamplingParams;
+
+use super::request::{ChatRequest, Content, Part, Stop, WireMessage};
+use super::response::{TokenLogprob, TopLogprob};
+use crate::engine::TokenOut;
+use crate::error::ApiError;
+
+/// OpenAI caps `top_logprobs` at 20.
+pub const MAX_TOP_LOGPROBS: u64 = 20;
+
+/// One conversation turn: text with one `<image_placeholder>` per image part, in order.
+#[derive(Debug, Clone)]
+pub struct Turn {
+    pub role: Role,
+    pub text: String,
+    pub images: Vec<ImageRef>,
+}
+
+/// An image part not yet loaded.
+#[derive(Debug, Clone)]
+pub struct ImageRef {
+    /// JSON path of the part (`messages[0].content[1]`), used in error messages.
+    pub param: String,
+    pub url: String,
+}
+
+/// A validated chat request, ready for image loading and prompt preparation.
+#[derive(Debug)]
+pub struct ChatPlan {
+    pub turns: Vec<Turn>,
+    /// `max_completion_tokens`, else `max_tokens`; `None`: fill the context up to the server default.
+    pub max_tokens: Option<usize>,
+    /// Sampling settings; `max_new_tokens` is set once the prompt length is known.
+    pub params: GenerateParams,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+impl ChatPlan {
+    /// Validates everything that does not need the model. `max_images`: images allowed per request.
+    pub fn try_from_request(req: ChatRequest, max_images: usize) -> Result<Self, ApiError> {
+        if let Some(n) = req.n.filter(|&n| n != 1) {
+            return Err(ApiError::invalid(
+                "n",
+                format!("n = {n}: only n = 1 is supported"),
+            ));
+        }
+        if let Some(f) = req.response_format.as_ref().filter(|f| f.r#type != "text") {
+            return Err(ApiError::invalid(
+                "response_format.type",
+                format!(
+                    "response_format `{}` is not supported; only {{\"type\": \"text\"}}",
+                    f.r#type
+                ),
+            ));
+        }
+        if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(ApiError::invalid(
+                "tools",
+                "tool calling is not supported by this server",
+            ));
+        }
+        let max_tokens = max_tokens(&req)?;
+        let params = generate_params(&req)?;
+        let turns = conversation(&req.messages, max_images)?;
+        Ok(Self {
+            turns,
+            max_tokens,
+            params,
+            stream: req.stream.unwrap_or(false),
+            include_usage: req
+                .stream_options
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+        })
+    }
+}
+
+fn max_tokens(req: &ChatRequest) -> Result<Option<usize>, ApiError> {
+    let (param, value) = match (req.max_completion_tokens, req.max_tokens) {
+        (Some(v), _) => ("max_completion_tokens", v),
+        (None, Some(v)) => ("max_tokens", v),
+        (None, None) => return Ok(None),
+    };
+    if value == 0 {
+        return Err(ApiError::invalid(
+            param,
+            format!("{param} = 0, expected an integer >= 1"),
+        ));
+    }
+    Ok(Some(usize::try_from(value).unwrap_or(usize::MAX)))
+}
+
+/// Sampling fields with OpenAI's defaults: temperature 1 and top_p 1 (sampling), no top-k, no
+/// penalties, a random seed. Greedy decoding (the reference setting) needs `temperature: 0`.
+fn generate_params(req: &ChatRequest) -> Result<GenerateParams, ApiError> {
+    let stop = match &req.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) => v.clone(),
+    };
+    let sampling = SamplingParams {
+        temperature: req.temperature.unwrap_or(1.0),
+        // vLLM and llama.cpp read 0 (and vLLM -1) as "no top-k".
+        top_k: req
+            .top_k
+            .and_then(|k| usize::try_from(k).ok())
+            .filter(|&k| k > 0),
+        top_p: req.top_p.unwrap_or(1.0),
+        repetition_penalty: req.repetition_penalty.unwrap_or(1.0),
+        presence_penalty: req.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: req.frequency_penalty.unwrap_or(0.0),
+        seed: req.seed.map_or_else(random_seed, |s| s as u64),
+        max_new_tokens: 1, // replaced once the prompt length is known
+        stop,
+    };
+    sampling.validate().map_err(ApiError::from_engine)?;
+    let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+        (_, Some(k)) if k > MAX_TOP_LOGPROBS => {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                format!("top_logprobs = {k}, expected 0 to {MAX_TOP_LOGPROBS}"),
+            ))
+        }
+        (false, Some(_)) => {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                "top_logprobs needs \"logprobs\": true",
+            ))
+        }
+        (true, k) => Some(k.unwrap_or(0) as usize),
+        (false, None) => None,
+    };
+    Ok(GenerateParams {
+        sampling,
+        ignore_eos: false,
+        logprobs,
+    })
+}
+
+fn random_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// Wire messages → turns. A user turn's text is its parts concatenated in order, each image part
+/// replaced by `<image_placeholder>` and text parts verbatim, nothing in between.
+pub fn conversation(messages: &[WireMessage], max_images: usize) -> Result<Vec<Turn>, ApiError> {
+    let turns = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| turn(i, m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let n_images: usize = turns.iter().map(|t| t.images.len()).sum();
+    if n_images > max_images {
+        return Err(ApiError::invalid(
+            "messages",
+            format!("{n_images} images sent, over the server's limit of {max_images} per request"),
+        )
+        .with_code("too_many_images"));
+    }
+    Ok(turns)
+}
+
+fn turn(i: usize, m: &WireMessage) -> Result<Turn, ApiError> {
+    // OpenAI's newer `developer` role plays the part of `system`.
+    let role = match m.role.as_str() {
+        "developer" => Ok(Role::System),
+        r => Role::from_str(r),
+    }
+    .map_err(|e| ApiError::invalid(format!("messages[{i}].role"), e.to_string()))?;
+    let mut text = String::new();
+    let mut images = Vec::new();
+    match &m.content {
+        Content::Empty => {}
+        Content::Text(t) => text.push_str(t),
+        Content::Parts(parts) => {
+            for (j, part) in parts.iter().enumerate() {
+                match part {
+                    Part::Text { text: t } => text.push_str(t),
+                    Part::ImageUrl { image_url } => {
+                        text.push_str(IMAGE_PLACEHOLDER);
+                        images.push(ImageRef {
+                            param: format!("messages[{i}].content[{j}]"),
+                            url: image_url.url().to_string(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(Turn { role, text, images })
+}
+
+/// Turns as the template sees them (images counted, not loaded): for `/apply-template` and `/tokenize`.
+pub fn template_messages(turns: &[Turn]) -> Vec<Message> {
+    turns
+        .iter()
+        .map(|t| Message::new(t.role, t.text.clone()).with_images(t.images.len()))
+        .collect()
+}
+
+/// The engine's finish reason as OpenAI spells it. A cancelled request has no reader left, so
+/// its reason is never sent; it maps to `stop` for completeness.
+pub fn finish_reason(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Length => "length",
+        FinishReason::Stop | FinishReason::Cancelled => "stop",
+    }
+}
+
+/// One token's logprob entry (`choices[].logprobs.content[]`).
+pub fn token_logprob(t: &TokenOut) -> TokenLogprob {
+    TokenLogprob {
+        token: t.token_text.clone(),
+        logprob: t.logprob.unwrap_or(0.0),
+        bytes: t.token_text.as_bytes().to_vec(),
+        top_logprobs: t
+            .top_logprobs
+            .iter()
+            .map(|(token, logprob)| TopLogprob {
+                token: token.clone(),
+                logprob: *logprob,
+                bytes: token.as_bytes().to_vec(),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extract::parse;
+
+    #[test]
+    fn parts_concatenate_with_one_placeholder_per_image() {
+        let req: ChatRequest = parse(
+            br#"{"messages":[{"role":"user","content":[
+                {"type":"text","text":"And here: "},
+                {"type":"image_url","image_url":{"url":"data:image/png;base64,AA==","detail":"low"}},
+                {"type":"text","text":" Compare them."}]}]}"#,
+        )
+        .unwrap();
+        let plan = ChatPlan::try_from_request(req, 8).unwrap();
+        assert_eq!(
+            plan.turns[0].text,
+            "And here: <image_placeholder> Compare them."
+        );
+        assert_eq!(plan.turns[0].images[0].param, "messages[0].content[1]");
+        assert_eq!(plan.params.sampling.temperature, 1.0, "OpenAI default");
+        assert_eq!(plan.params.sampling.top_k, None);
+    }
+
+    #[test]
+    fn bad_fields_name_their_path() {
+        for (body, param) in [
+            (
+                r#"{"messages":[{"role":"user","content":[{"type":"audio"}]}]}"#,
+                "messages[0].content[0].type",
+            ),
+            (
+                r#"{"messages":[{"role":"robot","content":"hi"}]}"#,
+                "messages[0].role",
+            ),
+            (r#"{"messages":[],"top_logprobs":3}"#, "top_logprobs"),
+            (r#"{"messages":[],"top_p":0}"#, "top_p"),
+            (r#"{"messages":[],"max_tokens":0}"#, "max_tokens"),
+        ] {
+            let err = parse::<ChatRequest>(body.as_bytes())
+                .and_then(|r| ChatPlan::try_from_request(r, 8))
+                .unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(param), "{body}: {}", err.message);
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Request bodies as clients send them (OpenAI Chat Completions, landscape §5.1, plus the
+//! llama.cpp-style `/tokenize` and `/apply-template`). Unknown fields are ignored; a field of the
+//! wrong type is a 400 naming its JSON path (see `extract::parse`).
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    /// Accepted and echoed back as ours: the server serves one model.
+    pub model: Option<String>,
+    pub messages: Vec<WireMessage>,
+    pub max_tokens: Option<u64>,
+    pub max_completion_tokens: Option<u64>,
+    /// OpenAI default 1.0 (sampling); send 0 for greedy decoding.
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// Extension (vLLM, llama.cpp): top-k filtering; absent = none.
+    pub top_k: Option<u64>,
+    /// Extension: HF-style repetition penalty on generated tokens.
+    pub repetition_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub seed: Option<i64>,
+    pub stop: Option<Stop>,
+    pub n: Option<u64>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u64>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    pub response_format: Option<ResponseFormat>,
+    pub tools: Option<Vec<serde_json::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    pub include_usage: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ResponseFormat {
+    pub r#type: String,
+}
+
+/// One chat message.
+#[derive(Debug, Deserialize)]
+pub struct WireMessage {
+    pub role: String,
+    /// `null` is allowed (assistant turns without text).
+    #[serde(default)]
+    pub content: Content,
+}
+
+/// `content`: a string, an array of typed parts, or null.
+#[derive(Debug, Default)]
+pub enum Content {
+    #[default]
+    Empty,
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Part {
+    Text { text: String },
+    ImageUrl { image_url: ImageUrl },
+}
+
+/// `image_url`: `{"url", "detail"}` (OpenAI) or a bare URL string (some clients).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ImageUrl {
+    Object {
+        url: String,
+        /// `auto | low | high`: accepted and ignored, DeepSeek-VL always sees one fixed-size view.
+        #[allow(dead_code)]
+        detail: Option<String>,
+    },
+    Bare(String),
+}
+
+impl ImageUrl {
+    pub fn url(&self) -> &str {
+        match self {
+            ImageUrl::Object { url, .. } | ImageUrl::Bare(url) => url,
+        }
+    }
+}
+
+// A hand-written visitor instead of `#[serde(untagged)]`, so an error inside a part keeps its
+// path (`messages[0].content[1]`) instead of "data did not match any variant".
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ContentVisitor;
+        impl<'de> Visitor<'de> for ContentVisitor {
+            type Value = Content;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, an array of content parts, or null")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Content, E> {
+                Ok(Content::Text(v.to_string()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Content, E> {
+                Ok(Content::Text(v))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Content, E> {
+                Ok(Content::Empty)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Content, E> {
+                Ok(Content::Empty)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content, A::Error> {
+                let mut parts = Vec::new();
+                while let Some(p) = seq.next_element::<Part>()? {
+                    parts.push(p);
+                }
+                Ok(Content::Parts(parts))
+            }
+        }
+        d.deserialize_any(ContentVisitor)
+    }
+}
+
+/// `POST /tokenize`: a raw string (`content`) or a conversation (`messages`, rendered with the
+/// chat template and with image tokens expanded, i.e. exactly the ids the model sees).
+#[derive(Debug, Deserialize)]
+pub struct TokenizeRequest {
+    pub content: Option<String>,
+    pub messages: Option<Vec<WireMessage>>,
+    /// Also return each token's text.
+    #[serde(default)]
+    pub with_pieces: bool,
+}
+
+/// `POST /apply-template`.
+#[derive(Debug, Deserialize)]
+pub struct ApplyTemplateRequest {
+    pub messages: Vec<WireMessage>,
+}

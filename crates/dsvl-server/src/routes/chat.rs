@@ -1,0 +1,161 @@
+//! `POST /v1/chat/completions`: parse, validate, prepare (images + prompt, on a blocking thread),
+//! submit to the engine, answer as JSON or as an SSE stream.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use dsvl::engine::{ChatMessage, Pipeline, Prepared};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::stream;
+use crate::engine::EngineEvent;
+use crate::error::ApiError;
+use crate::extract::ApiJson;
+use crate::openai::convert::{finish_reason, token_logprob, ChatPlan, Turn};
+use crate::openai::request::ChatRequest;
+use crate::openai::response::{AssistantMessage, ChatCompletion, Choice, Logprobs, Usage};
+use crate::state::{AppState, Limits};
+
+/// New tokens when the request gives no `max_tokens`: this many, or what the context has left.
+pub const DEFAULT_MAX_TOKENS: usize = 2048;
+
+pub async fn chat_completions(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    let engine = s.engine()?.clone();
+    if !engine.has_room() {
+        return Err(ApiError::overloaded(s.limits().max_queue));
+    }
+    let mut plan = ChatPlan::try_from_request(req, s.limits().max_images_per_request)?;
+    let turns = std::mem::take(&mut plan.turns);
+    let (pipeline, limits, requested) = (
+        engine.pipeline().clone(),
+        s.limits().clone(),
+        plan.max_tokens,
+    );
+    let (prepared, max_new) =
+        tokio::task::spawn_blocking(move || prepare(&pipeline, &turns, &limits, requested))
+            .await
+            .map_err(ApiError::internal)??;
+    plan.params.sampling.max_new_tokens = max_new;
+    let with_logprobs = plan.params.logprobs.is_some();
+    let events = engine.submit(prepared, plan.params)?;
+    let meta = ReplyMeta::new(s.model_name());
+    Ok(if plan.stream {
+        stream::sse(events, meta, plan.include_usage, with_logprobs).into_response()
+    } else {
+        Json(collect(events, meta, with_logprobs).await?).into_response()
+    })
+}
+
+/// Loads the images, renders and checks the prompt; returns it with the new-token budget.
+fn prepare(
+    pipeline: &Pipeline,
+    turns: &[Turn],
+    limits: &Limits,
+    requested: Option<usize>,
+) -> Result<(Prepared, usize), ApiError> {
+    let messages = turns
+        .iter()
+        .map(|t| {
+            let images = t
+                .images
+                .iter()
+                .map(|i| limits.media.load(i))
+                .collect::<Result<_, _>>()?;
+            Ok(ChatMessage::new(t.role, t.text.clone()).with_images(images))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let prepared = pipeline
+        .prepare(None, &messages, requested.unwrap_or(1))
+        .map_err(ApiError::from_engine)?;
+    let n = prepared.ids.len();
+    if let Some(max) = limits.max_prompt_tokens.filter(|&max| n > max) {
+        return Err(ApiError::invalid(
+            "messages",
+            format!(
+                "the prompt has {n} tokens (images included), over the server's limit of {max}"
+            ),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    // `prepare` checked that n + 1 fits, so the remaining context is at least 1.
+    let left = pipeline
+        .spec()
+        .llm
+        .max_position_embeddings
+        .saturating_sub(n)
+        .max(1);
+    Ok((prepared, requested.unwrap_or(DEFAULT_MAX_TOKENS.min(left))))
+}
+
+/// What every response of one request shares.
+pub struct ReplyMeta {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+impl ReplyMeta {
+    fn new(model: &str) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self {
+            id: format!("chatcmpl-{created:x}{:06x}", NEXT.fetch_add(1, Relaxed)),
+            created,
+            model: model.to_string(),
+        }
+    }
+}
+
+/// Waits for the whole answer (non-streaming).
+async fn collect(
+    mut events: UnboundedReceiver<EngineEvent>,
+    meta: ReplyMeta,
+    with_logprobs: bool,
+) -> Result<ChatCompletion, ApiError> {
+    let mut content = String::new();
+    let mut logprobs = Logprobs::default();
+    while let Some(ev) = events.recv().await {
+        match ev {
+            EngineEvent::Token(t) => {
+                content.push_str(&t.text);
+                if with_logprobs {
+                    logprobs.content.push(token_logprob(&t));
+                }
+            }
+            EngineEvent::Tail(text) => content.push_str(&text),
+            EngineEvent::Failed(e) => return Err(ApiError::from_engine(e)),
+            EngineEvent::Done {
+                finish_reason: f,
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                return Ok(ChatCompletion {
+                    id: meta.id,
+                    object: "chat.completion",
+                    created: meta.created,
+                    model: meta.model,
+                    choices: vec![Choice {
+                        index: 0,
+                        message: AssistantMessage {
+                            role: "assistant",
+                            content,
+                        },
+                        finish_reason: finish_reason(f),
+                        logprobs: with_logprobs.then_some(logprobs),
+                    }],
+                    usage: Usage::new(prompt_tokens, completion_tokens),
+                })
+            }
+        }
+    }
+    Err(ApiError::internal(
+        "the engine dropped a request without finishing it",
+    ))
+}

@@ -1,0 +1,70 @@
+//! The HTTP surface: one file per group of routes, plus the auth and metrics middleware.
+
+mod chat;
+mod info;
+mod prompt;
+mod stream;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Every route. `/health` and `/ready` are open; the others need the API key when one is set.
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/v1/models", get(info::models))
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/tokenize", post(prompt::tokenize))
+        .route("/apply-template", post(prompt::apply_template))
+        .route("/metrics", get(info::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
+    Router::new()
+        .route("/health", get(info::health))
+        .route("/ready", get(info::ready))
+        .merge(protected)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.limits().max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_responses,
+        ))
+        .with_state(state)
+}
+
+async fn require_api_key(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(key) = &s.limits().api_key {
+        let sent = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !sent.is_some_and(|sent| constant_time_eq(sent.trim().as_bytes(), key.as_bytes())) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares without an early exit, so timing does not leak how much of the key matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn count_responses(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    s.metrics().count_response(resp.status().as_u16());
+    resp
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!("route {} {}", req.method(), req.uri().path()))
+}

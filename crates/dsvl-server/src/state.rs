@@ -1,0 +1,168 @@
+//! Shared handler state: limits, the engine once the model is loaded, metrics.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use candle_core::DType;
+use dsvl::engine::Pipeline;
+
+use crate::engine::EngineHandle;
+use crate::error::ApiError;
+use crate::media::MediaPolicy;
+use crate::metrics::Metrics;
+
+/// Everything `serve` needs. `Default` gives the documented defaults (127.0.0.1:8080, f32, …).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub model_dir: PathBuf,
+    /// Compute dtype of the loaded model.
+    pub dtype: DType,
+    /// When set, every route but `/health` and `/ready` needs `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// Requests waiting for the engine before new ones get 429.
+    pub max_queue: usize,
+    /// Largest request body (base64 images included); larger ones get 413.
+    pub max_body_bytes: usize,
+    pub max_images_per_request: usize,
+    /// Images with more pixels are refused before decoding (413).
+    pub max_image_pixels: u64,
+    /// Longest prompt in tokens (image tokens included); `None`: the model's context.
+    pub max_prompt_tokens: Option<usize>,
+    /// Directory `file://` image URLs may point into; `None`: `file://` refused.
+    pub allowed_local_media_path: Option<PathBuf>,
+    /// Remote `http(s)` images: not fetched yet either way, the flag only changes the 400 message.
+    pub allow_remote_images: bool,
+    /// The id `/v1/models` and responses report.
+    pub model_name: String,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            model_dir: PathBuf::new(),
+            dtype: DType::F32,
+            api_key: None,
+            max_queue: 64,
+            max_body_bytes: 32 << 20,
+            max_images_per_request: 8,
+            max_image_pixels: dsvl::image::DEFAULT_MAX_PIXELS,
+            max_prompt_tokens: None,
+            allowed_local_media_path: None,
+            allow_remote_images: false,
+            model_name: "deepseek-vl".into(),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Per-request limits, taken from [`ServerConfig`].
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub api_key: Option<String>,
+    pub max_queue: usize,
+    pub max_body_bytes: usize,
+    pub max_images_per_request: usize,
+    pub max_prompt_tokens: Option<usize>,
+    pub media: MediaPolicy,
+}
+
+impl Limits {
+    /// `allowed_local_media_path` must already be canonical (see [`crate::media::canonical_root`]).
+    pub fn from_config(cfg: &ServerConfig) -> Self {
+        Self {
+            api_key: cfg.api_key.clone(),
+            max_queue: cfg.max_queue,
+            max_body_bytes: cfg.max_body_bytes,
+            max_images_per_request: cfg.max_images_per_request,
+            max_prompt_tokens: cfg.max_prompt_tokens,
+            media: MediaPolicy {
+                allowed_local_media_path: cfg.allowed_local_media_path.clone(),
+                allow_remote_images: cfg.allow_remote_images,
+            },
+        }
+    }
+}
+
+/// Handler state: cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    limits: Limits,
+    model_name: String,
+    created: u64,
+    engine: OnceLock<EngineHandle>,
+    metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// A state whose model is still loading: `/health` answers 503 until [`AppState::set_ready`].
+    pub fn loading(cfg: &ServerConfig) -> Self {
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self {
+            inner: Arc::new(Inner {
+                limits: Limits::from_config(cfg),
+                model_name: cfg.model_name.clone(),
+                created,
+                engine: OnceLock::new(),
+                metrics: Arc::new(Metrics::default()),
+            }),
+        }
+    }
+
+    /// A ready state around an already-loaded model (tests, embedding). Starts the engine thread.
+    pub fn from_pipeline(pipeline: Arc<Pipeline>, cfg: &ServerConfig) -> std::io::Result<Self> {
+        let state = Self::loading(cfg);
+        state.set_ready(pipeline)?;
+        Ok(state)
+    }
+
+    /// Starts the engine thread on `pipeline`; from now on the model routes answer.
+    pub fn set_ready(&self, pipeline: Arc<Pipeline>) -> std::io::Result<()> {
+        let handle = EngineHandle::spawn(
+            pipeline,
+            self.inner.limits.max_queue,
+            self.inner.metrics.clone(),
+        )?;
+        // A second call keeps the first engine: the state serves one model for its whole life.
+        let _ = self.inner.engine.set(handle);
+        Ok(())
+    }
+
+    /// The engine, or 503 while the model loads.
+    pub fn engine(&self) -> Result<&EngineHandle, ApiError> {
+        self.inner
+            .engine
+            .get()
+            .ok_or_else(|| ApiError::unavailable("the model is still loading; retry shortly"))
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.inner.engine.get().is_some()
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+    pub fn model_name(&self) -> &str {
+        &self.inner.model_name
+    }
+    /// Server start time (Unix seconds), reported as the model's `created`.
+    pub fn created(&self) -> u64 {
+        self.inner.created
+    }
+}

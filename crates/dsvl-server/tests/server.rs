@@ -1,0 +1,780 @@
+//! The server end to end on the tiny fixture model: `router(state).oneshot(..)` for each route
+//! and error path, and one real-socket test with concurrent clients.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use base64::Engine as _;
+use dsvl::engine::{LoadOptions, Pipeline};
+use dsvl_server::{router, AppState, ServerConfig};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dsvl/tests/fixtures/v1")
+}
+
+fn model_dir() -> PathBuf {
+    fixtures().join("models/siglip-tiny")
+}
+
+/// The tiny model, loaded once for the whole binary.
+fn pipeline() -> Arc<Pipeline> {
+    static P: OnceLock<Arc<Pipeline>> = OnceLock::new();
+    P.get_or_init(|| {
+        Arc::new(
+            Pipeline::load(&model_dir(), &LoadOptions::default()).expect("fixture model loads"),
+        )
+    })
+    .clone()
+}
+
+fn app_with(cfg: ServerConfig) -> Router {
+    router(AppState::from_pipeline(pipeline(), &cfg).expect("engine thread starts"))
+}
+
+fn app() -> Router {
+    app_with(ServerConfig::default())
+}
+
+fn case(name: &str) -> Value {
+    let bytes = std::fs::read(fixtures().join(format!("cases/{name}.json"))).expect("case file");
+    serde_json::from_slice(&bytes).expect("case JSON")
+}
+
+fn data_url(bytes: &[u8]) -> String {
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+fn image_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join("images").join(name)).expect("fixture image")
+}
+
+fn image_part(url: &str) -> Value {
+    json!({"type": "image_url", "image_url": {"url": url, "detail": "auto"}})
+}
+
+/// The CLI prompt of `siglip-tiny__single` as OpenAI parts: `[image, text]`.
+fn single_image_messages() -> Value {
+    json!([{"role": "user", "content": [
+        image_part(&data_url(&image_bytes("landscape_500x333.png"))),
+        {"type": "text", "text": "Describe this image in detail."},
+    ]}])
+}
+
+struct Reply {
+    status: StatusCode,
+    content_type: String,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+async fn send(app: Router, req: Request<Body>) -> Reply {
+    let resp = app.oneshot(req).await.expect("router answers");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec();
+    Reply {
+        status,
+        content_type,
+        headers,
+        body,
+    }
+}
+
+async fn post(app: Router, path: &str, body: &Value) -> Reply {
+    let req = Request::post(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    send(app, req).await
+}
+
+async fn get(app: Router, path: &str) -> Reply {
+    send(
+        app,
+        Request::get(path).body(Body::empty()).expect("request"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn greedy_single_image_matches_the_reference() {
+    let body = json!({"model": "x", "messages": single_image_messages(), "temperature": 0, "max_tokens": 32});
+    let r = post(app(), "/v1/chat/completions", &body).await;
+    let j = r.json();
+    assert_eq!(r.status, StatusCode::OK, "{j}");
+    assert_eq!(j["object"], "chat.completion");
+    assert_eq!(j["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(
+        j["choices"][0]["message"]["content"],
+        case("siglip-tiny__single")["decoded"]
+    );
+    assert_eq!(j["choices"][0]["finish_reason"], "length");
+    assert_eq!(j["choices"][0]["logprobs"], Value::Null);
+    assert_eq!(
+        j["usage"],
+        json!({"prompt_tokens": 668, "completion_tokens": 32, "total_tokens": 700})
+    );
+}
+
+/// `data: ...` payloads of an SSE body.
+fn sse_data(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: ").map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn streaming_deltas_add_up_to_the_reference() {
+    let body = json!({"messages": single_image_messages(), "temperature": 0, "max_tokens": 32,
+                      "stream": true, "stream_options": {"include_usage": true}});
+    let r = post(app(), "/v1/chat/completions", &body).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.content_type.starts_with("text/event-stream"),
+        "{}",
+        r.content_type
+    );
+    let data = sse_data(&r.body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("chunk JSON"))
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let id = &chunks[0]["id"];
+    assert!(chunks
+        .iter()
+        .all(|c| &c["id"] == id && c["object"] == "chat.completion.chunk"));
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(
+        text,
+        case("siglip-tiny__single")["decoded"].as_str().unwrap()
+    );
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .map(|c| &c["choices"][0]["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finish, [&json!("length")]);
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["prompt_tokens"], 668);
+    assert_eq!(usage["usage"]["completion_tokens"], 32);
+}
+
+#[tokio::test]
+async fn logprobs_report_the_top_alternatives() {
+    let body = json!({"messages": single_image_messages(), "temperature": 0, "max_tokens": 4,
+                      "logprobs": true, "top_logprobs": 3});
+    let r = post(app(), "/v1/chat/completions", &body).await;
+    let j = r.json();
+    assert_eq!(r.status, StatusCode::OK, "{j}");
+    let content = j["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .expect("logprobs.content");
+    assert_eq!(content.len(), 4);
+    for t in content {
+        let top = t["top_logprobs"].as_array().expect("top_logprobs");
+        assert_eq!(top.len(), 3);
+        assert!(t["logprob"].as_f64().unwrap() <= 0.0);
+        assert_eq!(top[0]["token"], t["token"], "greedy picks the top token");
+        assert!(top[0]["logprob"].as_f64() >= top[1]["logprob"].as_f64());
+    }
+    let text: String = content
+        .iter()
+        .map(|t| t["token"].as_str().unwrap())
+        .collect();
+    assert!(case("siglip-tiny__single")["decoded"]
+        .as_str()
+        .unwrap()
+        .starts_with(&text));
+}
+
+#[tokio::test]
+async fn multi_turn_with_images_in_an_earlier_turn_matches_the_reference() {
+    let want = case("siglip-tiny__multi");
+    let messages = json!([
+        {"role": "user", "content": [
+            image_part(&data_url(&image_bytes("landscape_500x333.png"))),
+            {"type": "text", "text": "What is in the first picture?"}]},
+        {"role": "assistant", "content": "A red square and a blue circle."},
+        {"role": "user", "content": [
+            {"type": "text", "text": "And here: "},
+            image_part(&data_url(&image_bytes("portrait_333x500.png"))),
+            {"type": "text", "text": " Compare them."}]},
+    ]);
+    let body = json!({"messages": messages, "temperature": 0, "max_tokens": 32});
+    let r = post(app(), "/v1/chat/completions", &body).await;
+    let j = r.json();
+    assert_eq!(r.status, StatusCode::OK, "{j}");
+    assert_eq!(j["choices"][0]["message"]["content"], want["decoded"]);
+    assert_eq!(j["usage"]["prompt_tokens"], want["n_tokens"]);
+
+    let t = post(app(), "/apply-template", &json!({"messages": messages}))
+        .await
+        .json();
+    assert_eq!(t["prompt"], want["prompt"]);
+    let t = post(app(), "/tokenize", &json!({"messages": messages}))
+        .await
+        .json();
+    assert_eq!(
+        t["tokens"].as_array().map(Vec::len),
+        want["n_tokens"].as_u64().map(|n| n as usize)
+    );
+}
+
+/// Asserts an OpenAI error body with `status`, and `param`/`code` when given.
+fn assert_error(r: &Reply, status: StatusCode, param: Option<&str>, code: Option<&str>) -> Value {
+    let j = r.json();
+    assert_eq!(r.status, status, "{j}");
+    let e = &j["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{j}");
+    assert!(e["type"].is_string(), "{j}");
+    if let Some(p) = param {
+        assert_eq!(e["param"], p, "{j}");
+    }
+    if let Some(c) = code {
+        assert_eq!(e["code"], c, "{j}");
+    }
+    j
+}
+
+fn one_image(url: &str, text: &str) -> Value {
+    json!({"messages": [{"role": "user", "content": [image_part(url), {"type": "text", "text": text}]}],
+           "temperature": 0, "max_tokens": 2})
+}
+
+#[tokio::test]
+async fn bad_requests_are_openai_errors_naming_the_field() {
+    let png = image_bytes("landscape_500x333.png");
+    let good = data_url(&png);
+    let url_param = "messages[0].content[0].image_url.url";
+    let cases: Vec<(&str, Value, Option<&str>, Option<&str>)> = vec![
+        (
+            "bad base64",
+            one_image("data:image/png;base64,@@@", "hi"),
+            Some(url_param),
+            Some("invalid_image_url"),
+        ),
+        (
+            "not base64 data URL",
+            one_image("data:image/png,abc", "hi"),
+            Some(url_param),
+            None,
+        ),
+        (
+            "remote URL",
+            one_image("https://example.com/a.png", "hi"),
+            Some(url_param),
+            None,
+        ),
+        (
+            "non-image bytes",
+            one_image(&data_url(b"hello, not an image"), "hi"),
+            Some("messages[0].content[0]"),
+            Some("invalid_image"),
+        ),
+        (
+            "truncated PNG",
+            one_image(&data_url(&png[..png.len() / 3]), "hi"),
+            Some("messages[0].content[0]"),
+            Some("invalid_image"),
+        ),
+        (
+            "image count mismatch",
+            one_image(&good, "<image_placeholder> and <image_placeholder>"),
+            Some("messages"),
+            Some("image_count_mismatch"),
+        ),
+        (
+            "context overflow",
+            json!({"messages": single_image_messages(), "max_tokens": 100_000}),
+            Some("messages"),
+            Some("context_length_exceeded"),
+        ),
+        (
+            "n = 2",
+            json!({"messages": single_image_messages(), "n": 2}),
+            Some("n"),
+            None,
+        ),
+        (
+            "temperature type",
+            json!({"messages": single_image_messages(), "temperature": "hot"}),
+            Some("temperature"),
+            None,
+        ),
+        (
+            "temperature range",
+            json!({"messages": single_image_messages(), "temperature": -1}),
+            Some("temperature"),
+            None,
+        ),
+        (
+            "top_logprobs range",
+            json!({"messages": single_image_messages(), "logprobs": true, "top_logprobs": 21}),
+            Some("top_logprobs"),
+            None,
+        ),
+        (
+            "json mode",
+            json!({"messages": single_image_messages(), "response_format": {"type": "json_object"}}),
+            Some("response_format.type"),
+            None,
+        ),
+        (
+            "content type",
+            json!({"messages": [{"role": "user", "content": 7}]}),
+            Some("messages[0].content"),
+            None,
+        ),
+        (
+            "role",
+            json!({"messages": [{"role": "robot", "content": "hi"}]}),
+            Some("messages[0].role"),
+            None,
+        ),
+        (
+            "no user turn",
+            json!({"messages": []}),
+            Some("messages"),
+            None,
+        ),
+    ];
+    for (what, body, param, code) in cases {
+        let r = post(app(), "/v1/chat/completions", &body).await;
+        let j = r.json();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{what}: {j}");
+        assert_eq!(j["error"]["type"], "invalid_request_error", "{what}: {j}");
+        if let Some(p) = param {
+            assert_eq!(j["error"]["param"], p, "{what}: {j}");
+        }
+        if let Some(c) = code {
+            assert_eq!(j["error"]["code"], c, "{what}: {j}");
+        }
+    }
+    let r = post(
+        app(),
+        "/v1/chat/completions",
+        &json!({"messages": single_image_messages(), "temperature": "hot"}),
+    )
+    .await;
+    let msg = r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(msg.contains("`temperature`"), "{msg}");
+    let bad_json = Request::post("/v1/chat/completions")
+        .body(Body::from("{not json"))
+        .expect("request");
+    assert_error(
+        &send(app(), bad_json).await,
+        StatusCode::BAD_REQUEST,
+        None,
+        None,
+    );
+}
+
+#[tokio::test]
+async fn limits_on_images_and_body_size() {
+    let url = data_url(&image_bytes("landscape_500x333.png"));
+    let two =
+        json!({"messages": [{"role": "user", "content": [image_part(&url), image_part(&url)]}]});
+    let app1 = app_with(ServerConfig {
+        max_images_per_request: 1,
+        ..Default::default()
+    });
+    let r = post(app1, "/v1/chat/completions", &two).await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        Some("messages"),
+        Some("too_many_images"),
+    );
+
+    let small = app_with(ServerConfig {
+        max_body_bytes: 1000,
+        ..Default::default()
+    });
+    let r = post(small, "/v1/chat/completions", &one_image(&url, "hi")).await;
+    assert_error(
+        &r,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        None,
+        Some("request_too_large"),
+    );
+
+    let few_tokens = app_with(ServerConfig {
+        max_prompt_tokens: Some(100),
+        ..Default::default()
+    });
+    let r = post(few_tokens, "/v1/chat/completions", &one_image(&url, "hi")).await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        Some("messages"),
+        Some("context_length_exceeded"),
+    );
+}
+
+#[tokio::test]
+async fn file_urls_only_inside_the_allowed_directory() {
+    let images = fixtures()
+        .join("images")
+        .canonicalize()
+        .expect("images dir");
+    let cfg = ServerConfig {
+        allowed_local_media_path: Some(images.clone()),
+        ..Default::default()
+    };
+    let inside = format!("file://{}", images.join("landscape_500x333.png").display());
+    let r = post(
+        app_with(cfg.clone()),
+        "/v1/chat/completions",
+        &one_image(&inside, "hi"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json());
+    let escape = format!(
+        "file://{}/../models/siglip-tiny/config.json",
+        images.display()
+    );
+    let outside = format!(
+        "file://{}",
+        model_dir()
+            .canonicalize()
+            .expect("model dir")
+            .join("config.json")
+            .display()
+    );
+    for url in [escape, outside] {
+        let r = post(
+            app_with(cfg.clone()),
+            "/v1/chat/completions",
+            &one_image(&url, "hi"),
+        )
+        .await;
+        let j = assert_error(
+            &r,
+            StatusCode::BAD_REQUEST,
+            Some("messages[0].content[0].image_url.url"),
+            None,
+        );
+        assert!(
+            j["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("outside"),
+            "{j}"
+        );
+    }
+    let r = post(app(), "/v1/chat/completions", &one_image(&inside, "hi")).await;
+    assert_error(
+        &r,
+        StatusCode::BAD_REQUEST,
+        Some("messages[0].content[0].image_url.url"),
+        None,
+    );
+}
+
+#[tokio::test]
+async fn api_key_guards_everything_but_health() {
+    let cfg = ServerConfig {
+        api_key: Some("s3cret".into()),
+        ..Default::default()
+    };
+    let state = AppState::from_pipeline(pipeline(), &cfg).expect("engine");
+    let with_key = |key: Option<&str>| {
+        let mut b = Request::get("/v1/models");
+        if let Some(k) = key {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {k}"));
+        }
+        b.body(Body::empty()).expect("request")
+    };
+    for key in [None, Some("wrong")] {
+        let r = send(router(state.clone()), with_key(key)).await;
+        assert_error(&r, StatusCode::UNAUTHORIZED, None, Some("invalid_api_key"));
+    }
+    let r = send(router(state.clone()), with_key(Some("s3cret"))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(get(router(state), "/health").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn info_routes() {
+    let r = get(app(), "/v1/models").await;
+    let j = r.json();
+    assert_eq!(r.status, StatusCode::OK, "{j}");
+    assert_eq!(j["data"][0]["id"], "deepseek-vl");
+    assert_eq!(
+        j["data"][0]["modalities"]["input"],
+        json!(["text", "image"])
+    );
+    assert_eq!(get(app(), "/ready").await.status, StatusCode::OK);
+    let r = get(app(), "/nope").await;
+    assert_error(&r, StatusCode::NOT_FOUND, None, Some("not_found"));
+
+    let t = post(
+        app(),
+        "/tokenize",
+        &json!({"content": "Hello", "with_pieces": true}),
+    )
+    .await
+    .json();
+    assert_eq!(t["tokens"][0]["id"], 100000, "BOS first");
+    let r = post(app(), "/tokenize", &json!({"content": 3})).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, Some("content"), None);
+    let single = case("siglip-tiny__single");
+    let t = post(
+        app(),
+        "/apply-template",
+        &json!({"messages": single_image_messages()}),
+    )
+    .await
+    .json();
+    assert_eq!(t["prompt"], single["prompt"]);
+}
+
+#[tokio::test]
+async fn loading_state_answers_503() {
+    let state = AppState::loading(&ServerConfig::default());
+    let r = get(router(state.clone()), "/health").await;
+    assert_error(
+        &r,
+        StatusCode::SERVICE_UNAVAILABLE,
+        None,
+        Some("unavailable"),
+    );
+    assert!(r.headers.contains_key(header::RETRY_AFTER));
+    let r = post(
+        router(state),
+        "/v1/chat/completions",
+        &json!({"messages": single_image_messages()}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// Polls `/metrics` (at most 30 s) until it contains `needle`; returns the last text.
+async fn wait_for_metric(state: &AppState, needle: &str) -> String {
+    let mut m = String::new();
+    for _ in 0..600 {
+        m = String::from_utf8_lossy(&get(router(state.clone()), "/metrics").await.body)
+            .into_owned();
+        if m.contains(needle) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    m
+}
+
+#[tokio::test]
+async fn full_queue_gets_429_and_a_dropped_stream_frees_the_engine() {
+    let state = AppState::from_pipeline(
+        pipeline(),
+        &ServerConfig {
+            max_queue: 1,
+            ..Default::default()
+        },
+    )
+    .expect("engine");
+    let long = json!({"messages": single_image_messages(), "temperature": 0, "max_tokens": 8000, "stream": true});
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let req = Request::post("/v1/chat/completions")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(long.to_string()))
+            .expect("request");
+        held.push(
+            router(state.clone())
+                .oneshot(req)
+                .await
+                .expect("router answers"),
+        );
+        if i == 0 {
+            wait_for_metric(&state, "\ndsvl_running_sequences 1").await;
+        }
+    }
+    let statuses: Vec<u16> = held.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 429],
+        "one running, one queued, one refused"
+    );
+    assert!(held[2].headers().contains_key(header::RETRY_AFTER));
+    drop(held); // both clients go away: generation stops at the next token
+
+    let mut m = String::new();
+    for _ in 0..600 {
+        m = String::from_utf8_lossy(&get(router(state.clone()), "/metrics").await.body)
+            .into_owned();
+        if m.contains("\ndsvl_running_sequences 0")
+            && m.contains("\ndsvl_queue_depth 0")
+            && m.contains("{status=\"429\"} 1")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let generated: f64 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("dsvl_generation_tokens_total ")
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(f64::MAX);
+    assert!(
+        generated > 0.0 && generated < 8000.0,
+        "counted, and cancelled well before max_tokens: {m}"
+    );
+    assert!(
+        m.contains("dsvl_http_requests_total{status=\"429\"} 1"),
+        "{m}"
+    );
+}
+
+mod socket {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A minimal HTTP/1.1 client: one request per connection, `Connection: close`.
+    async fn http(
+        addr: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, String) {
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.expect("write");
+        s.write_all(body.as_bytes()).await.expect("write");
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.expect("read");
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("status line");
+        (status, body.to_string())
+    }
+
+    fn metric(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_clients_over_a_real_socket() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cfg = ServerConfig {
+            model_dir: model_dir(),
+            max_queue: 16,
+            ..Default::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(dsvl_server::serve_on(listener, cfg, async move {
+            let _ = stopped.await;
+        }));
+
+        let mut ready = false;
+        for _ in 0..600 {
+            let (status, _) = http(addr, "GET", "/health", None).await;
+            assert!(status == 200 || status == 503, "{status}");
+            if status == 200 {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ready, "the model loads within a minute");
+
+        let body = json!({"messages": single_image_messages(), "temperature": 0, "max_tokens": 4});
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    http(addr, "POST", "/v1/chat/completions", Some(&body)).await
+                })
+            })
+            .collect();
+        let want = case("siglip-tiny__single")["decoded"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for c in clients {
+            let (status, body) = tokio::time::timeout(Duration::from_secs(300), c)
+                .await
+                .expect("in time")
+                .expect("task");
+            assert_eq!(status, 200, "{body}");
+            let j: Value = serde_json::from_str(&body).expect("JSON");
+            let text = j["choices"][0]["message"]["content"].as_str().unwrap();
+            assert!(!text.is_empty() && want.starts_with(text), "{text}");
+            assert_eq!(j["usage"]["completion_tokens"], 4);
+        }
+
+        let (status, m) = http(addr, "GET", "/metrics", None).await;
+        assert_eq!(status, 200);
+        assert!(
+            metric(&m, "dsvl_http_requests_total{status=\"200\"}") >= 9.0,
+            "{m}"
+        );
+        assert_eq!(metric(&m, "dsvl_generation_tokens_total"), 32.0);
+        assert_eq!(metric(&m, "dsvl_prompt_tokens_total"), 8.0 * 668.0);
+        assert_eq!(metric(&m, "dsvl_images_processed_total"), 8.0);
+        assert_eq!(metric(&m, "dsvl_time_to_first_token_seconds_count"), 8.0);
+        assert_eq!(metric(&m, "dsvl_time_per_output_token_seconds_count"), 24.0);
+        assert_eq!(metric(&m, "dsvl_queue_depth"), 0.0);
+        assert_eq!(metric(&m, "dsvl_running_sequences"), 0.0);
+
+        let _ = stop.send(());
+        let result = tokio::time::timeout(Duration::from_secs(60), server)
+            .await
+            .expect("stops")
+            .expect("task");
+        assert!(result.is_ok(), "{result:?}");
+    }
+}

@@ -11,7 +11,9 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use dsvl::engine::{Event, FinishReason, GenerateParams, Outcome, Pipeline, Prepared};
+use dsvl::engine::{
+    Event, FeatureCache, FinishReason, GenerateParams, Outcome, Pipeline, Prepared,
+};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::error::ApiError;
@@ -63,6 +65,7 @@ impl EngineHandle {
     pub fn spawn(
         pipeline: Arc<Pipeline>,
         max_queue: usize,
+        image_cache_bytes: usize,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let capacity = max_queue.max(1);
@@ -71,9 +74,12 @@ impl EngineHandle {
         std::thread::Builder::new()
             .name("dsvl-engine".into())
             .spawn(move || {
+                // Owned by the engine thread: no lock. A conversation that resends its images
+                // skips the vision tower for them.
+                let mut cache = FeatureCache::new(image_cache_bytes);
                 for job in jobs {
                     m.queue_depth.fetch_sub(1, Relaxed);
-                    worker(&p, &m, job);
+                    worker(&p, &m, &mut cache, job);
                 }
             })?;
         Ok(Self {
@@ -124,7 +130,12 @@ impl EngineHandle {
 }
 
 /// Runs one request to completion, streaming its events.
-fn worker(pipeline: &Pipeline, metrics: &Metrics, job: GenerationRequest) {
+fn worker(
+    pipeline: &Pipeline,
+    metrics: &Metrics,
+    cache: &mut FeatureCache,
+    job: GenerationRequest,
+) {
     if job.events.is_closed() {
         return; // the client left while queued
     }
@@ -135,7 +146,7 @@ fn worker(pipeline: &Pipeline, metrics: &Metrics, job: GenerationRequest) {
     let mut last = job.enqueued;
     let mut first = true;
     let result = catch_unwind(AssertUnwindSafe(|| {
-        pipeline.generate(&job.prepared, &job.params, |ev| {
+        pipeline.generate_cached(&job.prepared, &job.params, Some(&mut *cache), |ev| {
             if let Event::Token(_) = ev {
                 let now = Instant::now();
                 let hist = if first {
@@ -162,6 +173,8 @@ fn worker(pipeline: &Pipeline, metrics: &Metrics, job: GenerationRequest) {
             hint: "the engine panicked while generating; see the server log".into(),
         }),
     };
+    metrics.image_cache_hits.store(cache.hits, Relaxed);
+    metrics.image_cache_misses.store(cache.misses, Relaxed);
     metrics.running.fetch_sub(1, Relaxed);
     let _ = job.events.send(final_event);
 }

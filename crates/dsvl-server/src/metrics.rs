@@ -64,6 +64,8 @@ pub struct Metrics {
     pub prompt_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
     pub images: AtomicU64,
+    pub image_cache_hits: AtomicU64,
+    pub image_cache_misses: AtomicU64,
     pub queue_depth: AtomicI64,
     pub running: AtomicI64,
     pub time_to_first_token: Histogram,
@@ -77,6 +79,8 @@ impl Default for Metrics {
             prompt_tokens: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
             images: AtomicU64::new(0),
+            image_cache_hits: AtomicU64::new(0),
+            image_cache_misses: AtomicU64::new(0),
             queue_depth: AtomicI64::new(0),
             running: AtomicI64::new(0),
             time_to_first_token: Histogram::new(TTFT_BUCKETS),
@@ -117,6 +121,16 @@ impl Metrics {
                 "dsvl_images_processed_total",
                 "Images decoded and encoded.",
                 &self.images,
+            ),
+            (
+                "dsvl_image_cache_hits_total",
+                "Images whose embeddings came from the image feature cache.",
+                &self.image_cache_hits,
+            ),
+            (
+                "dsvl_image_cache_misses_total",
+                "Images that ran through the vision tower.",
+                &self.image_cache_misses,
             ),
         ];
         for (name, help, v) in counters {

@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub allow_remote_images: bool,
     /// The id `/v1/models` and responses report.
     pub model_name: String,
+    /// Memory for cached image embeddings (a conversation resending an image skips the vision tower).
+    pub image_cache_bytes: usize,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
 }
@@ -57,6 +59,7 @@ impl Default for ServerConfig {
             allowed_local_media_path: None,
             allow_remote_images: false,
             model_name: "deepseek-vl".into(),
+            image_cache_bytes: 512 << 20,
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -70,6 +73,7 @@ pub struct Limits {
     pub max_body_bytes: usize,
     pub max_images_per_request: usize,
     pub max_prompt_tokens: Option<usize>,
+    pub image_cache_bytes: usize,
     pub media: MediaPolicy,
 }
 
@@ -82,6 +86,7 @@ impl Limits {
             max_body_bytes: cfg.max_body_bytes,
             max_images_per_request: cfg.max_images_per_request,
             max_prompt_tokens: cfg.max_prompt_tokens,
+            image_cache_bytes: cfg.image_cache_bytes,
             media: MediaPolicy {
                 allowed_local_media_path: cfg.allowed_local_media_path.clone(),
                 allow_remote_images: cfg.allow_remote_images,
@@ -133,6 +138,7 @@ impl AppState {
         let handle = EngineHandle::spawn(
             pipeline,
             self.inner.limits.max_queue,
+            self.inner.limits.image_cache_bytes,
             self.inner.metrics.clone(),
         )?;
         // A second call keeps the first engine: the state serves one model for its whole life.

@@ -778,3 +778,24 @@ mod socket {
         assert!(result.is_ok(), "{result:?}");
     }
 }
+
+/// A second request with the same image reuses its embeddings (image feature cache): the answer is
+/// the same and /metrics counts one miss, then one hit.
+#[tokio::test]
+async fn resent_image_hits_the_feature_cache() {
+    let app = app();
+    let body = json!({"messages": single_image_messages(), "temperature": 0, "max_tokens": 4});
+    let a = post(app.clone(), "/v1/chat/completions", &body)
+        .await
+        .json();
+    let b = post(app.clone(), "/v1/chat/completions", &body)
+        .await
+        .json();
+    assert_eq!(
+        a["choices"][0]["message"]["content"],
+        b["choices"][0]["message"]["content"]
+    );
+    let m = String::from_utf8_lossy(&get(app, "/metrics").await.body).into_owned();
+    assert!(m.contains("dsvl_image_cache_misses_total 1"), "{m}");
+    assert!(m.contains("dsvl_image_cache_hits_total 1"), "{m}");
+}

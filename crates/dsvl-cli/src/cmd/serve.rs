@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Allow `file://` image URLs under this folder.
     #[arg(long)]
     pub allowed_local_media_path: Option<PathBuf>,
+    /// Memory for cached image embeddings, in MiB: a conversation that resends an image skips
+    /// the vision tower.
+    #[arg(long, default_value_t = 512)]
+    pub image_cache_mb: usize,
     /// Model name reported by /v1/models and in responses.
     #[arg(long, default_value = "deepseek-vl")]
     pub served_model_name: String,
@@ -75,6 +79,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         max_prompt_tokens: a.max_prompt_tokens,
         allowed_local_media_path: a.allowed_local_media_path,
         model_name: a.served_model_name,
+        image_cache_bytes: a.image_cache_mb << 20,
         ..Default::default()
     };
     tokio::runtime::Runtime::new()?.block_on(dsvl_server::serve(cfg))

@@ -43,6 +43,12 @@ pub enum Command {
     Chat(ChatArgs),
     /// Describe a model folder (layout, architecture, sizes, dtype, tokenizer) and report problems, without loading the weights.
     Inspect(InspectArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions with images, streaming).
+    Serve(crate::cmd::serve::ServeArgs),
+    // about/long_about/after_help: on `BenchArgs` (cmd/bench.rs).
+    Bench(crate::cmd::bench::BenchArgs),
+    // about/long_about/after_help: on `MakeCheckpointArgs` (cmd/make_checkpoint.rs).
+    MakeCheckpoint(crate::cmd::make_checkpoint::MakeCheckpointArgs),
 }
 
 #[derive(Args, Debug, Clone)]

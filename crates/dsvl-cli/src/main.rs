@@ -38,6 +38,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(a) => cmd::run::run(a),
         Command::Chat(a) => cmd::chat::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+        Command::MakeCheckpoint(a) => cmd::make_checkpoint::run(a),
     }
 }
 

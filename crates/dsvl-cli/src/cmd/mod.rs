@@ -1,8 +1,11 @@
 //! One module per subcommand, plus the model loading they share.
 
+pub mod bench;
 pub mod chat;
 pub mod inspect;
+pub mod make_checkpoint;
 pub mod run;
+pub mod serve;
 
 use std::io::IsTerminal;
 use std::sync::Arc;

@@ -1,0 +1,758 @@
+//! `dsvl bench`: a fixed single-user workload, timed stage by stage, with the memory-bandwidth
+//! roofline that bounds CPU decoding.
+//!
+//! Workload: `--images` generated chart images (or `--image FILE`) and a question of about
+//! `--prompt-tokens` text tokens, answered greedily for exactly `--decode-tokens` tokens (EOS
+//! ignored); then a second turn about the same image (image feature cache hit); optionally a
+//! text-only prefill of `--long-context` tokens followed by the same number of decode steps.
+//! Figures are medians over `--repeats` runs after one warm-up run.
+//!
+//! Decode on CPU is bound by memory bandwidth: every step reads all LLM weights except the
+//! embedding table (one row). The roofline is `bandwidth / bytes per token`; the report says how
+//! close decode comes to it.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{ensure, Context};
+use dsvl::config::{LlamaSpec, VisionSpec};
+use dsvl::engine::{
+    ChatMessage, Event, FeatureCache, GenerateParams, ImageSource, Pipeline, Prepared,
+};
+use dsvl::prompt::template::Role;
+use dsvl::sampling::SamplingParams;
+use serde_json::{json, Value};
+
+use super::load_pipeline;
+use crate::args::ModelArgs;
+
+#[derive(clap::Args, Debug)]
+#[command(
+    about = "Measure load, vision, prefill and decode speed on a fixed workload",
+    long_about = "Measure load, vision, prefill and decode speed on a fixed workload: one generated chart \
+        image and a question of about 40 tokens, answered greedily for a fixed number of tokens (EOS ignored), \
+        then a second turn about the same image. Prints medians over --repeats runs (after one warm-up run), \
+        the peak resident memory, the machine's measured memory bandwidth and the decode roofline \
+        (bandwidth / weight bytes read per token).\n\n\
+        Any model folder works; for the real shapes without downloading, make one with \
+        `dsvl make-checkpoint --shape 1.3b --out DIR`. Run on a quiet machine: other processes \
+        change every figure.",
+    after_help = "Examples:\n  \
+        dsvl bench --model /tmp/dsvl-1.3b-random\n  \
+        dsvl bench --model /tmp/dsvl-1.3b-random --dtype bf16 --long-context 2048 --json bf16.json\n  \
+        dsvl bench --model ./deepseek-vl-7b-chat --image examples/chart.png --repeats 5\n\n\
+        Timings: preprocess = template + tokenizer + image decode/resize/pad; TTFT = preprocess + vision + prefill; \
+        decode tok/s = (tokens − 1) / time between the first and the last token."
+)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Images in the prompt (each a different generated chart, or copies of --image).
+    #[arg(long, default_value_t = 1)]
+    pub images: usize,
+    /// Use this image file instead of the generated chart (e.g. examples/chart.png).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Approximate length of the question in text tokens (the image tokens come on top).
+    #[arg(long, default_value_t = 40)]
+    pub prompt_tokens: usize,
+    /// Tokens generated per run (at least 2; the decode rate is measured between the first and the last).
+    #[arg(long, default_value_t = 32)]
+    pub decode_tokens: usize,
+    /// Also measure prefill and decode after a text-only prompt of this many tokens (e.g. 2048; 0 = skip).
+    #[arg(long, default_value_t = 0)]
+    pub long_context: usize,
+    /// Measured runs; figures are medians.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Unmeasured runs first (2 decode tokens each), so caches and allocators are warm.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Size of the memory-bandwidth test in MiB (0 = skip it and the roofline).
+    #[arg(long, default_value_t = 1024)]
+    pub bandwidth_mib: usize,
+    /// Skip the second-turn measurement.
+    #[arg(long)]
+    pub no_second_turn: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// The question: a fixed chart question, extended with more requests to reach the target length.
+const QUESTION: &str =
+    "Describe this chart: what do the axes show, which bar is the tallest, which is the shortest,";
+const FILLER: &[&str] = &[
+    "how", "do", "the", "values", "change", "from", "left", "to", "right,", "what", "colour", "is",
+    "each", "bar,", "and", "what", "would", "you", "conclude", "from", "it?",
+];
+/// The fixed first answer used to build the second turn (generated text could contain anything).
+const FIRST_ANSWER: &str =
+    "The chart shows five bars; the third bar is the tallest and the first is the shortest.";
+const SECOND_QUESTION: &str =
+    "And what is the difference between the tallest and the shortest bar?";
+
+/// One measured run.
+#[derive(Debug, Clone, Default)]
+struct Run {
+    preprocess_ms: f64,
+    vision_ms: f64,
+    prefill_ms: f64,
+    ttft_ms: f64,
+    decode_tok_s: f64,
+    second_ttft_ms: Option<f64>,
+    second_vision_ms: Option<f64>,
+    long_prefill_tok_s: Option<f64>,
+    long_decode_tok_s: Option<f64>,
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    ensure!(a.images >= 1, "--images must be at least 1");
+    ensure!(a.repeats >= 1, "--repeats must be at least 1");
+    ensure!(
+        a.decode_tokens >= 2,
+        "--decode-tokens must be at least 2 (the rate is measured between the first and the last token)"
+    );
+    let image_bytes = match &a.image {
+        Some(p) => {
+            Some(std::fs::read(p).with_context(|| format!("cannot read --image {}", p.display()))?)
+        }
+        None => None,
+    };
+    let images: Vec<ImageSource> = (0..a.images)
+        .map(|i| match &image_bytes {
+            Some(data) => ImageSource::Bytes {
+                name: a
+                    .image
+                    .as_ref()
+                    .map_or(String::new(), |p| p.display().to_string()),
+                data: data.clone(),
+            },
+            None => ImageSource::Bytes {
+                name: format!("generated-chart-{i}.bmp"),
+                data: chart_bmp(640, 480, i as u32),
+            },
+        })
+        .collect();
+
+    let t = Instant::now();
+    let pipeline = load_pipeline(&a.model)?;
+    let load_ms = ms(t);
+    let rss_after_load = proc_status_kib("VmRSS").map(|k| k * 1024);
+    let spec = pipeline.spec().clone();
+
+    let question = build_question(&pipeline, a.prompt_tokens)?;
+    let question_tokens = pipeline.tokenizer().encode_prompt(&question)?.len() - 1;
+    let placeholders = "<image_placeholder>".repeat(a.images);
+    let turn1 = vec![
+        ChatMessage::new(Role::User, format!("{placeholders}{question}"))
+            .with_images(images.clone()),
+    ];
+    let turn2 = vec![
+        turn1[0].clone(),
+        ChatMessage::new(Role::Assistant, FIRST_ANSWER),
+        ChatMessage::new(Role::User, SECOND_QUESTION),
+    ];
+    let long_ids = long_prompt(&pipeline, a.long_context, a.decode_tokens)?;
+
+    for w in 0..a.warmup {
+        tracing::info!("warm-up run {}/{}", w + 1, a.warmup);
+        one_run(&pipeline, &turn1, &turn2, None, 2, !a.no_second_turn)?;
+    }
+    let mut runs = Vec::with_capacity(a.repeats);
+    let mut prompt_tokens = 0;
+    for r in 0..a.repeats {
+        tracing::info!("run {}/{}", r + 1, a.repeats);
+        let (run, n) = one_run(
+            &pipeline,
+            &turn1,
+            &turn2,
+            long_ids.as_deref(),
+            a.decode_tokens,
+            !a.no_second_turn,
+        )?;
+        prompt_tokens = n;
+        runs.push(run);
+    }
+    // Read before the bandwidth test, which allocates its own buffer.
+    let peak_rss = proc_status_kib("VmHWM").map(|k| k * 1024);
+
+    let threads = a
+        .model
+        .threads
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1);
+    let bandwidth =
+        (a.bandwidth_mib > 0).then(|| memory_bandwidth_gb_s(a.bandwidth_mib << 20, threads));
+
+    let dtype_bytes = pipeline.model().dtype().size_in_bytes();
+    let weight_bytes = decode_weight_bytes(&spec.llm, dtype_bytes);
+    let kv_bytes_per_pos = kv_bytes_per_position(&spec.llm, dtype_bytes);
+
+    let med = |f: &dyn Fn(&Run) -> Option<f64>| median(runs.iter().filter_map(f).collect());
+    let preprocess_ms = med(&|r| Some(r.preprocess_ms));
+    let vision_ms = med(&|r| Some(r.vision_ms));
+    let prefill_ms = med(&|r| Some(r.prefill_ms));
+    let ttft_ms = med(&|r| Some(r.ttft_ms));
+    let decode_tok_s = med(&|r| Some(r.decode_tok_s));
+    let second_ttft = med(&|r| r.second_ttft_ms);
+    let second_vision = med(&|r| r.second_vision_ms);
+    let long_prefill = med(&|r| r.long_prefill_tok_s);
+    let long_decode = med(&|r| r.long_decode_tok_s);
+
+    // Decode at the short context reads the weights plus a KV cache of ~prompt length.
+    let short_ctx = prompt_tokens + a.decode_tokens / 2;
+    let roofline = |ctx: usize| {
+        bandwidth.map(|bw| bw * 1e9 / (weight_bytes + kv_bytes_per_pos * ctx as u64) as f64)
+    };
+    let roof_short = roofline(short_ctx);
+    let long_ctx = a.long_context + a.decode_tokens / 2;
+    let roof_long = (a.long_context > 0).then(|| roofline(long_ctx)).flatten();
+    let pct = |got: Option<f64>, roof: Option<f64>| match (got, roof) {
+        (Some(g), Some(r)) if r > 0.0 => Some(100.0 * g / r),
+        _ => None,
+    };
+
+    let model_desc = match &spec.vision {
+        VisionSpec::Siglip(_) => "SigLIP-L + Llama (1.3B-style)",
+        VisionSpec::Hybrid { .. } => "SAM-B + SigLIP-L + Llama (7B-style)",
+    };
+    let llm_params = llm_params(&spec.llm);
+    let report = json!({
+        "tool": "dsvl bench",
+        "dsvl_version": env!("CARGO_PKG_VERSION"),
+        "machine": {
+            "cpu": cpu_model(),
+            "logical_cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
+            "threads": threads,
+            "mem_total_bytes": proc_meminfo_kib("MemTotal").map(|k| k * 1024),
+        },
+        "model": {
+            "dir": spec.dir.display().to_string(),
+            "layout": format!("{:?}", spec.layout),
+            "architecture": model_desc,
+            "dtype": format!("{:?}", pipeline.model().dtype()).to_lowercase(),
+            "llm_params": llm_params,
+            "llm_layers": spec.llm.num_layers,
+            "llm_hidden": spec.llm.hidden_size,
+        },
+        "workload": {
+            "images": a.images,
+            "image": a.image.as_ref().map_or("generated 640x480 chart (BMP)".to_string(), |p| p.display().to_string()),
+            "question": question,
+            "question_tokens": question_tokens,
+            "prompt_tokens": prompt_tokens,
+            "decode_tokens": a.decode_tokens,
+            "long_context": a.long_context,
+            "repeats": a.repeats,
+            "warmup": a.warmup,
+            "sampling": "greedy, EOS ignored",
+        },
+        "load_ms": load_ms,
+        "rss_after_load_bytes": rss_after_load,
+        "preprocess_ms": preprocess_ms,
+        "vision_ms": vision_ms,
+        "vision_ms_per_image": vision_ms.map(|v| v / a.images as f64),
+        "prefill_ms": prefill_ms,
+        "prefill_tokens_per_s": prefill_ms.map(|p| prompt_tokens as f64 / (p / 1e3)),
+        "ttft_ms": ttft_ms,
+        "decode_tokens_per_s": decode_tok_s,
+        "second_turn": if a.no_second_turn { Value::Null } else { json!({
+            "ttft_ms": second_ttft,
+            "vision_ms": second_vision,
+            "note": "image feature cache hit; the whole conversation is prefilled again (no prefix KV cache yet)",
+        })},
+        "long_context": if a.long_context == 0 { Value::Null } else { json!({
+            "context": a.long_context,
+            "prefill_tokens_per_s": long_prefill,
+            "decode_tokens_per_s": long_decode,
+            "decode_roofline_tokens_per_s": roof_long,
+            "decode_roofline_pct": pct(long_decode, roof_long),
+        })},
+        "peak_rss_bytes": peak_rss,
+        "memory_bandwidth_gb_s": bandwidth,
+        "weight_bytes_per_token": weight_bytes,
+        "kv_bytes_per_position": kv_bytes_per_pos,
+        "decode_roofline_tokens_per_s": roof_short,
+        "decode_roofline_pct": pct(decode_tok_s, roof_short),
+        "runs": runs.iter().map(|r| json!({
+            "preprocess_ms": r.preprocess_ms, "vision_ms": r.vision_ms, "prefill_ms": r.prefill_ms,
+            "ttft_ms": r.ttft_ms, "decode_tokens_per_s": r.decode_tok_s,
+            "second_turn_ttft_ms": r.second_ttft_ms, "long_prefill_tokens_per_s": r.long_prefill_tok_s,
+            "long_decode_tokens_per_s": r.long_decode_tok_s,
+        })).collect::<Vec<_>>(),
+    });
+
+    print_table(&report);
+    if let Some(path) = &a.json {
+        let mut text = serde_json::to_string_pretty(&report)?;
+        text.push('\n');
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// One pass of the workload; returns the run and the prompt length in tokens.
+fn one_run(
+    pipeline: &Pipeline,
+    turn1: &[ChatMessage],
+    turn2: &[ChatMessage],
+    long_ids: Option<&[u32]>,
+    decode_tokens: usize,
+    second_turn: bool,
+) -> anyhow::Result<(Run, usize)> {
+    let params = GenerateParams {
+        sampling: SamplingParams {
+            max_new_tokens: decode_tokens,
+            ..Default::default()
+        },
+        ignore_eos: true,
+        logprobs: None,
+    };
+    let mut cache = FeatureCache::new(256 << 20);
+    let prepared = pipeline.prepare(None, turn1, decode_tokens)?;
+    let (outcome, tok_s) = timed_generate(pipeline, &prepared, &params, Some(&mut cache))?;
+    ensure!(
+        outcome.ids.len() == decode_tokens,
+        "generated {} tokens instead of {decode_tokens}",
+        outcome.ids.len()
+    );
+    let t = &outcome.timings;
+    let mut run = Run {
+        preprocess_ms: t.preprocess_ms,
+        vision_ms: t.vision_ms,
+        prefill_ms: t.prefill_ms,
+        ttft_ms: t.time_to_first_token_ms(),
+        decode_tok_s: tok_s,
+        ..Default::default()
+    };
+    if second_turn {
+        // Only the first token matters here.
+        let one = GenerateParams {
+            sampling: SamplingParams {
+                max_new_tokens: 1,
+                ..Default::default()
+            },
+            ..params.clone()
+        };
+        let prepared2 = pipeline.prepare(None, turn2, 1)?;
+        let out2 = pipeline.generate_cached(&prepared2, &one, Some(&mut cache), |_| {
+            ControlFlow::Continue(())
+        })?;
+        run.second_ttft_ms = Some(out2.timings.time_to_first_token_ms());
+        run.second_vision_ms = Some(out2.timings.vision_ms);
+    }
+    if let Some(ids) = long_ids {
+        let (prefill, decode) = long_context_run(pipeline, ids, decode_tokens)?;
+        run.long_prefill_tok_s = Some(prefill);
+        run.long_decode_tok_s = Some(decode);
+    }
+    Ok((run, prepared.ids.len()))
+}
+
+/// Generates and returns the decode rate between the first and the last token.
+fn timed_generate(
+    pipeline: &Pipeline,
+    prepared: &Prepared,
+    params: &GenerateParams,
+    cache: Option<&mut FeatureCache>,
+) -> anyhow::Result<(dsvl::engine::Outcome, f64)> {
+    let mut stamps: Vec<Instant> = Vec::new();
+    let outcome = pipeline.generate_cached(prepared, params, cache, |ev| {
+        if let Event::Token(_) = ev {
+            stamps.push(Instant::now());
+        }
+        ControlFlow::Continue(())
+    })?;
+    let rate = match (stamps.first(), stamps.last()) {
+        (Some(first), Some(last)) if stamps.len() > 1 => {
+            (stamps.len() - 1) as f64 / last.duration_since(*first).as_secs_f64()
+        }
+        _ => 0.0,
+    };
+    Ok((outcome, rate))
+}
+
+/// Text-only prefill of `ids`, then greedy decode steps; (prefill tok/s, decode tok/s).
+fn long_context_run(
+    pipeline: &Pipeline,
+    ids: &[u32],
+    decode_tokens: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let model = pipeline.model();
+    let mut cache = model.llm().new_cache();
+    let t = Instant::now();
+    let embeds = model.input_embeddings(ids, pipeline.tokenizer().image_id(), None)?;
+    let mut logits = model
+        .forward_embeds(&embeds, &mut cache)?
+        .to_vec1::<f32>()?;
+    let prefill_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for _ in 1..decode_tokens {
+        let id = argmax(&logits);
+        logits = model.decode_step(id, &mut cache)?.to_vec1::<f32>()?;
+    }
+    let decode_s = t.elapsed().as_secs_f64();
+    Ok((
+        ids.len() as f64 / prefill_s,
+        (decode_tokens - 1) as f64 / decode_s,
+    ))
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// `QUESTION` extended with `FILLER` words until it has at least `target` tokens.
+fn build_question(pipeline: &Pipeline, target: usize) -> anyhow::Result<String> {
+    let tok = pipeline.tokenizer();
+    let count = |s: &str| -> anyhow::Result<usize> { Ok(tok.encode_prompt(s)?.len() - 1) };
+    let mut q = QUESTION.to_string();
+    let mut words = FILLER.iter().cycle();
+    while count(&q)? < target {
+        if let Some(w) = words.next() {
+            q.push(' ');
+            q.push_str(w);
+        }
+    }
+    Ok(q)
+}
+
+/// BOS + the question text repeated to exactly `context` tokens; `None` for 0.
+fn long_prompt(
+    pipeline: &Pipeline,
+    context: usize,
+    decode_tokens: usize,
+) -> anyhow::Result<Option<Vec<u32>>> {
+    if context == 0 {
+        return Ok(None);
+    }
+    let max = pipeline.spec().llm.max_position_embeddings;
+    ensure!(
+        context + decode_tokens <= max,
+        "--long-context {context} + --decode-tokens {decode_tokens} exceeds the model's {max} positions"
+    );
+    let tok = pipeline.tokenizer();
+    let body: Vec<u32> = tok.encode_prompt(&format!(" {QUESTION}"))?[1..].to_vec();
+    ensure!(
+        !body.is_empty(),
+        "the tokenizer returned no tokens for the filler text"
+    );
+    let mut ids = vec![tok.bos_id()];
+    ids.extend(body.iter().cycle().take(context.saturating_sub(1)));
+    Ok(Some(ids))
+}
+
+/// A deterministic bar chart (white background, axes, five coloured bars whose heights depend on
+/// `variant`) as an uncompressed 24-bit BMP.
+fn chart_bmp(w: u32, h: u32, variant: u32) -> Vec<u8> {
+    let colors: [[u8; 3]; 5] = [
+        [66, 133, 244],
+        [219, 68, 55],
+        [244, 180, 0],
+        [15, 157, 88],
+        [171, 71, 188],
+    ];
+    let heights: Vec<u32> = (0..5)
+        .map(|i| 60 + ((i * 97 + variant * 53 + 31) % 7) * (h - 140) / 7)
+        .collect();
+    let (x0, y0) = (60, h - 50); // axis origin (top-down y)
+    let bar_w = (w - 100) / 5;
+    let pixel = |x: u32, y: u32| -> [u8; 3] {
+        if (x == x0 || x == x0 + 1) && y <= y0 && y > 20 || (y == y0 || y == y0 + 1) && x >= x0 {
+            return [0, 0, 0];
+        }
+        if x > x0 + 1 && y < y0 {
+            let i = (x - x0 - 2) / bar_w;
+            let inside = (x - x0 - 2) % bar_w;
+            if i < 5 && inside > 8 && inside < bar_w - 8 && y0 - y < heights[i as usize] {
+                return colors[i as usize];
+            }
+            if y % 40 == 0 {
+                return [220, 220, 220]; // grid line
+            }
+        }
+        [255, 255, 255]
+    };
+    let row = (w * 3).div_ceil(4) * 4;
+    let data_len = row * h;
+    let mut out = Vec::with_capacity((54 + data_len) as usize);
+    out.extend(b"BM");
+    out.extend((54 + data_len).to_le_bytes());
+    out.extend(0u32.to_le_bytes());
+    out.extend(54u32.to_le_bytes());
+    out.extend(40u32.to_le_bytes()); // BITMAPINFOHEADER
+    out.extend((w as i32).to_le_bytes());
+    out.extend((h as i32).to_le_bytes()); // positive: rows stored bottom-up
+    out.extend(1u16.to_le_bytes());
+    out.extend(24u16.to_le_bytes());
+    out.extend(0u32.to_le_bytes()); // BI_RGB
+    out.extend(data_len.to_le_bytes());
+    out.extend(2835i32.to_le_bytes());
+    out.extend(2835i32.to_le_bytes());
+    out.extend(0u32.to_le_bytes());
+    out.extend(0u32.to_le_bytes());
+    for y in (0..h).rev() {
+        for x in 0..w {
+            let [r, g, b] = pixel(x, y);
+            out.extend([b, g, r]);
+        }
+        out.extend(std::iter::repeat_n(0u8, (row - w * 3) as usize));
+    }
+    out
+}
+
+/// LLM parameters (embedding and lm_head included).
+fn llm_params(l: &LlamaSpec) -> u64 {
+    let (d, f, hd) = (
+        l.hidden_size as u64,
+        l.intermediate_size as u64,
+        l.head_dim as u64,
+    );
+    let (q, kv) = (l.num_heads as u64 * hd, l.num_kv_heads as u64 * hd);
+    let per_layer = d * q + 2 * d * kv + q * d + 3 * d * f + 2 * d;
+    let vocab = l.vocab_size as u64;
+    vocab * d + l.num_layers as u64 * per_layer + d + vocab * d
+}
+
+/// Weight bytes one decode step reads: every LLM weight except the embedding table, of which it
+/// reads one row.
+fn decode_weight_bytes(l: &LlamaSpec, dtype_bytes: usize) -> u64 {
+    let d = l.hidden_size as u64;
+    (llm_params(l) - l.vocab_size as u64 * d + d) * dtype_bytes as u64
+}
+
+/// KV-cache bytes per cached position (keys and values of every layer).
+fn kv_bytes_per_position(l: &LlamaSpec, dtype_bytes: usize) -> u64 {
+    2 * l.num_layers as u64 * (l.num_kv_heads * l.head_dim) as u64 * dtype_bytes as u64
+}
+
+/// Multi-threaded sequential read of a `bytes` buffer; best of 5 passes, in GB/s (10⁹ bytes).
+fn memory_bandwidth_gb_s(bytes: usize, threads: usize) -> f64 {
+    let n = bytes / 8;
+    let threads = threads.max(1);
+    let chunk = n.div_ceil(threads);
+    let mut buf = vec![0u64; n];
+    // Touch every page from the thread that will read it.
+    std::thread::scope(|s| {
+        for (k, part) in buf.chunks_mut(chunk).enumerate() {
+            s.spawn(move || {
+                for (i, v) in part.iter_mut().enumerate() {
+                    *v = (k * chunk + i) as u64;
+                }
+            });
+        }
+    });
+    let mut best = 0.0f64;
+    let mut sink = 0u64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let sums: Vec<u64> = std::thread::scope(|s| {
+            let handles: Vec<_> = buf
+                .chunks(chunk)
+                .map(|part| s.spawn(move || sum_u64(part)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+        });
+        let secs = t.elapsed().as_secs_f64();
+        sink = sink.wrapping_add(sums.iter().fold(0, |a, b| a.wrapping_add(*b)));
+        best = best.max((n * 8) as f64 / secs / 1e9);
+    }
+    std::hint::black_box(sink);
+    best
+}
+
+/// Sum with four independent accumulators so the loop is bound by loads, not by the add chain.
+fn sum_u64(v: &[u64]) -> u64 {
+    let mut acc = [0u64; 4];
+    let mut it = v.chunks_exact(4);
+    for c in &mut it {
+        for j in 0..4 {
+            acc[j] = acc[j].wrapping_add(c[j]);
+        }
+    }
+    let tail: u64 = it.remainder().iter().fold(0, |a, b| a.wrapping_add(*b));
+    acc.iter().fold(tail, |a, b| a.wrapping_add(*b))
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// A `/proc/self/status` field in KiB (Linux); `None` elsewhere.
+fn proc_status_kib(field: &str) -> Option<u64> {
+    proc_field("/proc/self/status", field)
+}
+
+fn proc_meminfo_kib(field: &str) -> Option<u64> {
+    proc_field("/proc/meminfo", field)
+}
+
+fn proc_field(path: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
+fn cpu_model() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// The human-readable report (stdout).
+fn print_table(r: &Value) {
+    let f = |v: &Value, prec: usize| -> String {
+        v.as_f64()
+            .map_or("n/a".to_string(), |x| format!("{x:.prec$}"))
+    };
+    let gib = |v: &Value| -> String {
+        v.as_f64().map_or("n/a".to_string(), |x| {
+            format!("{:.2}", x / (1u64 << 30) as f64)
+        })
+    };
+    let gb = |v: &Value| -> String {
+        v.as_f64()
+            .map_or("n/a".to_string(), |x| format!("{:.3}", x / 1e9))
+    };
+    let m = &r["model"];
+    let w = &r["workload"];
+    println!(
+        "dsvl bench: {} ({} layout, {}, {} LLM layers), {} thread(s) on {}",
+        m["architecture"].as_str().unwrap_or("?"),
+        m["layout"].as_str().unwrap_or("?"),
+        m["dtype"].as_str().unwrap_or("?"),
+        m["llm_layers"],
+        r["machine"]["threads"],
+        r["machine"]["cpu"].as_str().unwrap_or("unknown CPU"),
+    );
+    println!(
+        "workload: {} image(s), {} prompt tokens ({} question tokens), {} decode tokens, median of {} run(s)",
+        w["images"], w["prompt_tokens"], w["question_tokens"], w["decode_tokens"], w["repeats"]
+    );
+    let rows: Vec<(&str, String, &str)> = vec![
+        ("load", f(&r["load_ms"], 0), "ms (one load)"),
+        ("preprocess", f(&r["preprocess_ms"], 1), "ms"),
+        ("vision per image", f(&r["vision_ms_per_image"], 1), "ms"),
+        ("prefill", f(&r["prefill_tokens_per_s"], 1), "tokens/s"),
+        ("time to first token", f(&r["ttft_ms"], 1), "ms"),
+        ("decode", f(&r["decode_tokens_per_s"], 2), "tokens/s"),
+        (
+            "second-turn TTFT",
+            if r["second_turn"].is_null() {
+                "skipped".into()
+            } else {
+                f(&r["second_turn"]["ttft_ms"], 1)
+            },
+            "ms (image feature cache hit; conversation re-prefilled)",
+        ),
+        (
+            "long-context prefill",
+            if r["long_context"].is_null() {
+                "skipped".into()
+            } else {
+                f(&r["long_context"]["prefill_tokens_per_s"], 1)
+            },
+            "tokens/s",
+        ),
+        (
+            "long-context decode",
+            if r["long_context"].is_null() {
+                "skipped".into()
+            } else {
+                f(&r["long_context"]["decode_tokens_per_s"], 2)
+            },
+            "tokens/s",
+        ),
+        ("peak resident memory", gib(&r["peak_rss_bytes"]), "GiB"),
+        (
+            "memory bandwidth",
+            f(&r["memory_bandwidth_gb_s"], 1),
+            "GB/s",
+        ),
+        (
+            "weights read per token",
+            gb(&r["weight_bytes_per_token"]),
+            "GB (LLM weights except the embedding table)",
+        ),
+        (
+            "decode roofline",
+            f(&r["decode_roofline_tokens_per_s"], 2),
+            "tokens/s",
+        ),
+        ("decode / roofline", f(&r["decode_roofline_pct"], 1), "%"),
+    ];
+    for (name, value, unit) in rows {
+        println!("  {name:<24} {value:>12}  {unit}");
+    }
+    if let Some(l) = r["long_context"].as_object() {
+        println!(
+            "  (long context {}: roofline {} tokens/s, {} %)",
+            l["context"],
+            f(&l["decode_roofline_tokens_per_s"], 2),
+            f(&l["decode_roofline_pct"], 1)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// v1 §1: the 1.3B LLM has 1,652,656,128 parameters, the 7B one 6,910,365,696.
+    #[test]
+    fn llm_parameter_counts_match_the_spec() {
+        let small = LlamaSpec {
+            vocab_size: 102_400,
+            hidden_size: 2048,
+            intermediate_size: 5632,
+            num_layers: 24,
+            num_heads: 16,
+            num_kv_heads: 16,
+            head_dim: 128,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1e4,
+            max_position_embeddings: 16384,
+        };
+        assert_eq!(llm_params(&small), 1_652_656_128);
+        let big = LlamaSpec {
+            hidden_size: 4096,
+            intermediate_size: 11008,
+            num_layers: 30,
+            num_heads: 32,
+            num_kv_heads: 32,
+            ..small
+        };
+        assert_eq!(llm_params(&big), 6_910_365_696);
+    }
+
+    #[test]
+    fn median_of_even_and_odd() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+    }
+}

@@ -1,0 +1,740 @@
+//! `dsvl make-checkpoint`: a random-weight checkpoint with the exact published layout, for
+//! benchmarks without downloading 4 or 15 GB.
+//!
+//! The tensor inventory is v1 §11 (names, shapes), in the reference's `state_dict()` order, which
+//! decides how the 7B tensors fall into shards; the config files are v1 §2. Values are uniform in
+//! ±0.02 (norm weights 1, norm biases 0) so activations stay finite through every layer. Tensors
+//! are generated and written one at a time, in 8 MiB chunks, so memory stays flat.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context};
+use clap::ValueEnum;
+use serde_json::{json, Value};
+
+/// The fixture whose tokenizer files (real special-token ids, 102400-row vocab) are copied.
+const DEFAULT_FROM: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../dsvl/tests/fixtures/v1/models/siglip-tiny"
+);
+const TOKENIZER_FILES: [&str; 3] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+/// transformers 4.38 `save_pretrained(max_shard_size="5GB")`: 5·10⁹ bytes. Replays the published
+/// 7B split (4.98 / 4.96 / 4.75 GB, v1 §1) when sizes are counted in float16.
+const SHARD_LIMIT_F16_BYTES: u64 = 5_000_000_000;
+
+#[derive(clap::Args, Debug)]
+#[command(
+    about = "Write a random-weight checkpoint with the exact published shapes, names and files (for benchmarks)",
+    long_about = "Write a random-weight checkpoint with the exact tensor names, shapes, dtype and file layout of \
+        deepseek-ai/deepseek-vl-1.3b-chat (one model.safetensors, 529 tensors, 3.95 GB in f16) or \
+        deepseek-vl-7b-chat (three shards model-0000k-of-00003.safetensors + model.safetensors.index.json, \
+        775 tensors, 14.69 GB in f16), including the unused attn_pool.* and {high,low}_layer_norm tensors, \
+        with the published config.json / preprocessor_config.json / processor_config.json and the tokenizer \
+        files of the tiny test fixture (real special-token ids).\n\n\
+        The answers of such a model are gibberish; its speed is that of the real model. Never commit the output.",
+    after_help = "Examples:\n  \
+        dsvl make-checkpoint --shape 1.3b --out /tmp/dsvl-1.3b-random\n  \
+        dsvl make-checkpoint --shape 7b --out /tmp/dsvl-7b-random --seed 1\n  \
+        dsvl make-checkpoint --shape tiny --out /tmp/tiny      # structure of the siglip-tiny fixture\n  \
+        dsvl make-checkpoint --shape tiny --from crates/dsvl/tests/fixtures/v1/models/hybrid-tiny --out /tmp/h\n\n\
+        Then: dsvl bench --model /tmp/dsvl-1.3b-random"
+)]
+pub struct MakeCheckpointArgs {
+    /// Which checkpoint to imitate: 1.3b, 7b, or tiny (the structure of the --from folder: its
+    /// config files, tensor list and sharding).
+    #[arg(long, value_enum)]
+    pub shape: Shape,
+    /// Output folder (created; must be empty or absent unless --force).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Stored dtype. f16 is what deepseek-ai published.
+    #[arg(long, value_enum, default_value_t = StoredDtype::F16)]
+    pub dtype: StoredDtype,
+    /// Seed of the random values; the same seed writes the same bytes.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Folder to copy the tokenizer files from (and, for --shape tiny, the config files and tensor list).
+    #[arg(long, default_value = DEFAULT_FROM)]
+    pub from: PathBuf,
+    /// Write into a non-empty --out folder, replacing files of the same names.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    #[value(name = "1.3b")]
+    B1_3,
+    #[value(name = "7b")]
+    B7,
+    Tiny,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredDtype {
+    F16,
+    Bf16,
+    F32,
+}
+
+impl StoredDtype {
+    fn bytes(self) -> usize {
+        match self {
+            StoredDtype::F16 | StoredDtype::Bf16 => 2,
+            StoredDtype::F32 => 4,
+        }
+    }
+    /// safetensors header name.
+    fn st_name(self) -> &'static str {
+        match self {
+            StoredDtype::F16 => "F16",
+            StoredDtype::Bf16 => "BF16",
+            StoredDtype::F32 => "F32",
+        }
+    }
+    /// `torch_dtype` in config.json.
+    fn torch_name(self) -> &'static str {
+        match self {
+            StoredDtype::F16 => "float16",
+            StoredDtype::Bf16 => "bfloat16",
+            StoredDtype::F32 => "float32",
+        }
+    }
+    /// Little-endian bytes of `v`.
+    fn encode(self, v: f32, out: &mut Vec<u8>) {
+        match self {
+            StoredDtype::F16 => out.extend(half::f16::from_f32(v).to_le_bytes()),
+            StoredDtype::Bf16 => out.extend(half::bf16::from_f32(v).to_le_bytes()),
+            StoredDtype::F32 => out.extend(v.to_le_bytes()),
+        }
+    }
+}
+
+/// One tensor of the inventory: name and shape, in `state_dict()` order.
+#[derive(Debug, Clone)]
+struct TensorSpec {
+    name: String,
+    shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Collects the inventory in order.
+#[derive(Default)]
+struct Inventory(Vec<TensorSpec>);
+
+impl Inventory {
+    fn add(&mut self, name: impl Into<String>, shape: &[usize]) {
+        self.0.push(TensorSpec {
+            name: name.into(),
+            shape: shape.to_vec(),
+        });
+    }
+    /// `nn.Linear` with bias: `{p}.weight [out, in]`, `{p}.bias [out]`.
+    fn linear(&mut self, p: &str, out: usize, inp: usize) {
+        self.add(format!("{p}.weight"), &[out, inp]);
+        self.add(format!("{p}.bias"), &[out]);
+    }
+    /// LayerNorm: `{p}.weight`, `{p}.bias` `[d]`.
+    fn layer_norm(&mut self, p: &str, d: usize) {
+        self.add(format!("{p}.weight"), &[d]);
+        self.add(format!("{p}.bias"), &[d]);
+    }
+
+    /// SigLIP-L/16 @384 under prefix `p` (v1 §11.2): 306 tensors, attention-pool head included.
+    fn siglip_large(&mut self, p: &str) {
+        let (w, mlp) = (1024, 4096);
+        // Direct parameters come first in state_dict() (timm VisionTransformer: pos_embed).
+        self.add(format!("{p}pos_embed"), &[1, 576, w]);
+        self.add(format!("{p}patch_embed.proj.weight"), &[w, 3, 16, 16]);
+        self.add(format!("{p}patch_embed.proj.bias"), &[w]);
+        for i in 0..24 {
+            let b = format!("{p}blocks.{i}");
+            self.layer_norm(&format!("{b}.norm1"), w);
+            self.linear(&format!("{b}.attn.qkv"), 3 * w, w);
+            self.linear(&format!("{b}.attn.proj"), w, w);
+            self.layer_norm(&format!("{b}.norm2"), w);
+            self.linear(&format!("{b}.mlp.fc1"), mlp, w);
+            self.linear(&format!("{b}.mlp.fc2"), w, mlp);
+        }
+        self.layer_norm(&format!("{p}norm"), w);
+        // Unused at inference (ignore_head=True), present in the published files (v1 §1 size check).
+        self.add(format!("{p}attn_pool.latent"), &[1, 1, w]);
+        self.linear(&format!("{p}attn_pool.q"), w, w);
+        self.linear(&format!("{p}attn_pool.kv"), 2 * w, w);
+        self.linear(&format!("{p}attn_pool.proj"), w, w);
+        self.layer_norm(&format!("{p}attn_pool.norm"), w);
+        self.linear(&format!("{p}attn_pool.mlp.fc1"), mlp, w);
+        self.linear(&format!("{p}attn_pool.mlp.fc2"), w, mlp);
+    }
+
+    /// SAM-B `sam_b_downsample` under prefix `p` (v1 §11.3): 186 tensors.
+    fn sam_b(&mut self, p: &str) {
+        let (w, hd) = (768, 64);
+        // Direct parameters first, in registration order: pos_embed, then hd_alpha_downsamples.
+        self.add(format!("{p}pos_embed"), &[1, 64, 64, w]);
+        self.add(format!("{p}hd_alpha_downsamples"), &[1]);
+        self.add(format!("{p}patch_embed.proj.weight"), &[w, 3, 16, 16]);
+        self.add(format!("{p}patch_embed.proj.bias"), &[w]);
+        for i in 0..12 {
+            let b = format!("{p}blocks.{i}");
+            // Global blocks 2, 5, 8, 11 see the 64×64 grid, windowed ones 14×14: 2·size − 1 rows.
+            let rel = if i % 3 == 2 { 127 } else { 27 };
+            self.layer_norm(&format!("{b}.norm1"), w);
+            self.add(format!("{b}.attn.rel_pos_h"), &[rel, hd]);
+            self.add(format!("{b}.attn.rel_pos_w"), &[rel, hd]);
+            self.linear(&format!("{b}.attn.qkv"), 3 * w, w);
+            self.linear(&format!("{b}.attn.proj"), w, w);
+            self.layer_norm(&format!("{b}.norm2"), w);
+            self.linear(&format!("{b}.mlp.lin1"), 4 * w, w);
+            self.linear(&format!("{b}.mlp.lin2"), w, 4 * w);
+        }
+        self.sam_neck(&format!("{p}neck"));
+        self.add(format!("{p}downsamples.0.weight"), &[512, 256, 3, 3]);
+        self.add(format!("{p}downsamples.1.weight"), &[1024, 512, 3, 3]);
+        self.sam_neck(&format!("{p}neck_hd"));
+    }
+
+    /// Conv1×1 768→256, LayerNorm2d, Conv3×3 256→256, LayerNorm2d; convs without bias.
+    fn sam_neck(&mut self, p: &str) {
+        self.add(format!("{p}.0.weight"), &[256, 768, 1, 1]);
+        self.layer_norm(&format!("{p}.1"), 256);
+        self.add(format!("{p}.2.weight"), &[256, 256, 3, 3]);
+        self.layer_norm(&format!("{p}.3"), 256);
+    }
+
+    /// `LlamaForCausalLM` (v1 §11.1), MHA, no biases, separate lm_head.
+    fn llama(&mut self, d: usize, f: usize, layers: usize) {
+        let vocab = 102_400;
+        let p = "language_model.model";
+        self.add(format!("{p}.embed_tokens.weight"), &[vocab, d]);
+        for i in 0..layers {
+            let l = format!("{p}.layers.{i}");
+            for proj in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+                self.add(format!("{l}.self_attn.{proj}.weight"), &[d, d]);
+            }
+            self.add(format!("{l}.mlp.gate_proj.weight"), &[f, d]);
+            self.add(format!("{l}.mlp.up_proj.weight"), &[f, d]);
+            self.add(format!("{l}.mlp.down_proj.weight"), &[d, f]);
+            self.add(format!("{l}.input_layernorm.weight"), &[d]);
+            self.add(format!("{l}.post_attention_layernorm.weight"), &[d]);
+        }
+        self.add(format!("{p}.norm.weight"), &[d]);
+        self.add("language_model.lm_head.weight", &[vocab, d]);
+    }
+}
+
+/// `MultiModalityCausalLM.state_dict()` of deepseek-vl-1.3b-chat: vision_model, aligner, language_model.
+fn inventory_1_3b() -> Vec<TensorSpec> {
+    let mut inv = Inventory::default();
+    inv.siglip_large("vision_model.vision_tower.");
+    inv.linear("aligner.layers.0", 2048, 1024);
+    inv.linear("aligner.layers.2", 2048, 2048);
+    inv.llama(2048, 5632, 24);
+    inv.0
+}
+
+/// deepseek-vl-7b-chat: `HybridVisionTower` (high, low, then the two unused LayerNorms), aligner, Llama.
+fn inventory_7b() -> Vec<TensorSpec> {
+    let mut inv = Inventory::default();
+    inv.sam_b("vision_model.vision_tower_high.vision_tower.");
+    inv.siglip_large("vision_model.vision_tower_low.vision_tower.");
+    inv.layer_norm("vision_model.high_layer_norm", 1024);
+    inv.layer_norm("vision_model.low_layer_norm", 1024);
+    inv.linear("aligner.high_up_proj", 2048, 1024);
+    inv.linear("aligner.low_up_proj", 2048, 1024);
+    inv.linear("aligner.layers.1", 4096, 4096);
+    inv.llama(4096, 11008, 30);
+    inv.0
+}
+
+/// Shard index of each tensor: a new shard starts when the next tensor would pass the limit
+/// (transformers 4.38 `shard_checkpoint`), sizes counted in f16 so every dtype keeps the layout.
+fn shard_split(tensors: &[TensorSpec], limit: u64) -> Vec<usize> {
+    let mut shard = 0;
+    let mut used = 0u64;
+    let mut out = Vec::with_capacity(tensors.len());
+    for (i, t) in tensors.iter().enumerate() {
+        let size = t.numel() as u64 * 2;
+        if used + size > limit && i > 0 && used > 0 {
+            shard += 1;
+            used = 0;
+        }
+        used += size;
+        out.push(shard);
+    }
+    out
+}
+
+fn config_1_3b(dtype: StoredDtype) -> Value {
+    // v1 §2.2 (1.3B chat assumed identical to the verified 1.3B base).
+    json!({
+        "aligner_config": {"cls": "MlpProjector", "model_type": "aligner",
+            "params": {"depth": 2, "input_dim": 1024, "n_embed": 2048, "projector_type": "mlp_gelu"}},
+        "architectures": ["MultiModalityCausalLM"],
+        "language_config": {"hidden_size": 2048, "intermediate_size": 5632, "max_position_embeddings": 16384,
+            "model_type": "llama", "num_attention_heads": 16, "num_hidden_layers": 24, "num_key_value_heads": 16,
+            "torch_dtype": dtype.torch_name(), "vocab_size": 102400},
+        "model_type": "multi_modality",
+        "torch_dtype": dtype.torch_name(),
+        "transformers_version": "4.38.2",
+        "vision_config": {"cls": "CLIPVisionTower", "model_type": "vision",
+            "params": {"image_size": 384, "model_name": "siglip_large_patch16_384",
+                "pixel_mean": [0.5, 0.5, 0.5], "pixel_std": [0.5, 0.5, 0.5],
+                "select_feature": "same", "select_layer": -1}}
+    })
+}
+
+fn config_7b(dtype: StoredDtype) -> Value {
+    // v1 §2.1; the language_config omits what LlamaConfig defaults (hidden 4096, FFN 11008, 32 heads).
+    let clip_mean = json!([0.48145466, 0.4578275, 0.40821073]);
+    let clip_std = json!([0.26862954, 0.26130258, 0.27577711]);
+    json!({
+        "aligner_config": {"cls": "MlpProjector", "model_type": "aligner",
+            "params": {"depth": 2, "input_dim": 1024, "n_embed": 4096,
+                "projector_type": "low_high_hybrid_split_mlp_gelu"}},
+        "architectures": ["MultiModalityCausalLM"],
+        "language_config": {"max_position_embeddings": 16384, "model_type": "llama",
+            "num_hidden_layers": 30, "torch_dtype": dtype.torch_name(), "vocab_size": 102400},
+        "model_type": "multi_modality",
+        "torch_dtype": dtype.torch_name(),
+        "transformers_version": "4.38.2",
+        "vision_config": {"cls": "HybridVisionTower", "model_type": "vision",
+            "params": {"concat_type": "tuple", "freeze_high": true, "freeze_low": true,
+                "high_res_cfg": {"ckpt_path": "", "image_size": 1024, "model_name": "sam_b_downsample",
+                    "output_dim": 1024, "pixel_mean": clip_mean, "pixel_std": clip_std,
+                    "select_feature": "same", "select_layer": -1},
+                "low_res_cfg": {"ckpt_path": "", "image_size": 384, "model_name": "siglip_large_patch16_384",
+                    "output_dim": 1024, "pixel_mean": [0.5, 0.5, 0.5], "pixel_std": [0.5, 0.5, 0.5],
+                    "select_feature": "same", "select_layer": -1}}}
+    })
+}
+
+/// v1 §2.3.
+fn preprocessor_config(shape: Shape) -> Value {
+    let (size, mean, std, bg) = match shape {
+        Shape::B7 => (
+            1024,
+            json!([0.48145466, 0.4578275, 0.40821073]),
+            json!([0.26862954, 0.26130258, 0.27577711]),
+            json!([122, 116, 104]),
+        ),
+        _ => (
+            384,
+            json!([0.5, 0.5, 0.5]),
+            json!([0.5, 0.5, 0.5]),
+            json!([127, 127, 127]),
+        ),
+    };
+    json!({
+        "background_color": bg, "do_normalize": false, "image_mean": mean,
+        "image_processor_type": "VLMImageProcessor", "image_size": size, "image_std": std,
+        "min_size": 14, "processor_class": "VLChatProcessor", "rescale_factor": 0.00392156862745098
+    })
+}
+
+/// v1 §2.4 (identical in all four repos).
+fn processor_config() -> Value {
+    json!({
+        "add_special_token": false, "ignore_id": -100, "image_tag": "<image_placeholder>",
+        "mask_prompt": true, "num_image_tokens": 576, "processor_class": "VLChatProcessor",
+        "sft_format": "deepseek"
+    })
+}
+
+/// Tensor names and shapes of one safetensors file, in the file's data order.
+fn read_safetensors_header(path: &Path) -> anyhow::Result<Vec<TensorSpec>> {
+    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let len = u64::from_le_bytes(len);
+    ensure!(
+        len < 100 << 20,
+        "{}: safetensors header of {len} bytes is implausible",
+        path.display()
+    );
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .with_context(|| format!("{}: truncated safetensors header", path.display()))?;
+    let map: BTreeMap<String, Value> = serde_json::from_slice(&header)
+        .with_context(|| format!("{}: safetensors header is not JSON", path.display()))?;
+    let mut out: Vec<(u64, TensorSpec)> = Vec::new();
+    for (name, v) in map {
+        if name == "__metadata__" {
+            continue;
+        }
+        let shape = v["shape"]
+            .as_array()
+            .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+            .with_context(|| format!("{}: tensor {name} has no shape", path.display()))?;
+        let start = v["data_offsets"][0].as_u64().unwrap_or(0);
+        out.push((start, TensorSpec { name, shape }));
+    }
+    out.sort_by_key(|(start, _)| *start);
+    Ok(out.into_iter().map(|(_, t)| t).collect())
+}
+
+/// `--shape tiny`: the tensor list and shard names of the `--from` folder.
+fn inventory_from(dir: &Path) -> anyhow::Result<(Vec<TensorSpec>, Vec<usize>, Vec<String>)> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    if single.is_file() {
+        let t = read_safetensors_header(&single)?;
+        let n = t.len();
+        return Ok((t, vec![0; n], vec!["model.safetensors".into()]));
+    }
+    ensure!(
+        index.is_file(),
+        "{} has neither model.safetensors nor model.safetensors.index.json; point --from at a model folder",
+        dir.display()
+    );
+    let idx: Value = serde_json::from_slice(
+        &std::fs::read(&index).with_context(|| format!("cannot read {}", index.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", index.display()))?;
+    let mut files: Vec<String> = idx["weight_map"]
+        .as_object()
+        .with_context(|| format!("{}: no weight_map", index.display()))?
+        .values()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    files.sort();
+    files.dedup();
+    let (mut tensors, mut shards) = (Vec::new(), Vec::new());
+    for (k, file) in files.iter().enumerate() {
+        let t = read_safetensors_header(&dir.join(file))?;
+        shards.extend(std::iter::repeat_n(k, t.len()));
+        tensors.extend(t);
+    }
+    Ok((tensors, shards, files))
+}
+
+/// splitmix64: fast, seedable, good enough for benchmark weights.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// FNV-1a of a tensor name: each tensor's values depend on the seed and its name only.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// What a tensor is filled with.
+enum Fill {
+    /// Norm weights: 1 (identity scale).
+    One,
+    /// Norm biases: 0.
+    Zero,
+    /// Everything else: uniform in ±0.02 (4096 levels).
+    Uniform,
+}
+
+fn fill_for(name: &str) -> Fill {
+    // LayerNorm / RMSNorm / LayerNorm2d (SAM neck.1, neck.3) parameters.
+    let leaf = name.rsplit('.').next().unwrap_or("");
+    let is_norm = name.contains("norm")
+        || [".neck.1.", ".neck.3.", ".neck_hd.1.", ".neck_hd.3."]
+            .iter()
+            .any(|n| name.contains(n));
+    match (is_norm, leaf) {
+        (true, "weight") => Fill::One,
+        (true, "bias") => Fill::Zero,
+        _ => Fill::Uniform,
+    }
+}
+
+/// Writes one safetensors file tensor by tensor; returns the bytes of tensor data written.
+fn write_safetensors(
+    path: &Path,
+    tensors: &[&TensorSpec],
+    dtype: StoredDtype,
+    seed: u64,
+    mut progress: impl FnMut(u64),
+) -> anyhow::Result<u64> {
+    // safetensors (and torch's save_file) store the data sorted by name when all dtypes agree.
+    let mut sorted: Vec<&TensorSpec> = tensors.to_vec();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), json!({"format": "pt"}));
+    let mut offset = 0u64;
+    for t in &sorted {
+        let bytes = (t.numel() * dtype.bytes()) as u64;
+        header.insert(
+            t.name.clone(),
+            json!({"dtype": dtype.st_name(), "shape": t.shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut header = serde_json::to_vec(&Value::Object(header))?;
+    // The data must start 8-byte aligned: pad the header with spaces.
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut w = BufWriter::with_capacity(8 << 20, file);
+    w.write_all(&(header.len() as u64).to_le_bytes())?;
+    w.write_all(&header)?;
+
+    // 4096 levels of uniform ±0.02, pre-encoded in the stored dtype: 12 random bits per value.
+    let levels: Vec<Vec<u8>> = (0..4096)
+        .map(|i| {
+            let mut b = Vec::new();
+            dtype.encode((i as f32 / 4095.0 * 2.0 - 1.0) * 0.02, &mut b);
+            b
+        })
+        .collect();
+    let (mut one, mut zero) = (Vec::new(), Vec::new());
+    dtype.encode(1.0, &mut one);
+    dtype.encode(0.0, &mut zero);
+
+    const CHUNK: usize = 1 << 22;
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK * dtype.bytes());
+    for t in &sorted {
+        let mut rng = SplitMix(seed ^ name_hash(&t.name));
+        let fill = fill_for(&t.name);
+        let mut left = t.numel();
+        while left > 0 {
+            let n = left.min(CHUNK);
+            buf.clear();
+            match fill {
+                Fill::One => (0..n).for_each(|_| buf.extend_from_slice(&one)),
+                Fill::Zero => (0..n).for_each(|_| buf.extend_from_slice(&zero)),
+                Fill::Uniform => {
+                    let mut done = 0;
+                    while done < n {
+                        let mut r = rng.next();
+                        for _ in 0..5.min(n - done) {
+                            buf.extend_from_slice(&levels[(r & 0xfff) as usize]);
+                            r >>= 12;
+                        }
+                        done += 5.min(n - done);
+                    }
+                }
+            }
+            w.write_all(&buf)
+                .with_context(|| format!("while writing {}", path.display()))?;
+            progress(buf.len() as u64);
+            left -= n;
+        }
+    }
+    w.flush()
+        .with_context(|| format!("while writing {}", path.display()))?;
+    Ok(offset)
+}
+
+fn write_json(path: &Path, v: &Value) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(v)?;
+    text.push('\n');
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn copy_from(from: &Path, out: &Path, name: &str) -> anyhow::Result<()> {
+    let src = from.join(name);
+    std::fs::copy(&src, out.join(name)).with_context(|| {
+        format!(
+            "cannot copy {} (point --from at a model folder with tokenizer files)",
+            src.display()
+        )
+    })?;
+    Ok(())
+}
+
+pub fn run(a: MakeCheckpointArgs) -> anyhow::Result<()> {
+    for f in TOKENIZER_FILES {
+        ensure!(
+            a.from.join(f).is_file(),
+            "{} has no {f}; point --from at a model folder with the tokenizer files",
+            a.from.display()
+        );
+    }
+    if a.out.exists() {
+        ensure!(a.out.is_dir(), "--out {} is a file", a.out.display());
+        let non_empty = std::fs::read_dir(&a.out)
+            .with_context(|| format!("cannot read {}", a.out.display()))?
+            .next()
+            .is_some();
+        if non_empty && !a.force {
+            bail!(
+                "--out {} is not empty; choose a new folder or pass --force",
+                a.out.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+
+    let (tensors, shard_of, files) = match a.shape {
+        Shape::B1_3 => {
+            let t = inventory_1_3b();
+            let n = t.len();
+            (t, vec![0; n], vec!["model.safetensors".to_string()])
+        }
+        Shape::B7 => {
+            let t = inventory_7b();
+            let s = shard_split(&t, SHARD_LIMIT_F16_BYTES);
+            let n = s.iter().max().map_or(1, |m| m + 1);
+            let files = (1..=n)
+                .map(|k| format!("model-{k:05}-of-{n:05}.safetensors"))
+                .collect();
+            (t, s, files)
+        }
+        Shape::Tiny => inventory_from(&a.from)?,
+    };
+
+    match a.shape {
+        Shape::B1_3 | Shape::B7 => {
+            let config = if a.shape == Shape::B7 {
+                config_7b(a.dtype)
+            } else {
+                config_1_3b(a.dtype)
+            };
+            write_json(&a.out.join("config.json"), &config)?;
+            write_json(
+                &a.out.join("preprocessor_config.json"),
+                &preprocessor_config(a.shape),
+            )?;
+            write_json(&a.out.join("processor_config.json"), &processor_config())?;
+        }
+        Shape::Tiny => {
+            for f in [
+                "config.json",
+                "preprocessor_config.json",
+                "processor_config.json",
+            ] {
+                if a.from.join(f).is_file() {
+                    copy_from(&a.from, &a.out, f)?;
+                }
+            }
+        }
+    }
+    for f in TOKENIZER_FILES {
+        copy_from(&a.from, &a.out, f)?;
+    }
+
+    let total_params: usize = tensors.iter().map(TensorSpec::numel).sum();
+    let total_bytes = (total_params * a.dtype.bytes()) as u64;
+    let bar = indicatif::ProgressBar::new(total_bytes);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "writing {bar:40.cyan/blue} {bytes}/{total_bytes} ({eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let t0 = Instant::now();
+    let mut weight_map = serde_json::Map::new();
+    for (k, file) in files.iter().enumerate() {
+        let part: Vec<&TensorSpec> = tensors
+            .iter()
+            .zip(&shard_of)
+            .filter(|(_, s)| **s == k)
+            .map(|(t, _)| t)
+            .collect();
+        for t in &part {
+            weight_map.insert(t.name.clone(), json!(file));
+        }
+        let path = a.out.join(file);
+        let bytes = write_safetensors(&path, &part, a.dtype, a.seed, |n| bar.inc(n))?;
+        tracing::info!("{}: {} tensors, {} bytes", file, part.len(), bytes);
+    }
+    bar.finish_and_clear();
+    if files.len() > 1 {
+        // transformers writes the index with sorted keys; serde_json's Map is a BTreeMap.
+        write_json(
+            &a.out.join("model.safetensors.index.json"),
+            &json!({"metadata": {"total_size": total_bytes}, "weight_map": weight_map}),
+        )?;
+    }
+    eprintln!(
+        "wrote {} ({} tensors, {} parameters, {:.2} GB {} in {} file(s)) in {:.1}s; random weights: never commit it",
+        a.out.display(),
+        tensors.len(),
+        total_params,
+        total_bytes as f64 / 1e9,
+        a.dtype.st_name(),
+        files.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// v1 §1 / §11: tensor and parameter counts of the published checkpoints.
+    #[test]
+    fn inventories_match_the_published_counts() {
+        let small = inventory_1_3b();
+        assert_eq!(small.len(), 529);
+        assert_eq!(
+            small.iter().map(TensorSpec::numel).sum::<usize>(),
+            1_975_235_584
+        );
+        let big = inventory_7b();
+        assert_eq!(big.len(), 775);
+        assert_eq!(
+            big.iter().map(TensorSpec::numel).sum::<usize>(),
+            7_343_990_017
+        );
+    }
+
+    /// The published 7B shards are 4.98 / 4.96 / 4.75 GB (v1 §1).
+    #[test]
+    fn seven_b_splits_into_the_published_three_shards() {
+        let t = inventory_7b();
+        let s = shard_split(&t, SHARD_LIMIT_F16_BYTES);
+        let mut sizes = [0u64; 3];
+        for (t, &k) in t.iter().zip(&s) {
+            assert!(k < 3, "more than three shards");
+            sizes[k] += t.numel() as u64 * 2;
+        }
+        let gb: Vec<String> = sizes
+            .iter()
+            .map(|b| format!("{:.2}", *b as f64 / 1e9))
+            .collect();
+        assert_eq!(gb, ["4.98", "4.96", "4.75"]);
+    }
+
+    #[test]
+    fn norms_are_identity() {
+        assert!(matches!(
+            fill_for("language_model.model.norm.weight"),
+            Fill::One
+        ));
+        assert!(matches!(
+            fill_for("vision_model.vision_tower_high.vision_tower.neck_hd.3.bias"),
+            Fill::Zero
+        ));
+        assert!(matches!(
+            fill_for("vision_model.vision_tower_high.vision_tower.neck.2.weight"),
+            Fill::Uniform
+        ));
+        assert!(matches!(
+            fill_for("language_model.model.layers.0.self_attn.q_proj.weight"),
+            Fill::Uniform
+        ));
+    }
+}

@@ -1,0 +1,205 @@
+//! Smoke tests of `dsvl bench` and `dsvl make-checkpoint` on the tiny fixtures (speed itself is
+//! measured by hand, see BENCHMARKS.md; nothing here asserts a timing).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../dsvl/tests/fixtures/v1/models")
+        .join(name)
+}
+
+fn dsvl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dsvl"))
+        .args(args)
+        .env("DSVL_LOG", "warn")
+        .output()
+        .expect("the dsvl binary runs")
+}
+
+fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dsvl-bench-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn positive(j: &serde_json::Value, path: &[&str]) -> f64 {
+    let mut v = j;
+    for p in path {
+        v = &v[*p];
+    }
+    let x = v
+        .as_f64()
+        .unwrap_or_else(|| panic!("{} is not a number: {v}", path.join(".")));
+    assert!(
+        x.is_finite() && x > 0.0,
+        "{} = {x} is not positive",
+        path.join(".")
+    );
+    x
+}
+
+#[test]
+fn bench_writes_every_figure() {
+    let dir = scratch("json");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let json = dir.join("bench.json");
+    let o = dsvl(&[
+        "bench",
+        "--model",
+        fixture("siglip-tiny").to_str().expect("utf-8 path"),
+        "--repeats",
+        "1",
+        "--decode-tokens",
+        "4",
+        "--long-context",
+        "64",
+        "--bandwidth-mib",
+        "16",
+        "--json",
+        json.to_str().expect("utf-8 path"),
+    ]);
+    ok(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("decode / roofline"), "{stdout}");
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("bench wrote --json")).expect("JSON");
+    for field in [
+        "load_ms",
+        "preprocess_ms",
+        "vision_ms_per_image",
+        "prefill_tokens_per_s",
+        "ttft_ms",
+        "decode_tokens_per_s",
+        "peak_rss_bytes",
+        "memory_bandwidth_gb_s",
+        "weight_bytes_per_token",
+        "decode_roofline_tokens_per_s",
+        "decode_roofline_pct",
+    ] {
+        positive(&j, &[field]);
+    }
+    positive(&j, &["second_turn", "ttft_ms"]);
+    positive(&j, &["long_context", "decode_tokens_per_s"]);
+    // 576 image tokens + system prompt + question.
+    assert!(positive(&j, &["workload", "prompt_tokens"]) > 600.0);
+    assert!(positive(&j, &["workload", "question_tokens"]) >= 40.0);
+    // siglip-tiny's LLM: hidden 16, 2 layers, ffn 48, vocab 102400; f32; all but the embedding table.
+    let per_layer = 4 * 16 * 16 + 3 * 16 * 48 + 2 * 16;
+    let want = (2 * per_layer + 16 + 102_400 * 16 + 16) * 4;
+    assert_eq!(j["weight_bytes_per_token"].as_u64(), Some(want as u64));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bench_rejects_a_single_decode_token() {
+    let o = dsvl(&[
+        "bench",
+        "--model",
+        fixture("siglip-tiny").to_str().expect("utf-8 path"),
+        "--decode-tokens",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--decode-tokens must be at least 2"));
+}
+
+#[test]
+fn make_checkpoint_tiny_loads_and_keeps_the_sharding() {
+    // Single file: copies siglip-tiny's structure with new random values, then loads and runs.
+    let out = scratch("single");
+    let o = dsvl(&[
+        "make-checkpoint",
+        "--shape",
+        "tiny",
+        "--out",
+        out.to_str().expect("utf-8 path"),
+        "--seed",
+        "7",
+    ]);
+    ok(&o);
+    let original =
+        std::fs::read(fixture("siglip-tiny").join("model.safetensors")).expect("fixture");
+    let written = std::fs::read(out.join("model.safetensors")).expect("written");
+    assert_eq!(
+        written.len(),
+        original.len(),
+        "same tensors, dtype and header"
+    );
+    assert_ne!(written, original, "values are new random ones");
+    ok(&dsvl(&[
+        "bench",
+        "--model",
+        out.to_str().expect("utf-8 path"),
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--decode-tokens",
+        "2",
+        "--no-second-turn",
+        "--bandwidth-mib",
+        "0",
+    ]));
+    // Refuses to overwrite without --force.
+    let again = dsvl(&[
+        "make-checkpoint",
+        "--shape",
+        "tiny",
+        "--out",
+        out.to_str().expect("utf-8 path"),
+    ]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let _ = std::fs::remove_dir_all(&out);
+
+    // Sharded: the hybrid fixture's two shards and index, in bf16; `inspect` finds no problem.
+    let out = scratch("sharded");
+    let from = fixture("hybrid-tiny");
+    ok(&dsvl(&[
+        "make-checkpoint",
+        "--shape",
+        "tiny",
+        "--from",
+        from.to_str().expect("utf-8 path"),
+        "--dtype",
+        "bf16",
+        "--out",
+        out.to_str().expect("utf-8 path"),
+    ]));
+    let read_index = |dir: &Path| -> serde_json::Value {
+        serde_json::from_slice(
+            &std::fs::read(dir.join("model.safetensors.index.json")).expect("index"),
+        )
+        .expect("JSON")
+    };
+    let (want, got) = (read_index(&from), read_index(&out));
+    assert_eq!(got["weight_map"], want["weight_map"]);
+    let data: u64 = [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ]
+    .iter()
+    .map(|f| {
+        let bytes = std::fs::read(out.join(f)).expect("shard");
+        let header = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        bytes.len() as u64 - 8 - header
+    })
+    .sum();
+    assert_eq!(got["metadata"]["total_size"].as_u64(), Some(data));
+    let o = dsvl(&["inspect", out.to_str().expect("utf-8 path")]);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("BF16"));
+    let _ = std::fs::remove_dir_all(&out);
+}

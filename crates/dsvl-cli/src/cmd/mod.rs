@@ -20,11 +20,7 @@ use crate::model_path::resolve_model;
 
 /// Resolves `--model`, applies `--threads`, and loads the pipeline with a progress bar on a terminal.
 pub fn load_pipeline(m: &ModelArgs) -> anyhow::Result<Pipeline> {
-    if let Some(n) = m.threads {
-        anyhow::ensure!(n > 0, "--threads must be at least 1");
-        // candle's CPU kernels size their thread pools from RAYON_NUM_THREADS at first use.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
+    apply_threads(m.threads)?;
     let dir = resolve_model(&m.model, true)?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(0);
@@ -62,6 +58,16 @@ pub fn load_pipeline(m: &ModelArgs) -> anyhow::Result<Pipeline> {
         t.elapsed().as_secs_f64()
     );
     Ok(pipeline)
+}
+
+/// `--threads`: candle's CPU kernels size their thread pools from RAYON_NUM_THREADS at first use,
+/// so this must run before any tensor work.
+pub fn apply_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    if let Some(n) = threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    Ok(())
 }
 
 pub fn generate_params(s: &SamplingArgs, logprobs: Option<usize>) -> GenerateParams {

@@ -61,10 +61,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
-    if let Some(n) = a.threads {
-        anyhow::ensure!(n > 0, "--threads must be at least 1");
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
+    super::apply_threads(a.threads)?;
     let model_dir = resolve_model(&a.model, true)?;
     let cfg = ServerConfig {
         host: a.host,

@@ -43,16 +43,7 @@ pub fn decode(bytes: &[u8], source_name: &str, max_pixels: u64) -> Result<RgbIma
         .into_decoder()
         .map_err(|e| fail(format!("cannot read the {format:?} header: {e}")))?;
     let (width, height) = decoder.dimensions();
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > max_pixels {
-        return Err(Error::ImageTooLarge {
-            source_name: source_name.to_owned(),
-            width: width.into(),
-            height: height.into(),
-            pixels,
-            limit: max_pixels,
-        });
-    }
+    check_pixels(source_name, width, height, max_pixels)?;
     let img = DynamicImage::from_decoder(decoder).map_err(|e| {
         fail(format!(
             "truncated or corrupt {format:?} data (image file is truncated?): {e}"
@@ -70,6 +61,27 @@ pub fn load(path: &Path, max_pixels: u64) -> Result<RgbImage> {
 /// Pillow's `convert("RGB")` from the mode Pillow would have opened (checked with Pillow 13.0.0):
 /// 8-bit modes copy or replicate the gray value and drop alpha; 16-bit RGB/RGBA/LA PNGs keep the high
 /// byte (`RGB;16B` unpackers); a 16-bit gray PNG opens as `I;16`, whose conversion to RGB clips at 255.
+/// Refuses an image whose header announces more than `max_pixels` pixels (decompression bombs),
+/// before any pixel is decoded.
+pub(super) fn check_pixels(
+    source_name: &str,
+    width: u32,
+    height: u32,
+    max_pixels: u64,
+) -> Result<()> {
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels {
+        return Err(Error::ImageTooLarge {
+            source_name: source_name.to_owned(),
+            width: width.into(),
+            height: height.into(),
+            pixels,
+            limit: max_pixels,
+        });
+    }
+    Ok(())
+}
+
 fn to_rgb_like_pillow(img: DynamicImage) -> std::result::Result<RgbImage, String> {
     let (width, height) = (img.width(), img.height());
     let gray = |g: &mut dyn Iterator<Item = u8>| g.flat_map(|v| [v, v, v]).collect::<Vec<u8>>();

@@ -13,6 +13,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
 use mozjpeg_sys as jpeg;
 
+use super::decode::check_pixels;
 use super::rgb::RgbImage;
 use crate::error::{Error, Result};
 
@@ -105,16 +106,7 @@ pub(super) fn decode_jpeg(bytes: &[u8], source_name: &str, max_pixels: u64) -> R
             jpeg::jpeg_read_header(&mut cinfo, 1);
 
             let (width, height) = (cinfo.image_width, cinfo.image_height);
-            let pixels = u64::from(width) * u64::from(height);
-            if pixels > max_pixels {
-                return Err(Error::ImageTooLarge {
-                    source_name: source_name.to_owned(),
-                    width: width.into(),
-                    height: height.into(),
-                    pixels,
-                    limit: max_pixels,
-                });
-            }
+            check_pixels(source_name, width, height, max_pixels)?;
             let cmyk = matches!(cinfo.jpeg_color_space, jpeg::JCS_CMYK | jpeg::JCS_YCCK);
             cinfo.out_color_space = if cmyk { jpeg::JCS_CMYK } else { jpeg::JCS_RGB };
             // Library defaults are Pillow's: JDCT_ISLOW, do_fancy_upsampling = TRUE, no scaling.

@@ -1,5 +1,7 @@
 //! The `dsvl` binary end to end on the tiny fixture models: exit codes, stdout/stderr, formats.
 
+mod bench;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -2,20 +2,14 @@
 //! measured by hand, see BENCHMARKS.md; nothing here asserts a timing).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+use super::dsvl;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../dsvl/tests/fixtures/v1/models")
         .join(name)
-}
-
-fn dsvl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dsvl"))
-        .args(args)
-        .env("DSVL_LOG", "warn")
-        .output()
-        .expect("the dsvl binary runs")
 }
 
 fn ok(o: &Output) {

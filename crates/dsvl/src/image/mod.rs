@@ -9,6 +9,8 @@
 //! - [`target_size`], [`resize_bicubic`]: v1 §3.1 steps 2–3 (Pillow `ImagingResample`, 8-bit fixed point).
 //! - [`expand_to_square`], [`preprocess`], [`to_chw_f32`]: v1 §3.1 steps 4–6.
 //! - [`resize_bilinear_antialias_f32`]: the 7B low-res view, torch `interpolate(antialias=True)` (v1 §3.3).
+//! - [`tile_image`], [`select_best_resolution`], [`pil_pad`], [`vl2_image_tokens`]: DeepSeek-VL2 dynamic tiling
+//!   (v2 §2) and its token count (v2 §5).
 
 mod antialias;
 mod decode;
@@ -17,6 +19,7 @@ mod pad;
 mod pipeline;
 mod resample;
 mod rgb;
+mod tiling;
 
 pub use antialias::resize_bilinear_antialias_f32;
 pub use decode::{decode, load, DEFAULT_MAX_PIXELS};
@@ -24,3 +27,7 @@ pub use pad::expand_to_square;
 pub use pipeline::{preprocess, to_chw_f32};
 pub use resample::{resize_bicubic, target_size};
 pub use rgb::RgbImage;
+pub use tiling::{
+    check_candidates, contain_size, pil_pad, select_best_resolution, tile_image, vl2_image_tokens,
+    vl2_token_grid, TiledImage,
+};

@@ -6,6 +6,11 @@
 //! text without the post-processor's template and adds BOS (and EOS) itself according to those flags. With the
 //! official files this equals `tokenizer.encode(prompt)` = `[100000, …]` (v1 §8.2.1), and the BOS is never doubled
 //! whether or not `tokenizer.json`'s post-processor also adds one.
+//!
+//! The image marker is `<image_placeholder>` for v1 ([`PromptTokenizer::from_files`]) and the processor config's
+//! `image_token` (`<image>`) for v2 ([`PromptTokenizer::from_files_with_image_token`], v2 §1.4, §6.3). The VL2
+//! processor never lets the tokenizer add BOS/EOS: it encodes each text segment with `add_special_tokens=False`
+//! ([`PromptTokenizer::encode_segment`]) and places BOS/EOS itself (v2 §6.1–6.2).
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +29,7 @@ pub struct PromptTokenizer {
     bos_id: u32,
     eos_id: u32,
     image_id: u32,
+    image_token: String,
     add_bos: bool,
     add_eos: bool,
 }
@@ -76,6 +82,18 @@ impl PromptTokenizer {
         tokenizer_json: impl AsRef<Path>,
         tokenizer_config: Option<&Path>,
     ) -> Result<Self> {
+        Self::from_files_with_image_token(tokenizer_json, tokenizer_config, IMAGE_PLACEHOLDER)
+    }
+
+    /// [`Self::from_files`] with another image marker: `image_token` from the model's processor config, `<image>`
+    /// for DeepSeek-VL2 (v2 §1.4). BOS/EOS come from `tokenizer_config.json` as for v1 (VL2: ids 0/1 for the
+    /// tiny/base tokenizer family, 100000/100001 for small, v2 §6.3). If the tokenizer lacks the marker it is added
+    /// as a special token, as `DeepseekVLV2Processor.__init__` does; the published files already have it.
+    pub fn from_files_with_image_token(
+        tokenizer_json: impl AsRef<Path>,
+        tokenizer_config: Option<&Path>,
+        image_token: &str,
+    ) -> Result<Self> {
         let path = tokenizer_json.as_ref();
         let fail = |message: String| Error::Tokenizer {
             path: PathBuf::from(path),
@@ -113,15 +131,22 @@ impl PromptTokenizer {
             cfg.eos_token.as_deref().unwrap_or(END_OF_SENTENCE),
             "EOS",
         )?;
-        if inner.token_to_id(IMAGE_PLACEHOLDER).is_none() {
-            inner.add_special_tokens(&[AddedToken::from(IMAGE_PLACEHOLDER, true)]);
+        if image_token.is_empty() {
+            return Err(fail(
+                "the image token is empty; processor_config.json must name one (e.g. \"<image>\")"
+                    .into(),
+            ));
         }
-        let image_id = lookup(&inner, IMAGE_PLACEHOLDER, "image")?;
+        if inner.token_to_id(image_token).is_none() {
+            inner.add_special_tokens(&[AddedToken::from(image_token, true)]);
+        }
+        let image_id = lookup(&inner, image_token, "image")?;
         Ok(Self {
             inner,
             bos_id,
             eos_id,
             image_id,
+            image_token: image_token.to_string(),
             // `LlamaTokenizerFast` defaults (v1 §2.5: the official config sets true / false explicitly).
             add_bos: cfg.add_bos_token.unwrap_or(true),
             add_eos: cfg.add_eos_token.unwrap_or(false),
@@ -144,6 +169,27 @@ impl PromptTokenizer {
             ids.push(self.eos_id);
         }
         Ok(ids)
+    }
+
+    /// Ids of one text segment with nothing added: no BOS/EOS whatever the config says (`tokenizer.encode(text,
+    /// add_special_tokens=False)`, v2 §6.2). Special tokens in the text (`<|User|>`, `<|ref|>`, the image marker, …)
+    /// still match as single tokens; the empty string gives no ids.
+    pub fn encode_segment(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenize(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Add each of `tokens` the tokenizer does not have yet as a special token, in order (new ids follow the
+    /// current vocabulary), like the processors' `add_special_tokens` calls; tokens already present keep their id.
+    pub fn ensure_special_tokens(&mut self, tokens: &[&str]) {
+        for &t in tokens {
+            if self.inner.token_to_id(t).is_none() {
+                self.inner.add_special_tokens(&[AddedToken::from(t, true)]);
+            }
+        }
     }
 
     /// Text of `ids`. The reference decodes generated text with `skip_special_tokens=True` (v1 §10). Ids without a
@@ -178,6 +224,11 @@ impl PromptTokenizer {
 
     pub fn image_id(&self) -> u32 {
         self.image_id
+    }
+
+    /// The image marker text (`<image_placeholder>` for v1, `<image>` for v2) whose id is [`Self::image_id`].
+    pub fn image_token(&self) -> &str {
+        &self.image_token
     }
 
     pub fn inner(&self) -> &Tokenizer {
@@ -301,6 +352,38 @@ pub(crate) mod tests {
         assert_eq!(tok.image_id(), 258);
         let ids = tok.encode_prompt(IMAGE_PLACEHOLDER).unwrap();
         assert_eq!(ids, vec![tok.bos_id(), 258]);
+    }
+
+    #[test]
+    fn vl2_image_token_and_segments_without_specials() {
+        // v2 §1.4: the marker comes from the processor config; added as a special token when missing.
+        let path = test_tokenizer::save("vl2img", true);
+        let mut tok = PromptTokenizer::from_files_with_image_token(&path, None, "<image>").unwrap();
+        assert_eq!((tok.image_id(), tok.image_token()), (259, "<image>"));
+        // v1 marker still a token of this file, but not the image marker any more.
+        assert_eq!(tok.token_to_id(IMAGE_PLACEHOLDER), Some(258));
+        // encode_segment adds no BOS even though add_bos_token defaults to true (v2 §6.2).
+        let a = tok.token_to_id("a").unwrap();
+        assert_eq!(tok.encode_segment("a<image>a").unwrap(), vec![a, 259, a]);
+        assert_eq!(tok.encode_prompt("a").unwrap(), vec![tok.bos_id(), a]);
+        assert!(tok.encode_segment("").unwrap().is_empty());
+        // ensure_special_tokens: new ones appended in order, present ones untouched.
+        tok.ensure_special_tokens(&["<|User|>", "<image>", "<|Assistant|>"]);
+        assert_eq!(tok.token_to_id("<|User|>"), Some(260));
+        assert_eq!(tok.token_to_id("<|Assistant|>"), Some(261));
+        assert_eq!(tok.vocab_size(), 262);
+        assert_eq!(
+            tok.encode_segment("<|User|>: ").unwrap(),
+            vec![
+                260,
+                tok.token_to_id(":").unwrap(),
+                tok.token_to_id("Ġ").unwrap()
+            ]
+        );
+        let err = PromptTokenizer::from_files_with_image_token(&path, None, "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("image token is empty"), "{err}");
     }
 
     #[test]

@@ -4,3 +4,4 @@ mod errors;
 mod image;
 mod tol;
 mod v1;
+mod vl2_prep;

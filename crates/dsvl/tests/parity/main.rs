@@ -2,5 +2,7 @@
 
 mod errors;
 mod image;
+mod npy;
 mod tol;
 mod v1;
+mod vl2_llm;

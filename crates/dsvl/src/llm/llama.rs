@@ -10,23 +10,28 @@ use crate::config::LlamaSpec;
 use crate::nn::{linear, sdpa, Linear, RmsNorm, Scale};
 
 /// RoPE tables in f32 (v1 §13.10): `inv_freq[i] = 1 / theta^(2i/d)`, angle = position × inv_freq,
-/// rotate-half (NeoX) layout. Grown on demand.
-struct Rope {
+/// rotate-half (NeoX) layout. Grown on demand. Also used by DeepSeek-V2 (v2 §8.2–8.3), whose
+/// interleaved MLA RoPE takes the same `[t, d/2]` tables.
+pub(crate) struct Rope {
     inv_freq: Vec<f32>,
 }
 
 impl Rope {
     fn new(cfg: &LlamaSpec) -> Self {
-        let d = cfg.head_dim;
+        Self::with_dim(cfg.head_dim, cfg.rope_theta)
+    }
+
+    /// Tables for `d` rotated dims with base `theta`.
+    pub(crate) fn with_dim(d: usize, theta: f64) -> Self {
         // ref: 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim)), all in float32
         let inv_freq = (0..d / 2)
-            .map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / d as f32))
+            .map(|i| 1.0f32 / (theta as f32).powf((2 * i) as f32 / d as f32))
             .collect();
         Self { inv_freq }
     }
 
     /// `(cos, sin)`, each `[t, d/2]`, for positions `offset..offset+t`, in `dtype`.
-    fn tables(
+    pub(crate) fn tables(
         &self,
         offset: usize,
         t: usize,
@@ -49,7 +54,8 @@ impl Rope {
     }
 }
 
-struct Attention {
+/// transformers 4.38 `LlamaAttention` (eager). DeepSeek-VL2 tiny uses it unchanged (v2 §8.2).
+pub(crate) struct Attention {
     q_proj: Linear,
     k_proj: Linear,
     v_proj: Linear,
@@ -60,7 +66,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(cfg: &LlamaSpec, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(cfg: &LlamaSpec, vb: VarBuilder) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         Ok(Self {
             q_proj: linear(h, cfg.num_heads * d, false, vb.pp("q_proj"))?,
@@ -73,7 +79,7 @@ impl Attention {
         })
     }
 
-    fn forward(
+    pub(crate) fn forward(
         &self,
         x: &Tensor,
         ctx: &StepCtx,
@@ -174,10 +180,10 @@ impl DecoderLayer {
 }
 
 /// Per-forward inputs shared by all layers: RoPE tables and the causal mask.
-struct StepCtx {
-    cos: Tensor,
-    sin: Tensor,
-    mask: Option<Tensor>,
+pub(crate) struct StepCtx {
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
+    pub(crate) mask: Option<Tensor>,
 }
 
 /// Which positions need logits.
@@ -264,7 +270,7 @@ impl Llama {
 }
 
 /// `[t, offset + t]` additive mask: 0 where key ≤ query position, −∞ after it.
-fn causal_mask(t: usize, offset: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
+pub(crate) fn causal_mask(t: usize, offset: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| {
             (0..offset + t).map(move |j| {

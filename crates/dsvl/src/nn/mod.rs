@@ -34,6 +34,15 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
     })
 }
 
+/// A bias-free linear from a weight `[out, in]` already in memory, e.g. two projections
+/// concatenated along `out` to run as one GEMM (DeepSeek-V2's fused gate/up, v2 §8.4).
+pub fn linear_from_weight(weight: &Tensor) -> Result<Linear> {
+    Ok(Linear {
+        weight_t: transpose_2d(weight)?,
+        bias: None,
+    })
+}
+
 /// `[r, c] -> [c, r]` contiguous. candle's strided copy walks the source element by element
 /// (about 20 s for the 1.3B model's linears); a blocked transpose is an order of magnitude faster.
 fn transpose_2d(w: &Tensor) -> Result<Tensor> {

@@ -144,6 +144,12 @@ impl Checkpoint {
     /// Turns a construction failure into the typed error the backend recorded (if any), and checks
     /// that every stored tensor was used or is on the known-unused list.
     pub fn finish<T>(&self, built: candle_core::Result<T>) -> Result<T> {
+        self.finish_under(built, "")
+    }
+
+    /// [`Self::finish`] for a part of the checkpoint: only stored tensors whose names start with
+    /// `prefix` (e.g. `language.`) must have been used. For loading one component on its own.
+    pub fn finish_under<T>(&self, built: candle_core::Result<T>, prefix: &str) -> Result<T> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = state.first_error.take() {
             return Err(e);
@@ -152,7 +158,11 @@ impl Checkpoint {
         let mut unexpected: Vec<String> = self
             .index
             .keys()
-            .filter(|k| !state.used.contains(*k) && !keymap::is_known_unused(self.layout, k))
+            .filter(|k| {
+                k.starts_with(prefix)
+                    && !state.used.contains(*k)
+                    && !keymap::is_known_unused(self.layout, k)
+            })
             .cloned()
             .collect();
         if !unexpected.is_empty() {

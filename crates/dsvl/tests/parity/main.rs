@@ -2,6 +2,9 @@
 
 mod errors;
 mod image;
+mod npy;
 mod tol;
 mod v1;
+mod vl2;
+mod vl2_llm;
 mod vl2_prep;

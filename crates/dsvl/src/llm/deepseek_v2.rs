@@ -1,0 +1,259 @@
+//! DeepSeek-V2 / DeepSeekMoE decoder, the language model of DeepSeek-VL2 (v2 §8; official
+//! `deepseek_vl2/models/modeling_deepseek.py` at `ef9f91e`, eager attention, inference branch).
+//!
+//! `h = h + Attn(RMSNorm(h)); h = h + FFN(RMSNorm(h))` per layer; attention is transformers
+//! 4.38 `LlamaAttention` (tiny, `use_mla: false`) or MLA ([`mla`], small/base); the FFN is a
+//! dense SiLU MLP for layers `< first_k_dense_replace` (and off the `moe_layer_freq` grid), else
+//! routed + shared experts ([`moe`]). Final RMSNorm, untied `lm_head`, f32 logits (v2 §8.5).
+//!
+//! Keys, under the `language` prefix the caller passes in (v2 §11.3):
+//! `model.embed_tokens.weight`, `model.layers.{l}.{input_layernorm, post_attention_layernorm}`,
+//! `model.layers.{l}.self_attn.{q,k,v,o}_proj` (MHA) or
+//! `self_attn.{q_proj, kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj}` (MLA),
+//! `model.layers.{l}.mlp.{gate,up,down}_proj` (dense) or `mlp.gate.weight`,
+//! `mlp.gate.e_score_correction_bias` (noaux_tc), `mlp.experts.{j}.*`, `mlp.shared_experts.*`,
+//! `model.norm.weight`, `lm_head.weight`.
+
+mod config;
+mod mla;
+mod moe;
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Embedding, VarBuilder};
+
+pub use config::{AttentionKind, DeepseekV2Spec, MoeSpec, ScoringFunc, TopkMethod};
+pub use mla::MlaForm;
+pub use moe::Routing;
+
+use super::llama::{self, causal_mask, Logits, Rope, StepCtx};
+use super::KvCache;
+use crate::config::LlamaSpec;
+use crate::nn::{linear, Linear, RmsNorm};
+use mla::Mla;
+use moe::{GluMlp, Moe};
+
+enum SelfAttn {
+    /// tiny: exactly transformers' `LlamaAttention` (v2 §8.2), shared with the v1 decoder.
+    Mha(llama::Attention),
+    Mla(Mla),
+}
+
+enum Ffn {
+    Dense(GluMlp),
+    Moe(Moe),
+}
+
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: SelfAttn,
+    post_attention_layernorm: RmsNorm,
+    mlp: Ffn,
+}
+
+impl DecoderLayer {
+    fn new(spec: &DeepseekV2Spec, l: usize, vb: VarBuilder) -> Result<Self> {
+        let (d, eps) = (spec.hidden_size, spec.rms_norm_eps);
+        let self_attn = match spec.attention {
+            AttentionKind::Mha { head_dim } => {
+                let llama = LlamaSpec {
+                    vocab_size: spec.vocab_size,
+                    hidden_size: d,
+                    intermediate_size: spec.intermediate_size,
+                    num_layers: spec.num_layers,
+                    num_heads: spec.num_heads,
+                    num_kv_heads: spec.num_kv_heads,
+                    head_dim,
+                    rms_norm_eps: eps,
+                    rope_theta: spec.rope_theta,
+                    max_position_embeddings: spec.max_position_embeddings,
+                };
+                SelfAttn::Mha(llama::Attention::new(&llama, vb.pp("self_attn"))?)
+            }
+            AttentionKind::Mla { .. } => SelfAttn::Mla(Mla::new(spec, vb.pp("self_attn"))?),
+        };
+        let mlp = match &spec.moe {
+            Some(moe) if spec.is_moe_layer(l) => Ffn::Moe(Moe::new(d, moe, vb.pp("mlp"))?),
+            _ => Ffn::Dense(GluMlp::new(d, spec.intermediate_size, vb.pp("mlp"))?),
+        };
+        Ok(Self {
+            input_layernorm: RmsNorm::new(d, eps, vb.pp("input_layernorm"))?,
+            self_attn,
+            post_attention_layernorm: RmsNorm::new(d, eps, vb.pp("post_attention_layernorm"))?,
+            mlp,
+        })
+    }
+
+    /// `[B, t, D] -> [B, t, D]`, plus the routing when this is a MoE layer.
+    fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &StepCtx,
+        cache: &mut KvCache,
+        l: usize,
+        form: MlaForm,
+    ) -> Result<(Tensor, Option<Routing>)> {
+        let a = self.input_layernorm.forward(x)?;
+        let a = match &self.self_attn {
+            SelfAttn::Mha(m) => m.forward(&a, ctx, cache, l)?,
+            SelfAttn::Mla(m) => m.forward(&a, ctx, cache, l, form)?,
+        };
+        let h = (x + a)?;
+        let f = self.post_attention_layernorm.forward(&h)?;
+        let (f, routing) = match &self.mlp {
+            Ffn::Dense(m) => (m.forward(&f)?, None),
+            Ffn::Moe(m) => {
+                let (y, r) = m.forward(&f)?;
+                (y, Some(r))
+            }
+        };
+        Ok(((h + f)?, routing))
+    }
+}
+
+/// The routing of one MoE layer for every position of a forward call.
+#[derive(Debug, Clone)]
+pub struct LayerRouting {
+    pub layer: usize,
+    /// `experts[(b·T + t)·k + j]`, `weights` likewise (after renormalisation and scaling).
+    pub routing: Routing,
+}
+
+/// Intermediate values of one forward call, for parity tests and debugging.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    /// Hidden state at the last position, f32 `[B, D]`: index 0 is the input embedding,
+    /// index `l` (1..=L) the output of decoder layer `l − 1`.
+    pub hidden: Vec<Tensor>,
+    /// The last position after the final RMSNorm, f32 `[B, D]`.
+    pub final_norm: Tensor,
+    /// One entry per MoE layer, in layer order.
+    pub moe: Vec<LayerRouting>,
+}
+
+/// The language model of DeepSeek-VL2 (v2 §8).
+pub struct DeepseekV2 {
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    spec: DeepseekV2Spec,
+    dtype: DType,
+    device: Device,
+}
+
+impl DeepseekV2 {
+    /// `vb` is rooted at the checkpoint prefix `language`; tensors are converted to `vb`'s dtype
+    /// (the gate and its correction bias are then widened to f32, v2 §10.11).
+    pub fn new(spec: &DeepseekV2Spec, vb: VarBuilder) -> Result<Self> {
+        let m = vb.pp("model");
+        let (d, v) = (spec.hidden_size, spec.vocab_size);
+        let embed_tokens = candle_nn::embedding(v, d, m.pp("embed_tokens"))?;
+        let layers = (0..spec.num_layers)
+            .map(|l| DecoderLayer::new(spec, l, m.pp("layers").pp(l)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm: RmsNorm::new(d, spec.rms_norm_eps, m.pp("norm"))?,
+            lm_head: linear(d, v, false, vb.pp("lm_head"))?,
+            rope: Rope::with_dim(spec.rope_dim(), spec.rope_theta),
+            spec: spec.clone(),
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
+    }
+
+    pub fn spec(&self) -> &DeepseekV2Spec {
+        &self.spec
+    }
+
+    /// A cache for one sequence: MHA caches rotated K and V per head; MLA caches the latent
+    /// `[B, 1, T, kv_lora]` and the rotated rope key `[B, 1, T, rope]` (v2 §8.3).
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Token ids `[B, T]` (u32) → embeddings `[B, T, hidden]`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embed_tokens.forward(ids)
+    }
+
+    /// Runs the decoder on `embeds` `[B, T, hidden]` at positions `cache.len()..`, appending to
+    /// the cache. Returns f32 logits `[B, vocab]` (Last) or `[B, T, vocab]` (All) (v2 §8.5).
+    pub fn forward(&self, embeds: &Tensor, cache: &mut KvCache, which: Logits) -> Result<Tensor> {
+        let x = self.decode(embeds, cache, MlaForm::Auto, None)?;
+        let x = match which {
+            Logits::Last => x.narrow(1, x.dim(1)? - 1, 1)?,
+            Logits::All => x,
+        };
+        let logits = self.head(&self.norm.forward(&x)?)?;
+        match which {
+            Logits::Last => logits.squeeze(1),
+            Logits::All => Ok(logits),
+        }
+    }
+
+    /// [`Self::forward`] with `Logits::Last` that also records a [`Trace`]; `form` forces an
+    /// MLA form (ignored by MHA models). Costs one small host copy per layer.
+    pub fn forward_traced(
+        &self,
+        embeds: &Tensor,
+        cache: &mut KvCache,
+        form: MlaForm,
+    ) -> Result<(Tensor, Trace)> {
+        let mut trace = Trace {
+            hidden: Vec::with_capacity(self.layers.len() + 1),
+            final_norm: Tensor::zeros(0, DType::F32, &self.device)?,
+            moe: Vec::new(),
+        };
+        let x = self.decode(embeds, cache, form, Some(&mut trace))?;
+        let last = self.norm.forward(&x.narrow(1, x.dim(1)? - 1, 1)?)?;
+        trace.final_norm = last.squeeze(1)?.to_dtype(DType::F32)?;
+        let logits = self.head(&last)?.squeeze(1)?;
+        Ok((logits, trace))
+    }
+
+    /// `lm_head` in the working dtype, logits cast to f32.
+    fn head(&self, x: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(x)?.to_dtype(DType::F32)
+    }
+
+    /// The decoder stack without the final norm: `[B, t, D]` in the working dtype.
+    fn decode(
+        &self,
+        embeds: &Tensor,
+        cache: &mut KvCache,
+        form: MlaForm,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
+        let (_, t, _) = embeds.dims3()?;
+        if t == 0 {
+            candle_core::bail!("deepseek_v2: forward needs at least one position");
+        }
+        let offset = cache.len();
+        let (cos, sin) = self.rope.tables(offset, t, self.dtype, &self.device)?;
+        let mask = (t > 1)
+            .then(|| causal_mask(t, offset, self.dtype, &self.device))
+            .transpose()?;
+        let ctx = StepCtx { cos, sin, mask };
+        let last = |x: &Tensor| -> Result<Tensor> {
+            x.narrow(1, t - 1, 1)?.squeeze(1)?.to_dtype(DType::F32)
+        };
+        let mut x = embeds.to_dtype(self.dtype)?;
+        if let Some(tr) = trace.as_deref_mut() {
+            tr.hidden.push(last(&x)?);
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (y, routing) = layer.forward(&x, &ctx, cache, l, form)?;
+            x = y;
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.hidden.push(last(&x)?);
+                if let Some(routing) = routing {
+                    tr.moe.push(LayerRouting { layer: l, routing });
+                }
+            }
+        }
+        Ok(x)
+    }
+}

@@ -1,10 +1,13 @@
 //! `dsvl make-checkpoint`: a random-weight checkpoint with the exact published layout, for
-//! benchmarks without downloading 4 or 15 GB.
+//! benchmarks without downloading 4 to 55 GB.
 //!
-//! The tensor inventory is v1 §11 (names, shapes), in the reference's `state_dict()` order, which
-//! decides how the 7B tensors fall into shards; the config files are v1 §2. Values are uniform in
-//! ±0.02 (norm weights 1, norm biases 0) so activations stay finite through every layer. Tensors
-//! are generated and written one at a time, in 8 MiB chunks, so memory stays flat.
+//! The tensor inventories are v1 §11 and v2 §11 (names, shapes), in the reference's `state_dict()`
+//! order, which decides how tensors fall into shards; the config files are v1 §2 and v2 §1 (the
+//! DeepSeek-VL2 shapes live in `make_checkpoint/vl2.rs`). Values are uniform in ±0.02 (norm
+//! weights 1, norm biases 0) so activations stay finite through every layer. Tensors are
+//! generated and written one at a time, in 8 MiB chunks, so memory stays flat.
+
+mod vl2;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -16,7 +19,8 @@ use anyhow::{bail, ensure, Context};
 use clap::ValueEnum;
 use serde_json::{json, Value};
 
-/// The fixture whose tokenizer files (real special-token ids, 102400-row vocab) are copied.
+/// The fixture whose tokenizer files (real special-token ids, 102400-row vocab) are copied for the
+/// DeepSeek-VL shapes; the VL2 shapes have their own (`vl2::default_from`).
 const DEFAULT_FROM: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../dsvl/tests/fixtures/v1/models/siglip-tiny"
@@ -34,39 +38,55 @@ const SHARD_LIMIT_F16_BYTES: u64 = 5_000_000_000;
 #[command(
     about = "Write a random-weight checkpoint with the exact published shapes, names and files (for benchmarks)",
     long_about = "Write a random-weight checkpoint with the exact tensor names, shapes, dtype and file layout of \
-        deepseek-ai/deepseek-vl-1.3b-chat (one model.safetensors, 529 tensors, 3.95 GB in f16) or \
-        deepseek-vl-7b-chat (three shards model-0000k-of-00003.safetensors + model.safetensors.index.json, \
-        775 tensors, 14.69 GB in f16), including the unused attn_pool.* and {high,low}_layer_norm tensors, \
-        with the published config.json / preprocessor_config.json / processor_config.json and the tokenizer \
-        files of the tiny test fixture (real special-token ids).\n\n\
-        The answers of such a model are gibberish; its speed is that of the real model. Never commit the output.",
+        a published DeepSeek-VL or DeepSeek-VL2 checkpoint, including the unused tensors (attn_pool.*, \
+        {high,low}_layer_norm), with the published config files and the tokenizer files of a test fixture \
+        (real special-token ids):\n\
+        - 1.3b: deepseek-ai/deepseek-vl-1.3b-chat, one model.safetensors, 529 tensors, 3.95 GB in f16;\n\
+        - 7b: deepseek-vl-7b-chat, model-0000k-of-00003.safetensors + index, 775 tensors, 14.69 GB in f16;\n\
+        - vl2-tiny: deepseek-ai/deepseek-vl2-tiny, model-00001-of-000001.safetensors + index, 2582 tensors, \
+        3.37 B parameters, 6.74 GB in bf16;\n\
+        - vl2-small: deepseek-vl2-small, 4 shards model-0000k-of-000004.safetensors + index, 5639 tensors, \
+        16.15 B parameters, 32.30 GB in bf16;\n\
+        - vl2-base: deepseek-vl2, 8 shards model-0000k-of-000008.safetensors + index, 6973 tensors, \
+        27.48 B parameters, 54.96 GB in bf16;\n\
+        - tiny: the structure of the --from folder (its config files, tensor list and sharding).\n\n\
+        The VL2 shards reproduce the published file sizes. --dry-run prints the tensor count, sizes and \
+        shard files without writing anything. The answers of such a model are gibberish; its speed is \
+        that of the real model. Never commit the output.",
     after_help = "Examples:\n  \
         dsvl make-checkpoint --shape 1.3b --out /tmp/dsvl-1.3b-random\n  \
         dsvl make-checkpoint --shape 7b --out /tmp/dsvl-7b-random --seed 1\n  \
+        dsvl make-checkpoint --shape vl2-tiny --out /tmp/dsvl-vl2-tiny-random\n  \
+        dsvl make-checkpoint --shape vl2-base --dry-run     # 8 shards, 54.96 GB: check before writing\n  \
         dsvl make-checkpoint --shape tiny --out /tmp/tiny      # structure of the siglip-tiny fixture\n  \
         dsvl make-checkpoint --shape tiny --from crates/dsvl/tests/fixtures/v1/models/hybrid-tiny --out /tmp/h\n\n\
         Then: dsvl bench --model /tmp/dsvl-1.3b-random"
 )]
 pub struct MakeCheckpointArgs {
-    /// Which checkpoint to imitate: 1.3b, 7b, or tiny (the structure of the --from folder: its
-    /// config files, tensor list and sharding).
+    /// Which checkpoint to imitate: 1.3b, 7b, vl2-tiny, vl2-small, vl2-base, or tiny (the
+    /// structure of the --from folder: its config files, tensor list and sharding).
     #[arg(long, value_enum)]
     pub shape: Shape,
-    /// Output folder (created; must be empty or absent unless --force).
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Stored dtype. f16 is what deepseek-ai published.
-    #[arg(long, value_enum, default_value_t = StoredDtype::F16)]
-    pub dtype: StoredDtype,
+    /// Output folder (created; must be empty or absent unless --force). Not needed with --dry-run.
+    #[arg(long, required_unless_present = "dry_run")]
+    pub out: Option<PathBuf>,
+    /// Stored dtype [default: what deepseek-ai published: bf16 for vl2-*, f16 otherwise].
+    #[arg(long, value_enum)]
+    pub dtype: Option<StoredDtype>,
     /// Seed of the random values; the same seed writes the same bytes.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Folder to copy the tokenizer files from (and, for --shape tiny, the config files and tensor list).
-    #[arg(long, default_value = DEFAULT_FROM)]
-    pub from: PathBuf,
+    /// Folder to copy the tokenizer files from (and, for --shape tiny, the config files and tensor
+    /// list) [default: crates/dsvl/tests/fixtures/v1/models/siglip-tiny; for vl2-X the vl2-X-random
+    /// fixture under crates/dsvl/tests/fixtures/v2/models/, else under ../shared/fixtures/vl2/models/].
+    #[arg(long)]
+    pub from: Option<PathBuf>,
     /// Write into a non-empty --out folder, replacing files of the same names.
     #[arg(long)]
     pub force: bool,
+    /// Print the tensor count, the total size and each file with its size, and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +95,33 @@ pub enum Shape {
     B1_3,
     #[value(name = "7b")]
     B7,
+    #[value(name = "vl2-tiny")]
+    Vl2Tiny,
+    #[value(name = "vl2-small")]
+    Vl2Small,
+    #[value(name = "vl2-base")]
+    Vl2Base,
     Tiny,
+}
+
+impl Shape {
+    /// The DeepSeek-VL2 variant this shape imitates, if any.
+    fn vl2(self) -> Option<vl2::Variant> {
+        match self {
+            Shape::Vl2Tiny => Some(vl2::Variant::Tiny),
+            Shape::Vl2Small => Some(vl2::Variant::Small),
+            Shape::Vl2Base => Some(vl2::Variant::Base),
+            Shape::B1_3 | Shape::B7 | Shape::Tiny => None,
+        }
+    }
+    /// The published stored dtype: bf16 for DeepSeek-VL2 (v2 §1.1), f16 for DeepSeek-VL (v1 §1).
+    fn default_dtype(self) -> StoredDtype {
+        if self.vl2().is_some() {
+            StoredDtype::Bf16
+        } else {
+            StoredDtype::F16
+        }
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +177,26 @@ impl TensorSpec {
     }
 }
 
+/// The dimensions of a SigLIP tower that decide its tensor shapes.
+struct SiglipShape {
+    width: usize,
+    layers: usize,
+    mlp: usize,
+    /// Patch size (conv kernel and stride).
+    patch: usize,
+    /// Patches per side: 384 / patch.
+    grid: usize,
+}
+
+/// SigLIP-L/16 @384 (`siglip_large_patch16_384`, v1 §11.2): 306 tensors.
+const SIGLIP_LARGE: SiglipShape = SiglipShape {
+    width: 1024,
+    layers: 24,
+    mlp: 4096,
+    patch: 16,
+    grid: 24,
+};
+
 /// Collects the inventory in order.
 #[derive(Default)]
 struct Inventory(Vec<TensorSpec>);
@@ -153,14 +219,15 @@ impl Inventory {
         self.add(format!("{p}.bias"), &[d]);
     }
 
-    /// SigLIP-L/16 @384 under prefix `p` (v1 §11.2): 306 tensors, attention-pool head included.
-    fn siglip_large(&mut self, p: &str) {
-        let (w, mlp) = (1024, 4096);
+    /// A timm SigLIP `VisionTransformer` under prefix `p`: `12·layers + 18` tensors, the unused
+    /// attention-pool head included (it is in the published files: v1 §1 and v2 §1.1 size checks).
+    fn siglip(&mut self, p: &str, s: &SiglipShape) {
+        let (w, mlp, k) = (s.width, s.mlp, s.patch);
         // Direct parameters come first in state_dict() (timm VisionTransformer: pos_embed).
-        self.add(format!("{p}pos_embed"), &[1, 576, w]);
-        self.add(format!("{p}patch_embed.proj.weight"), &[w, 3, 16, 16]);
+        self.add(format!("{p}pos_embed"), &[1, s.grid * s.grid, w]);
+        self.add(format!("{p}patch_embed.proj.weight"), &[w, 3, k, k]);
         self.add(format!("{p}patch_embed.proj.bias"), &[w]);
-        for i in 0..24 {
+        for i in 0..s.layers {
             let b = format!("{p}blocks.{i}");
             self.layer_norm(&format!("{b}.norm1"), w);
             self.linear(&format!("{b}.attn.qkv"), 3 * w, w);
@@ -170,7 +237,7 @@ impl Inventory {
             self.linear(&format!("{b}.mlp.fc2"), w, mlp);
         }
         self.layer_norm(&format!("{p}norm"), w);
-        // Unused at inference (ignore_head=True), present in the published files (v1 §1 size check).
+        // Unused at inference (ignore_head=True), present in the published files.
         self.add(format!("{p}attn_pool.latent"), &[1, 1, w]);
         self.linear(&format!("{p}attn_pool.q"), w, w);
         self.linear(&format!("{p}attn_pool.kv"), 2 * w, w);
@@ -239,7 +306,7 @@ impl Inventory {
 /// `MultiModalityCausalLM.state_dict()` of deepseek-vl-1.3b-chat: vision_model, aligner, language_model.
 fn inventory_1_3b() -> Vec<TensorSpec> {
     let mut inv = Inventory::default();
-    inv.siglip_large("vision_model.vision_tower.");
+    inv.siglip("vision_model.vision_tower.", &SIGLIP_LARGE);
     inv.linear("aligner.layers.0", 2048, 1024);
     inv.linear("aligner.layers.2", 2048, 2048);
     inv.llama(2048, 5632, 24);
@@ -250,7 +317,7 @@ fn inventory_1_3b() -> Vec<TensorSpec> {
 fn inventory_7b() -> Vec<TensorSpec> {
     let mut inv = Inventory::default();
     inv.sam_b("vision_model.vision_tower_high.vision_tower.");
-    inv.siglip_large("vision_model.vision_tower_low.vision_tower.");
+    inv.siglip("vision_model.vision_tower_low.vision_tower.", &SIGLIP_LARGE);
     inv.layer_norm("vision_model.high_layer_norm", 1024);
     inv.layer_norm("vision_model.low_layer_norm", 1024);
     inv.linear("aligner.high_up_proj", 2048, 1024);
@@ -258,6 +325,42 @@ fn inventory_7b() -> Vec<TensorSpec> {
     inv.linear("aligner.layers.1", 4096, 4096);
     inv.llama(4096, 11008, 30);
     inv.0
+}
+
+/// What to write: every tensor in `state_dict()` order, the shard file each one goes to, and
+/// whether `model.safetensors.index.json` is written.
+struct Plan {
+    tensors: Vec<TensorSpec>,
+    /// Index into `files`, one per tensor.
+    shard_of: Vec<usize>,
+    files: Vec<String>,
+    /// DeepSeek-VL2 writes the index even for a single shard (v2 §1.1).
+    index: bool,
+}
+
+impl Plan {
+    /// One `model.safetensors`, no index (deepseek-vl-1.3b-chat).
+    fn single(tensors: Vec<TensorSpec>) -> Self {
+        let n = tensors.len();
+        Plan {
+            tensors,
+            shard_of: vec![0; n],
+            files: vec!["model.safetensors".into()],
+            index: false,
+        }
+    }
+    /// The tensors of shard `k`, in inventory order.
+    fn shard(&self, k: usize) -> Vec<&TensorSpec> {
+        self.tensors
+            .iter()
+            .zip(&self.shard_of)
+            .filter(|(_, s)| **s == k)
+            .map(|(t, _)| t)
+            .collect()
+    }
+    fn params(&self) -> u64 {
+        self.tensors.iter().map(|t| t.numel() as u64).sum()
+    }
 }
 
 /// Shard index of each tensor: a new shard starts when the next tensor would pass the limit
@@ -276,6 +379,33 @@ fn shard_split(tensors: &[TensorSpec], limit: u64) -> Vec<usize> {
         out.push(shard);
     }
     out
+}
+
+/// What `--shape` writes; `from` is only read for `--shape tiny`.
+fn plan(shape: Shape, from: Option<&Path>) -> anyhow::Result<Plan> {
+    Ok(match shape {
+        Shape::B1_3 => Plan::single(inventory_1_3b()),
+        Shape::B7 => {
+            let tensors = inventory_7b();
+            let shard_of = shard_split(&tensors, SHARD_LIMIT_F16_BYTES);
+            let n = shard_of.iter().max().map_or(1, |m| m + 1);
+            Plan {
+                tensors,
+                shard_of,
+                files: (1..=n)
+                    .map(|k| format!("model-{k:05}-of-{n:05}.safetensors"))
+                    .collect(),
+                index: true,
+            }
+        }
+        Shape::Vl2Tiny | Shape::Vl2Small | Shape::Vl2Base => {
+            let v = shape.vl2().expect("matched VL2 shapes only");
+            vl2::plan(v)
+        }
+        Shape::Tiny => {
+            inventory_from(from.context("--shape tiny copies the structure of --from")?)?
+        }
+    })
 }
 
 fn config_1_3b(dtype: StoredDtype) -> Value {
@@ -387,14 +517,13 @@ fn read_safetensors_header(path: &Path) -> anyhow::Result<Vec<TensorSpec>> {
     Ok(out.into_iter().map(|(_, t)| t).collect())
 }
 
-/// `--shape tiny`: the tensor list and shard names of the `--from` folder.
-fn inventory_from(dir: &Path) -> anyhow::Result<(Vec<TensorSpec>, Vec<usize>, Vec<String>)> {
+/// `--shape tiny`: the tensor list and shard names of the `--from` folder; the index is written
+/// when the folder has one (a single VL2 shard has one too).
+fn inventory_from(dir: &Path) -> anyhow::Result<Plan> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
-    if single.is_file() {
-        let t = read_safetensors_header(&single)?;
-        let n = t.len();
-        return Ok((t, vec![0; n], vec!["model.safetensors".into()]));
+    if single.is_file() && !index.is_file() {
+        return Ok(Plan::single(read_safetensors_header(&single)?));
     }
     ensure!(
         index.is_file(),
@@ -413,13 +542,18 @@ fn inventory_from(dir: &Path) -> anyhow::Result<(Vec<TensorSpec>, Vec<usize>, Ve
         .collect();
     files.sort();
     files.dedup();
-    let (mut tensors, mut shards) = (Vec::new(), Vec::new());
+    let (mut tensors, mut shard_of) = (Vec::new(), Vec::new());
     for (k, file) in files.iter().enumerate() {
         let t = read_safetensors_header(&dir.join(file))?;
-        shards.extend(std::iter::repeat_n(k, t.len()));
+        shard_of.extend(std::iter::repeat_n(k, t.len()));
         tensors.extend(t);
     }
-    Ok((tensors, shards, files))
+    Ok(Plan {
+        tensors,
+        shard_of,
+        files,
+        index: true,
+    })
 }
 
 /// splitmix64: fast, seedable, good enough for benchmark weights.
@@ -466,6 +600,46 @@ fn fill_for(name: &str) -> Fill {
     }
 }
 
+/// One safetensors file before its data: the tensors in data order and the padded JSON header.
+struct ShardLayout<'a> {
+    sorted: Vec<&'a TensorSpec>,
+    header: Vec<u8>,
+    data_bytes: u64,
+}
+
+impl<'a> ShardLayout<'a> {
+    fn new(tensors: &[&'a TensorSpec], dtype: StoredDtype) -> anyhow::Result<Self> {
+        // safetensors (and torch's save_file) store the data sorted by name when all dtypes agree.
+        let mut sorted: Vec<&TensorSpec> = tensors.to_vec();
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut header = serde_json::Map::new();
+        header.insert("__metadata__".into(), json!({"format": "pt"}));
+        let mut offset = 0u64;
+        for t in &sorted {
+            let bytes = (t.numel() * dtype.bytes()) as u64;
+            header.insert(
+                t.name.clone(),
+                json!({"dtype": dtype.st_name(), "shape": t.shape, "data_offsets": [offset, offset + bytes]}),
+            );
+            offset += bytes;
+        }
+        let mut header = serde_json::to_vec(&Value::Object(header))?;
+        // The data must start 8-byte aligned: pad the header with spaces.
+        while header.len() % 8 != 0 {
+            header.push(b' ');
+        }
+        Ok(ShardLayout {
+            sorted,
+            header,
+            data_bytes: offset,
+        })
+    }
+    /// Size of the file on disk: header length, header, data.
+    fn file_bytes(&self) -> u64 {
+        8 + self.header.len() as u64 + self.data_bytes
+    }
+}
+
 /// Writes one safetensors file tensor by tensor; returns the bytes of tensor data written.
 fn write_safetensors(
     path: &Path,
@@ -474,29 +648,11 @@ fn write_safetensors(
     seed: u64,
     mut progress: impl FnMut(u64),
 ) -> anyhow::Result<u64> {
-    // safetensors (and torch's save_file) store the data sorted by name when all dtypes agree.
-    let mut sorted: Vec<&TensorSpec> = tensors.to_vec();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), json!({"format": "pt"}));
-    let mut offset = 0u64;
-    for t in &sorted {
-        let bytes = (t.numel() * dtype.bytes()) as u64;
-        header.insert(
-            t.name.clone(),
-            json!({"dtype": dtype.st_name(), "shape": t.shape, "data_offsets": [offset, offset + bytes]}),
-        );
-        offset += bytes;
-    }
-    let mut header = serde_json::to_vec(&Value::Object(header))?;
-    // The data must start 8-byte aligned: pad the header with spaces.
-    while header.len() % 8 != 0 {
-        header.push(b' ');
-    }
+    let layout = ShardLayout::new(tensors, dtype)?;
     let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut w = BufWriter::with_capacity(8 << 20, file);
-    w.write_all(&(header.len() as u64).to_le_bytes())?;
-    w.write_all(&header)?;
+    w.write_all(&(layout.header.len() as u64).to_le_bytes())?;
+    w.write_all(&layout.header)?;
 
     // 4096 levels of uniform ±0.02, pre-encoded in the stored dtype: 12 random bits per value.
     let levels: Vec<Vec<u8>> = (0..4096)
@@ -512,7 +668,7 @@ fn write_safetensors(
 
     const CHUNK: usize = 1 << 22;
     let mut buf: Vec<u8> = Vec::with_capacity(CHUNK * dtype.bytes());
-    for t in &sorted {
+    for t in &layout.sorted {
         let mut rng = SplitMix(seed ^ name_hash(&t.name));
         let fill = fill_for(&t.name);
         let mut left = t.numel();
@@ -542,81 +698,105 @@ fn write_safetensors(
     }
     w.flush()
         .with_context(|| format!("while writing {}", path.display()))?;
-    Ok(offset)
+    Ok(layout.data_bytes)
 }
 
-fn write_json(path: &Path, v: &Value) -> anyhow::Result<()> {
+/// Pretty JSON (2-space indent, as `json.dumps(indent=2)`) plus a final newline. A `Value`
+/// keeps its keys sorted; a `Serialize` struct keeps its field order.
+fn write_json(path: &Path, v: &impl serde::Serialize) -> anyhow::Result<()> {
     let mut text = serde_json::to_string_pretty(v)?;
     text.push('\n');
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Copies the bytes, not the mode: the fixtures are read-only, and a copy that kept that mode
+/// could not be replaced by a later `--force` run.
 fn copy_from(from: &Path, out: &Path, name: &str) -> anyhow::Result<()> {
-    let src = from.join(name);
-    std::fs::copy(&src, out.join(name)).with_context(|| {
+    let (src, dst) = (from.join(name), out.join(name));
+    let bytes = std::fs::read(&src).with_context(|| {
         format!(
             "cannot copy {} (point --from at a model folder with tokenizer files)",
             src.display()
         )
     })?;
+    if dst.is_file() {
+        std::fs::remove_file(&dst).with_context(|| format!("cannot replace {}", dst.display()))?;
+    }
+    std::fs::write(&dst, bytes).with_context(|| format!("cannot write {}", dst.display()))
+}
+
+/// The `--from` folder: as given, else the shape's default fixture.
+fn from_dir(shape: Shape, from: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match (from, shape.vl2()) {
+        (Some(f), _) => Ok(f.to_path_buf()),
+        (None, None) => Ok(PathBuf::from(DEFAULT_FROM)),
+        (None, Some(v)) => vl2::default_from(v),
+    }
+}
+
+/// `--dry-run`: the inventory and every file with its size, on stdout.
+fn print_plan(shape: Shape, plan: &Plan, dtype: StoredDtype) -> anyhow::Result<()> {
+    let name = shape
+        .to_possible_value()
+        .map_or_else(|| format!("{shape:?}"), |v| v.get_name().to_string());
+    let params = plan.params();
+    let data = params * dtype.bytes() as u64;
+    println!(
+        "{name}: {} tensors, {params} parameters ({:.4} B), {data} bytes ({:.2} GB) of {} tensor data in {} file(s)",
+        plan.tensors.len(),
+        params as f64 / 1e9,
+        data as f64 / 1e9,
+        dtype.st_name(),
+        plan.files.len(),
+    );
+    // Published shard sizes compare only in the published dtype.
+    let published = match shape.vl2() {
+        Some(v) if dtype == StoredDtype::Bf16 => v.published_shard_gb(),
+        _ => &[],
+    };
+    for (k, file) in plan.files.iter().enumerate() {
+        let part = plan.shard(k);
+        let bytes = ShardLayout::new(&part, dtype)?.file_bytes();
+        let note = published
+            .get(k)
+            .map(|p| format!("  (published: {p} GB)"))
+            .unwrap_or_default();
+        println!(
+            "  {file}  {:>5} tensors  {bytes:>11} bytes  {:.2} GB{note}",
+            part.len(),
+            bytes as f64 / 1e9
+        );
+    }
+    if plan.index {
+        println!(
+            "  model.safetensors.index.json  (weight_map of {} names)",
+            plan.tensors.len()
+        );
+    }
     Ok(())
 }
 
-pub fn run(a: MakeCheckpointArgs) -> anyhow::Result<()> {
-    for f in TOKENIZER_FILES {
-        ensure!(
-            a.from.join(f).is_file(),
-            "{} has no {f}; point --from at a model folder with the tokenizer files",
-            a.from.display()
-        );
-    }
-    if a.out.exists() {
-        ensure!(a.out.is_dir(), "--out {} is a file", a.out.display());
-        let non_empty = std::fs::read_dir(&a.out)
-            .with_context(|| format!("cannot read {}", a.out.display()))?
-            .next()
-            .is_some();
-        if non_empty && !a.force {
-            bail!(
-                "--out {} is not empty; choose a new folder or pass --force",
-                a.out.display()
-            );
-        }
-    }
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
-
-    let (tensors, shard_of, files) = match a.shape {
-        Shape::B1_3 => {
-            let t = inventory_1_3b();
-            let n = t.len();
-            (t, vec![0; n], vec!["model.safetensors".to_string()])
-        }
-        Shape::B7 => {
-            let t = inventory_7b();
-            let s = shard_split(&t, SHARD_LIMIT_F16_BYTES);
-            let n = s.iter().max().map_or(1, |m| m + 1);
-            let files = (1..=n)
-                .map(|k| format!("model-{k:05}-of-{n:05}.safetensors"))
-                .collect();
-            (t, s, files)
-        }
-        Shape::Tiny => inventory_from(&a.from)?,
-    };
-
-    match a.shape {
+/// config.json and the processor files of `shape`.
+fn write_configs(shape: Shape, dtype: StoredDtype, from: &Path, out: &Path) -> anyhow::Result<()> {
+    match shape {
         Shape::B1_3 | Shape::B7 => {
-            let config = if a.shape == Shape::B7 {
-                config_7b(a.dtype)
+            let config = if shape == Shape::B7 {
+                config_7b(dtype)
             } else {
-                config_1_3b(a.dtype)
+                config_1_3b(dtype)
             };
-            write_json(&a.out.join("config.json"), &config)?;
+            write_json(&out.join("config.json"), &config)?;
             write_json(
-                &a.out.join("preprocessor_config.json"),
-                &preprocessor_config(a.shape),
+                &out.join("preprocessor_config.json"),
+                &preprocessor_config(shape),
             )?;
-            write_json(&a.out.join("processor_config.json"), &processor_config())?;
+            write_json(&out.join("processor_config.json"), &processor_config())?;
+        }
+        Shape::Vl2Tiny | Shape::Vl2Small | Shape::Vl2Base => {
+            let v = shape.vl2().expect("matched VL2 shapes only");
+            // No preprocessor_config.json in the VL2 repos (v2 §1.1).
+            write_json(&out.join("config.json"), &vl2::config(v, dtype))?;
+            write_json(&out.join("processor_config.json"), &vl2::processor_config())?;
         }
         Shape::Tiny => {
             for f in [
@@ -624,18 +804,18 @@ pub fn run(a: MakeCheckpointArgs) -> anyhow::Result<()> {
                 "preprocessor_config.json",
                 "processor_config.json",
             ] {
-                if a.from.join(f).is_file() {
-                    copy_from(&a.from, &a.out, f)?;
+                if from.join(f).is_file() {
+                    copy_from(from, out, f)?;
                 }
             }
         }
     }
-    for f in TOKENIZER_FILES {
-        copy_from(&a.from, &a.out, f)?;
-    }
+    Ok(())
+}
 
-    let total_params: usize = tensors.iter().map(TensorSpec::numel).sum();
-    let total_bytes = (total_params * a.dtype.bytes()) as u64;
+/// Every shard, then the index; returns the bytes of tensor data written.
+fn write_weights(out: &Path, plan: &Plan, dtype: StoredDtype, seed: u64) -> anyhow::Result<u64> {
+    let total_bytes = plan.params() * dtype.bytes() as u64;
     let bar = indicatif::ProgressBar::new(total_bytes);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -643,38 +823,80 @@ pub fn run(a: MakeCheckpointArgs) -> anyhow::Result<()> {
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let t0 = Instant::now();
     let mut weight_map = serde_json::Map::new();
-    for (k, file) in files.iter().enumerate() {
-        let part: Vec<&TensorSpec> = tensors
-            .iter()
-            .zip(&shard_of)
-            .filter(|(_, s)| **s == k)
-            .map(|(t, _)| t)
-            .collect();
+    for (k, file) in plan.files.iter().enumerate() {
+        let part = plan.shard(k);
         for t in &part {
             weight_map.insert(t.name.clone(), json!(file));
         }
-        let path = a.out.join(file);
-        let bytes = write_safetensors(&path, &part, a.dtype, a.seed, |n| bar.inc(n))?;
+        let bytes = write_safetensors(&out.join(file), &part, dtype, seed, |n| bar.inc(n))?;
         tracing::info!("{}: {} tensors, {} bytes", file, part.len(), bytes);
     }
     bar.finish_and_clear();
-    if files.len() > 1 {
+    if plan.index {
         // transformers writes the index with sorted keys; serde_json's Map is a BTreeMap.
         write_json(
-            &a.out.join("model.safetensors.index.json"),
+            &out.join("model.safetensors.index.json"),
             &json!({"metadata": {"total_size": total_bytes}, "weight_map": weight_map}),
         )?;
     }
+    Ok(total_bytes)
+}
+
+pub fn run(a: MakeCheckpointArgs) -> anyhow::Result<()> {
+    let dtype = a.dtype.unwrap_or(a.shape.default_dtype());
+    // A dry run of a fixed shape reads nothing; --shape tiny always reads the --from folder.
+    let from = if a.dry_run && a.shape != Shape::Tiny {
+        None
+    } else {
+        Some(from_dir(a.shape, a.from.as_deref())?)
+    };
+    let plan = plan(a.shape, from.as_deref())?;
+    if a.dry_run {
+        return print_plan(a.shape, &plan, dtype);
+    }
+    let (Some(from), Some(out)) = (from, a.out) else {
+        bail!("--out DIR is required unless --dry-run is given");
+    };
+    for f in TOKENIZER_FILES {
+        ensure!(
+            from.join(f).is_file(),
+            "{} has no {f}; point --from at a model folder with the tokenizer files",
+            from.display()
+        );
+    }
+    if let Some(v) = a.shape.vl2() {
+        vl2::check_tokenizer(&from, v)?;
+    }
+    if out.exists() {
+        ensure!(out.is_dir(), "--out {} is a file", out.display());
+        let non_empty = std::fs::read_dir(&out)
+            .with_context(|| format!("cannot read {}", out.display()))?
+            .next()
+            .is_some();
+        if non_empty && !a.force {
+            bail!(
+                "--out {} is not empty; choose a new folder or pass --force",
+                out.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+
+    write_configs(a.shape, dtype, &from, &out)?;
+    for f in TOKENIZER_FILES {
+        copy_from(&from, &out, f)?;
+    }
+    let t0 = Instant::now();
+    let total_bytes = write_weights(&out, &plan, dtype, a.seed)?;
     eprintln!(
         "wrote {} ({} tensors, {} parameters, {:.2} GB {} in {} file(s)) in {:.1}s; random weights: never commit it",
-        a.out.display(),
-        tensors.len(),
-        total_params,
+        out.display(),
+        plan.tensors.len(),
+        plan.params(),
         total_bytes as f64 / 1e9,
-        a.dtype.st_name(),
-        files.len(),
+        dtype.st_name(),
+        plan.files.len(),
         t0.elapsed().as_secs_f64()
     );
     Ok(())

@@ -97,6 +97,10 @@ pub struct SamplingArgs {
     /// Keep generating after the end-of-sentence token (benchmarks).
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Leave special tokens out of the answer. DeepSeek-VL2 keeps them by default, since its
+    /// grounding answers are written with them (<|ref|>label<|/ref|><|det|>[[x1, y1, x2, y2]]<|/det|>).
+    #[arg(long)]
+    pub skip_special_tokens: bool,
 }
 
 #[derive(Args, Debug)]

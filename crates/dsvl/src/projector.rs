@@ -74,3 +74,69 @@ impl Aligner {
         Ok(x)
     }
 }
+
+/// VL2 `MlpProjector` with `projector_type: downsample_mlp_gelu` (v2 §4), keys `projector.layers.{0,2,…}`:
+/// zero-pad the `g × g` grid to a multiple of `r`, `r × r` space-to-channel (channel-major, kernel
+/// position innermost, as `F.unfold`), then `Linear → (GELU → Linear)…` with exact-erf GELU.
+pub struct DownsampleProjector {
+    ratio: usize,
+    layers: Vec<Linear>,
+}
+
+impl DownsampleProjector {
+    pub fn new(cfg: &crate::config::Vl2ProjectorSpec, vb: VarBuilder) -> Result<Self> {
+        let r = cfg.downsample_ratio;
+        let hidden = cfg.n_embed * cfg.mlp_ratio;
+        // The official builder always ends with GELU + Linear(hidden → n_embed), so depth 1
+        // still has two linears.
+        let n_linear = cfg.depth.max(2);
+        let lv = vb.pp("layers");
+        let mut layers = Vec::with_capacity(n_linear);
+        for k in 0..n_linear {
+            let in_dim = if k == 0 {
+                cfg.input_dim * r * r
+            } else {
+                hidden
+            };
+            let out_dim = if k + 1 == n_linear {
+                cfg.n_embed
+            } else {
+                hidden
+            };
+            layers.push(linear(in_dim, out_dim, true, lv.pp(2 * k))?);
+        }
+        Ok(Self { ratio: r, layers })
+    }
+
+    /// `[T, g², C]` vision features → `[T, ceil(g/r)², n_embed]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.space_to_channel(x)?;
+        let mut x = self.layers[0].forward(&x)?;
+        for l in &self.layers[1..] {
+            x = l.forward(&Activation::GeluErf.forward(&x)?)?;
+        }
+        Ok(x)
+    }
+
+    /// `[T, g², C]` → `[T, (g'/r)², C·r²]` with `feat[c·r² + di·r + dj] = x[r·i + di, r·j + dj, c]`.
+    fn space_to_channel(&self, x: &Tensor) -> Result<Tensor> {
+        let (t, hw, c) = x.dims3()?;
+        let g = (hw as f64).sqrt() as usize;
+        if g * g != hw {
+            candle_core::bail!("projector input has {hw} tokens per tile, not a square grid");
+        }
+        let r = self.ratio;
+        let pad = (r - g % r) % r;
+        let x = x.reshape((t, g, g, c))?;
+        // Zeros appended after the final LayerNorm: one row at the bottom, one column at the right.
+        let x = if pad > 0 {
+            x.pad_with_zeros(1, 0, pad)?.pad_with_zeros(2, 0, pad)?
+        } else {
+            x
+        };
+        let n = (g + pad) / r;
+        x.reshape((t, n, r, n, r, c))?
+            .permute((0, 1, 3, 5, 2, 4))?
+            .reshape((t, n * n, c * r * r))
+    }
+}

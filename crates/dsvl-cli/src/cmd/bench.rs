@@ -144,7 +144,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
 
     let question = build_question(&pipeline, a.prompt_tokens)?;
     let question_tokens = pipeline.tokenizer().encode_prompt(&question)?.len() - 1;
-    let placeholders = "<image_placeholder>".repeat(a.images);
+    let placeholders = pipeline.config().image_marker().repeat(a.images);
     let turn1 = vec![
         ChatMessage::new(Role::User, format!("{placeholders}{question}"))
             .with_images(images.clone()),
@@ -309,6 +309,7 @@ fn one_run(
         },
         ignore_eos: true,
         logprobs: None,
+        skip_special_tokens: None,
     };
     let mut cache = FeatureCache::new(256 << 20);
     let prepared = pipeline.prepare(None, turn1, decode_tokens)?;
@@ -381,9 +382,9 @@ fn long_context_run(
     decode_tokens: usize,
 ) -> anyhow::Result<(f64, f64)> {
     let model = pipeline.model();
-    let mut cache = model.llm().new_cache();
+    let mut cache = model.new_cache();
     let t = Instant::now();
-    let embeds = model.input_embeddings(ids, pipeline.tokenizer().image_id(), None)?;
+    let embeds = model.input_embeddings(ids, pipeline.tokenizer().image_id(), &[])?;
     let mut logits = model
         .forward_embeds(&embeds, &mut cache)?
         .to_vec1::<f32>()?;
@@ -434,7 +435,7 @@ fn long_prompt(
     if context == 0 {
         return Ok(None);
     }
-    let max = pipeline.spec().llm.max_position_embeddings;
+    let max = pipeline.config().context_length();
     ensure!(
         context + decode_tokens <= max,
         "--long-context {context} + --decode-tokens {decode_tokens} exceeds the model's {max} positions"

@@ -1,7 +1,8 @@
 //! `dsvl inspect`: what a model folder holds, from its headers only.
 
 use anyhow::Context;
-use dsvl::config::{ModelSpec, VisionSpec};
+use dsvl::config::{ModelConfig, ModelSpec, VisionSpec, Vl2Spec};
+use dsvl::CheckpointLayout;
 use dsvl::weights::Checkpoint;
 
 use crate::args::InspectArgs;
@@ -10,8 +11,86 @@ use crate::model_path::resolve_model;
 pub fn run(a: InspectArgs) -> anyhow::Result<()> {
     let dir = resolve_model(&a.model, false)?;
     println!("folder:        {}", dir.display());
-    let spec =
-        ModelSpec::from_dir(&dir).with_context(|| format!("while reading {}", dir.display()))?;
+    let config =
+        ModelConfig::from_dir(&dir).with_context(|| format!("while reading {}", dir.display()))?;
+    println!("family:        {}", config.family());
+    let layout = match &config {
+        ModelConfig::V1(spec) => {
+            print_v1(spec);
+            spec.layout
+        }
+        ModelConfig::V2(spec) => {
+            print_v2(spec);
+            CheckpointLayout::Original
+        }
+    };
+    let mut problems = Vec::new();
+    match Checkpoint::open(&dir, layout, None) {
+        Ok(ck) => {
+            let n = ck.stored_names().count();
+            let dtype = ck
+                .stored_names()
+                .find(|n| n.contains("embed_tokens"))
+                .and_then(|n| ck.stored_dtype(n))
+                .unwrap_or_else(|| "?".into());
+            println!(
+                "weights:       {n} tensors, {:.2} GB, stored as {dtype}",
+                ck.total_bytes() as f64 / 1e9
+            );
+        }
+        Err(e) => problems.push(format!("weights: {e}")),
+    }
+    match dsvl::engine::load_tokenizer(&config) {
+        Ok(t) => println!(
+            "tokenizer:     {} tokens; bos {} eos {} image {}",
+            t.vocab_size(),
+            t.bos_id(),
+            t.eos_id(),
+            t.image_id()
+        ),
+        Err(e) => problems.push(format!("tokenizer: {e}")),
+    }
+    if problems.is_empty() {
+        println!("problems:      none found");
+        Ok(())
+    } else {
+        for p in &problems {
+            println!("problem:       {p}");
+        }
+        anyhow::bail!("{} problem(s) found in {}", problems.len(), dir.display())
+    }
+}
+
+fn print_v2(spec: &Vl2Spec) {
+    let v = &spec.vision;
+    println!(
+        "vision:        SigLIP {}px/{} width {} × {} layers, {} heads, mlp {} (tiles)",
+        v.image_size, v.patch_size, v.width, v.layers, v.heads, v.mlp_hidden
+    );
+    let p = &spec.projector;
+    println!(
+        "projector:     downsample_mlp_gelu {}x{} ({} → {}), depth {}",
+        p.downsample_ratio,
+        p.downsample_ratio,
+        p.input_dim * p.downsample_ratio * p.downsample_ratio,
+        p.n_embed,
+        p.depth
+    );
+    println!("language:      {}", spec.llm.describe());
+    let pr = &spec.processor;
+    println!(
+        "preprocessing: {}px tiles, {} layouts up to {:?}, pad {:?}, {} tokens per untiled image ({}), global view {:?}",
+        pr.tile_size,
+        pr.candidates.len(),
+        pr.candidates.iter().max_by_key(|(w, h)| w * h).copied().unwrap_or_default(),
+        pr.pad_color,
+        spec.image_tokens(1, 1),
+        pr.image_token,
+        spec.global_view_pos
+    );
+}
+
+fn print_v1(spec: &ModelSpec) {
     println!("layout:        {:?}", spec.layout);
     match &spec.vision {
         VisionSpec::Siglip(s) => println!(
@@ -41,39 +120,4 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
         "preprocessing: resize long side to {} (min {}), pad with {:?}, {} tokens per image ({})",
         p.image_size, p.min_size, p.background, p.num_image_tokens, p.image_tag
     );
-    let mut problems = Vec::new();
-    match Checkpoint::open(&dir, spec.layout, None) {
-        Ok(ck) => {
-            let n = ck.stored_names().count();
-            let dtype = ck
-                .stored_names()
-                .find(|n| n.contains("embed_tokens"))
-                .and_then(|n| ck.stored_dtype(n))
-                .unwrap_or_else(|| "?".into());
-            println!(
-                "weights:       {n} tensors, {:.2} GB, stored as {dtype}",
-                ck.total_bytes() as f64 / 1e9
-            );
-        }
-        Err(e) => problems.push(format!("weights: {e}")),
-    }
-    match dsvl::engine::load_tokenizer(&dir) {
-        Ok(t) => println!(
-            "tokenizer:     {} tokens; bos {} eos {} image {}",
-            t.vocab_size(),
-            t.bos_id(),
-            t.eos_id(),
-            t.image_id()
-        ),
-        Err(e) => problems.push(format!("tokenizer: {e}")),
-    }
-    if problems.is_empty() {
-        println!("problems:      none found");
-        Ok(())
-    } else {
-        for p in &problems {
-            println!("problem:       {p}");
-        }
-        anyhow::bail!("{} problem(s) found in {}", problems.len(), dir.display())
-    }
 }

@@ -50,10 +50,14 @@ pub fn load_pipeline(m: &ModelArgs) -> anyhow::Result<Pipeline> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    let layout = match pipeline.config() {
+        dsvl::config::ModelConfig::V1(s) => format!("{:?} layout", s.layout),
+        dsvl::config::ModelConfig::V2(_) => "deepseek-ai layout".to_string(),
+    };
     tracing::info!(
-        "loaded {} ({:?} layout, {:?}) in {:.1}s",
+        "loaded {} {} ({layout}, {:?}) in {:.1}s",
+        pipeline.config().family(),
         dir.display(),
-        pipeline.spec().layout,
         m.dtype,
         t.elapsed().as_secs_f64()
     );
@@ -84,5 +88,6 @@ pub fn generate_params(s: &SamplingArgs, logprobs: Option<usize>) -> GeneratePar
         },
         ignore_eos: s.ignore_eos,
         logprobs,
+        skip_special_tokens: s.skip_special_tokens.then_some(true),
     }
 }

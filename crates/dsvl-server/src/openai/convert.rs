@@ -5,7 +5,7 @@
 use std::str::FromStr;
 
 use dsvl::engine::{FinishReason, GenerateParams};
-use dsvl::prompt::template::{Message, Role, IMAGE_PLACEHOLDER};
+use dsvl::prompt::template::{Message, Role};
 use dsvl::sampling::SamplingParams;
 
 use super::request::{ChatRequest, Content, Part, Stop, WireMessage};
@@ -45,8 +45,13 @@ pub struct ChatPlan {
 }
 
 impl ChatPlan {
-    /// Validates everything that does not need the model. `max_images`: images allowed per request.
-    pub fn try_from_request(req: ChatRequest, max_images: usize) -> Result<Self, ApiError> {
+    /// Validates everything that does not need the model. `max_images`: images allowed per
+    /// request; `marker`: the model's image marker (see [`conversation`]).
+    pub fn try_from_request(
+        req: ChatRequest,
+        max_images: usize,
+        marker: &str,
+    ) -> Result<Self, ApiError> {
         if let Some(n) = req.n.filter(|&n| n != 1) {
             return Err(ApiError::invalid(
                 "n",
@@ -70,7 +75,7 @@ impl ChatPlan {
         }
         let max_tokens = max_tokens(&req)?;
         let params = generate_params(&req)?;
-        let turns = conversation(&req.messages, max_images)?;
+        let turns = conversation(&req.messages, max_images, marker)?;
         Ok(Self {
             turns,
             max_tokens,
@@ -143,6 +148,7 @@ fn generate_params(req: &ChatRequest) -> Result<GenerateParams, ApiError> {
         sampling,
         ignore_eos: false,
         logprobs,
+        skip_special_tokens: req.skip_special_tokens,
     })
 }
 
@@ -152,12 +158,18 @@ fn random_seed() -> u64 {
 }
 
 /// Wire messages → turns. A user turn's text is its parts concatenated in order, each image part
-/// replaced by `<image_placeholder>` and text parts verbatim, nothing in between.
-pub fn conversation(messages: &[WireMessage], max_images: usize) -> Result<Vec<Turn>, ApiError> {
+/// replaced by the model's image marker and text parts verbatim, nothing in between.
+/// `marker`: the model's image marker (`<image_placeholder>` for v1, `<image>` for VL2), written
+/// into the text at each image part.
+pub fn conversation(
+    messages: &[WireMessage],
+    max_images: usize,
+    marker: &str,
+) -> Result<Vec<Turn>, ApiError> {
     let turns = messages
         .iter()
         .enumerate()
-        .map(|(i, m)| turn(i, m))
+        .map(|(i, m)| turn(i, m, marker))
         .collect::<Result<Vec<_>, _>>()?;
     let n_images: usize = turns.iter().map(|t| t.images.len()).sum();
     if n_images > max_images {
@@ -170,7 +182,7 @@ pub fn conversation(messages: &[WireMessage], max_images: usize) -> Result<Vec<T
     Ok(turns)
 }
 
-fn turn(i: usize, m: &WireMessage) -> Result<Turn, ApiError> {
+fn turn(i: usize, m: &WireMessage, marker: &str) -> Result<Turn, ApiError> {
     // OpenAI's newer `developer` role plays the part of `system`.
     let role = match m.role.as_str() {
         "developer" => Ok(Role::System),
@@ -187,7 +199,7 @@ fn turn(i: usize, m: &WireMessage) -> Result<Turn, ApiError> {
                 match part {
                     Part::Text { text: t } => text.push_str(t),
                     Part::ImageUrl { image_url } => {
-                        text.push_str(IMAGE_PLACEHOLDER);
+                        text.push_str(marker);
                         images.push(ImageRef {
                             param: format!("messages[{i}].content[{j}]"),
                             url: image_url.url().to_string(),
@@ -249,7 +261,7 @@ mod tests {
                 {"type":"text","text":" Compare them."}]}]}"#,
         )
         .unwrap();
-        let plan = ChatPlan::try_from_request(req, 8).unwrap();
+        let plan = ChatPlan::try_from_request(req, 8, "<image_placeholder>").unwrap();
         assert_eq!(
             plan.turns[0].text,
             "And here: <image_placeholder> Compare them."
@@ -275,7 +287,7 @@ mod tests {
             (r#"{"messages":[],"max_tokens":0}"#, "max_tokens"),
         ] {
             let err = parse::<ChatRequest>(body.as_bytes())
-                .and_then(|r| ChatPlan::try_from_request(r, 8))
+                .and_then(|r| ChatPlan::try_from_request(r, 8, "<image_placeholder>"))
                 .unwrap_err();
             assert_eq!(err.param.as_deref(), Some(param), "{body}: {}", err.message);
         }

@@ -22,6 +22,9 @@ pub struct ChatRequest {
     pub top_k: Option<u64>,
     /// Extension: HF-style repetition penalty on generated tokens.
     pub repetition_penalty: Option<f32>,
+    /// Extension (as in vLLM): leave special tokens out of the text. Default: v1 skips them,
+    /// VL2 keeps its grounding markup (`<|ref|>`, `<|det|>`, …).
+    pub skip_special_tokens: Option<bool>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub seed: Option<i64>,
@@ -53,7 +56,7 @@ pub struct ResponseFormat {
 }
 
 /// One chat message.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct WireMessage {
     pub role: String,
     /// `null` is allowed (assistant turns without text).
@@ -62,7 +65,7 @@ pub struct WireMessage {
 }
 
 /// `content`: a string, an array of typed parts, or null.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub enum Content {
     #[default]
     Empty,
@@ -70,7 +73,7 @@ pub enum Content {
     Parts(Vec<Part>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Part {
     Text { text: String },
@@ -78,12 +81,12 @@ pub enum Part {
 }
 
 /// `image_url`: `{"url", "detail"}` (OpenAI) or a bare URL string (some clients).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum ImageUrl {
     Object {
         url: String,
-        /// `auto | low | high`: accepted and ignored, DeepSeek-VL always sees one fixed-size view.
+        /// `auto | low | high`: accepted and ignored, DeepSeek-VL sees one fixed-size view and DeepSeek-VL2 tiles by the image's own size.
         #[allow(dead_code)]
         detail: Option<String>,
     },

@@ -29,7 +29,8 @@ pub async fn chat_completions(
     if !engine.has_room() {
         return Err(ApiError::overloaded(s.limits().max_queue));
     }
-    let mut plan = ChatPlan::try_from_request(req, s.limits().max_images_per_request)?;
+    let marker = engine.pipeline().config().image_marker().to_string();
+    let mut plan = ChatPlan::try_from_request(req, s.limits().max_images_per_request, &marker)?;
     let turns = std::mem::take(&mut plan.turns);
     let (pipeline, limits, requested) = (
         engine.pipeline().clone(),
@@ -52,7 +53,7 @@ pub async fn chat_completions(
 }
 
 /// Loads the images, renders and checks the prompt; returns it with the new-token budget.
-fn prepare(
+pub(crate) fn prepare(
     pipeline: &Pipeline,
     turns: &[Turn],
     limits: &Limits,
@@ -83,12 +84,7 @@ fn prepare(
         .with_code("context_length_exceeded"));
     }
     // `prepare` checked that n + 1 fits, so the remaining context is at least 1.
-    let left = pipeline
-        .spec()
-        .llm
-        .max_position_embeddings
-        .saturating_sub(n)
-        .max(1);
+    let left = pipeline.config().context_length().saturating_sub(n).max(1);
     Ok((prepared, requested.unwrap_or(DEFAULT_MAX_TOKENS.min(left))))
 }
 

@@ -25,7 +25,15 @@ pub async fn ready(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
 
 /// The one served model; advertises image input like llama.cpp (`modalities`, `capabilities`).
 pub async fn models(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let spec = s.engine()?.pipeline().spec();
+    let config = s.engine()?.pipeline().config();
+    // v1: every image is 576 tokens of one 384/1024 view; VL2: 421 untiled, more when tiled.
+    let (image_tokens, image_size) = match config {
+        dsvl::config::ModelConfig::V1(spec) => (
+            spec.processor.num_image_tokens,
+            spec.processor.image_size as u32,
+        ),
+        dsvl::config::ModelConfig::V2(spec) => (spec.image_tokens(1, 1), spec.processor.tile_size),
+    };
     Ok(Json(json!({
         "object": "list",
         "data": [{
@@ -37,9 +45,10 @@ pub async fn models(State(s): State<AppState>) -> Result<Json<Value>, ApiError> 
             "modalities": {"input": ["text", "image"], "output": ["text"]},
             "architecture": {"input_modalities": ["text", "image"], "output_modalities": ["text"]},
             "meta": {
-                "context_length": spec.llm.max_position_embeddings,
-                "image_tokens": spec.processor.num_image_tokens,
-                "image_size": spec.processor.image_size,
+                "family": config.family(),
+                "context_length": config.context_length(),
+                "image_tokens": image_tokens,
+                "image_size": image_size,
                 "max_images_per_request": s.limits().max_images_per_request,
             },
         }],

@@ -1,8 +1,9 @@
 //! `/tokenize` and `/apply-template`: see the prompt the model would get (llama.cpp's debug routes).
-//! Images are counted, not loaded.
+//! v1 images are counted, not loaded; VL2 images are loaded, since their tiling sets the count.
 
 use axum::extract::State;
 use axum::Json;
+use dsvl::config::ModelConfig;
 use dsvl::engine::Pipeline;
 use dsvl::prompt::expand::expand_prompt;
 use dsvl::prompt::template::{render, DEFAULT_SYSTEM_PROMPT};
@@ -12,7 +13,8 @@ use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::openai::convert::{conversation, template_messages};
 use crate::openai::request::{ApplyTemplateRequest, TokenizeRequest, WireMessage};
-use crate::state::AppState;
+use crate::routes::chat::prepare;
+use crate::state::{AppState, Limits};
 
 /// `{"content": "..."}` → the string's ids (BOS first, as the model sees it); `{"messages": [...]}`
 /// → the whole rendered prompt's ids with image tokens expanded (its length is `prompt_tokens`).
@@ -25,7 +27,11 @@ pub async fn tokenize(
     let ids = match (&req.content, &req.messages) {
         (Some(text), None) => tok.encode_prompt(text).map_err(ApiError::from_engine)?,
         (None, Some(messages)) => {
-            prompt_ids(pipeline, messages, s.limits().max_images_per_request)?
+            let (pipeline, limits, messages) =
+                (pipeline.clone(), s.limits().clone(), messages.clone());
+            tokio::task::spawn_blocking(move || prompt_ids(&pipeline, &limits, &messages))
+                .await
+                .map_err(ApiError::internal)??
         }
         _ => {
             return Err(ApiError::bad_request(
@@ -43,30 +49,46 @@ pub async fn tokenize(
     Ok(Json(json!({ "tokens": pieces })))
 }
 
-/// `{"messages": [...]}` → `{"prompt": "..."}`, the rendered template (placeholders not expanded).
+/// `{"messages": [...]}` → `{"prompt": "..."}`, the rendered template (placeholders not
+/// expanded). VL2 prompts depend on the images' tilings, so their images are loaded.
 pub async fn apply_template(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<ApplyTemplateRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    s.engine()?;
-    let turns = conversation(&req.messages, s.limits().max_images_per_request)?;
-    let prompt =
-        render(DEFAULT_SYSTEM_PROMPT, &template_messages(&turns)).map_err(ApiError::from_engine)?;
+    let pipeline = s.engine()?.pipeline().clone();
+    let marker = pipeline.config().image_marker().to_string();
+    let turns = conversation(&req.messages, s.limits().max_images_per_request, &marker)?;
+    let prompt = match pipeline.config() {
+        ModelConfig::V1(_) => render(DEFAULT_SYSTEM_PROMPT, &template_messages(&turns))
+            .map_err(ApiError::from_engine)?,
+        ModelConfig::V2(_) => {
+            let limits = s.limits().clone();
+            tokio::task::spawn_blocking(move || prepare(&pipeline, &turns, &limits, Some(1)))
+                .await
+                .map_err(ApiError::internal)??
+                .0
+                .prompt
+        }
+    };
     Ok(Json(json!({ "prompt": prompt })))
 }
 
 fn prompt_ids(
     pipeline: &Pipeline,
+    limits: &Limits,
     messages: &[WireMessage],
-    max_images: usize,
 ) -> Result<Vec<u32>, ApiError> {
-    let turns = conversation(messages, max_images)?;
+    let marker = pipeline.config().image_marker();
+    let turns = conversation(messages, limits.max_images_per_request, marker)?;
+    let ModelConfig::V1(spec) = pipeline.config() else {
+        return Ok(prepare(pipeline, &turns, limits, Some(1))?.0.ids);
+    };
     let n_images = turns.iter().map(|t| t.images.len()).sum();
     let prompt =
         render(DEFAULT_SYSTEM_PROMPT, &template_messages(&turns)).map_err(ApiError::from_engine)?;
     let tok = pipeline.tokenizer();
     let ids = tok.encode_prompt(&prompt).map_err(ApiError::from_engine)?;
-    let p = &pipeline.spec().processor;
+    let p = &spec.processor;
     let expanded = expand_prompt(
         &ids,
         tok.image_id(),

@@ -4,6 +4,7 @@
 //! themselves (never from a path or repo name) and resolves every default.
 
 pub mod raw;
+pub mod vl2;
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{CheckpointLayout, Error, Result};
 use raw::*;
+pub use vl2::{GlobalViewPos, Vl2ProcessorSpec, Vl2ProjectorSpec, Vl2Spec};
 
 /// CLIP mean/std used by the SAM branch (v1 §2.1).
 pub const CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
@@ -148,6 +150,73 @@ pub struct ModelSpec {
     pub processor: ProcessorSpec,
 }
 
+/// Any supported model directory: DeepSeek-VL (v1, both layouts) or DeepSeek-VL2.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    V1(ModelSpec),
+    V2(Vl2Spec),
+}
+
+impl ModelConfig {
+    /// Reads a model directory, telling the families apart by `config.json`'s `model_type`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(Error::NotAModelDir(dir.to_path_buf()));
+        }
+        let value: serde_json::Value = read_json(&config_path)?;
+        if value.get("model_type").and_then(|v| v.as_str()) == Some("deepseek_vl_v2") {
+            return Ok(ModelConfig::V2(Vl2Spec::from_config(dir, &config_path, value)?));
+        }
+        Ok(ModelConfig::V1(ModelSpec::from_dir(dir)?))
+    }
+
+    pub fn dir(&self) -> &Path {
+        match self {
+            ModelConfig::V1(s) => &s.dir,
+            ModelConfig::V2(s) => &s.dir,
+        }
+    }
+
+    /// `DeepSeek-VL` or `DeepSeek-VL2`.
+    pub fn family(&self) -> &'static str {
+        match self {
+            ModelConfig::V1(_) => "DeepSeek-VL",
+            ModelConfig::V2(_) => "DeepSeek-VL2",
+        }
+    }
+
+    /// The image marker users put in prompt text: `<image_placeholder>` (v1) or `<image>` (VL2).
+    pub fn image_marker(&self) -> &str {
+        match self {
+            ModelConfig::V1(s) => &s.processor.image_tag,
+            ModelConfig::V2(s) => &s.processor.image_token,
+        }
+    }
+
+    /// Positions the model was trained for; prompts plus new tokens must fit.
+    pub fn context_length(&self) -> usize {
+        match self {
+            ModelConfig::V1(s) => s.llm.max_position_embeddings,
+            ModelConfig::V2(s) => s.llm.max_position_embeddings,
+        }
+    }
+
+    pub fn v1(&self) -> Option<&ModelSpec> {
+        match self {
+            ModelConfig::V1(s) => Some(s),
+            ModelConfig::V2(_) => None,
+        }
+    }
+
+    pub fn v2(&self) -> Option<&Vl2Spec> {
+        match self {
+            ModelConfig::V2(s) => Some(s),
+            ModelConfig::V1(_) => None,
+        }
+    }
+}
+
 pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_slice(&bytes).map_err(|source| Error::Json {
@@ -156,14 +225,14 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     })
 }
 
-fn parse_value<T: DeserializeOwned>(path: &Path, v: serde_json::Value) -> Result<T> {
+pub(crate) fn parse_value<T: DeserializeOwned>(path: &Path, v: serde_json::Value) -> Result<T> {
     serde_json::from_value(v).map_err(|source| Error::Json {
         path: path.to_path_buf(),
         source,
     })
 }
 
-fn read_json_opt<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+pub(crate) fn read_json_opt<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     if path.is_file() {
         read_json(path).map(Some)
     } else {
@@ -171,7 +240,7 @@ fn read_json_opt<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     }
 }
 
-fn config_err(path: &Path, message: impl Into<String>) -> Error {
+pub(crate) fn config_err(path: &Path, message: impl Into<String>) -> Error {
     Error::Config {
         path: path.to_path_buf(),
         message: message.into(),
@@ -216,8 +285,9 @@ impl ModelSpec {
                 return Err(config_err(
                     &config_path,
                     format!(
-                        "model_type `{other}` is not DeepSeek-VL v1; expected `multi_modality` \
-                         (deepseek-ai/*) or `deepseek_vl` / `deepseek_vl_hybrid` (deepseek-community/*)"
+                        "model_type `{other}` is not a DeepSeek-VL model; expected `multi_modality` \
+                         (deepseek-ai/deepseek-vl-*), `deepseek_vl` / `deepseek_vl_hybrid` \
+                         (deepseek-community/*) or `deepseek_vl_v2` (deepseek-ai/deepseek-vl2*)"
                     ),
                 ))
             }

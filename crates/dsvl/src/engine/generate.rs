@@ -6,6 +6,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 
 use super::{FeatureCache, Pipeline, Prepared};
+use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::sampling::processors::{log_softmax, top_logprobs};
 use crate::sampling::{Sampler, SamplingParams};
@@ -20,6 +21,10 @@ pub struct GenerateParams {
     pub ignore_eos: bool,
     /// Report this many top alternatives (with logprobs) per token; `None`: no logprobs.
     pub logprobs: Option<usize>,
+    /// Leave special tokens out of the text. `None`: the family's default — v1 skips them (as
+    /// the official demo decodes), VL2 keeps them, because its grounding markup
+    /// (`<|ref|>…<|/ref|><|det|>[[…]]<|/det|>`) is made of special tokens (v2 §6.4).
+    pub skip_special_tokens: Option<bool>,
 }
 
 /// One generated token.
@@ -137,16 +142,12 @@ impl Pipeline {
         };
 
         let t = Instant::now();
-        let image_embeds = match &prepared.pixels {
-            Some(p) => Some(self.image_embeddings(p, cache)?),
-            None => None,
-        };
+        let image_embeds = self.image_embeddings(prepared, cache)?;
         timings.vision_ms = ms(t);
 
         let t = Instant::now();
-        let embeds =
-            model.input_embeddings(&prepared.ids, tok.image_id(), image_embeds.as_ref())?;
-        let mut cache = model.llm().new_cache();
+        let embeds = model.input_embeddings(&prepared.ids, tok.image_id(), &image_embeds)?;
+        let mut cache = model.new_cache();
         let mut logits = model
             .forward_embeds(&embeds, &mut cache)?
             .to_vec1::<f32>()?;
@@ -154,7 +155,10 @@ impl Pipeline {
 
         let t = Instant::now();
         let mut sampler = Sampler::new(sp)?;
-        let mut stream = DecodeStream::new(|ids: &[u32]| tok.decode(ids, true));
+        let skip_special = params
+            .skip_special_tokens
+            .unwrap_or(matches!(self.config(), ModelConfig::V1(_)));
+        let mut stream = DecodeStream::new(|ids: &[u32]| tok.decode(ids, skip_special));
         let mut stops = StopMatcher::new(&sp.stop)?;
         let mut ids = Vec::new();
         let mut text = String::new();
@@ -219,44 +223,32 @@ impl Pipeline {
 }
 
 impl Pipeline {
-    /// Image embeddings `[N, tokens, hidden]` for `pixels` `[N, 3, S, S]`, running the vision tower
-    /// only on images the cache does not hold.
+    /// Each image's embedding sequence `[N_i, hidden]`, running the vision tower only on images
+    /// the cache does not hold (keyed by the preprocessed pixels).
     pub fn image_embeddings(
         &self,
-        pixels: &Tensor,
-        cache: Option<&mut FeatureCache>,
-    ) -> Result<Tensor> {
+        prepared: &Prepared,
+        mut cache: Option<&mut FeatureCache>,
+    ) -> Result<Vec<Tensor>> {
         let model = self.model();
-        let Some(cache) = cache else {
-            return model.encode_images(pixels);
-        };
-        let n = pixels.dim(0)?;
-        let mut out: Vec<Option<Tensor>> = Vec::with_capacity(n);
-        let mut keys = Vec::with_capacity(n);
-        for i in 0..n {
-            let key = FeatureCache::key(&pixels.get(i)?)?;
-            out.push(cache.get(key));
-            keys.push(key);
+        let mut out = Vec::with_capacity(prepared.n_images);
+        for (pixels, grid) in prepared.image_inputs()? {
+            let Some(cache) = cache.as_deref_mut() else {
+                out.push(model.encode_image(&pixels, grid)?);
+                continue;
+            };
+            let key = FeatureCache::key(&pixels)?;
+            let emb = match cache.get(key) {
+                Some(e) => e,
+                None => {
+                    let e = model.encode_image(&pixels, grid)?;
+                    cache.insert(key, e.clone());
+                    e
+                }
+            };
+            out.push(emb);
         }
-        let missing: Vec<usize> = (0..n).filter(|&i| out[i].is_none()).collect();
-        if !missing.is_empty() {
-            let idx = Tensor::new(
-                missing
-                    .iter()
-                    .map(|&i| i as u32)
-                    .collect::<Vec<_>>()
-                    .as_slice(),
-                pixels.device(),
-            )?;
-            let emb = model.encode_images(&pixels.index_select(&idx, 0)?)?;
-            for (j, &i) in missing.iter().enumerate() {
-                let e = emb.get(j)?;
-                cache.insert(keys[i], e.clone());
-                out[i] = Some(e);
-            }
-        }
-        let all: Vec<Tensor> = out.into_iter().flatten().collect();
-        Ok(Tensor::stack(&all, 0)?)
+        Ok(out)
     }
 }
 

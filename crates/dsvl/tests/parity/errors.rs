@@ -142,7 +142,7 @@ fn placeholder_count_mismatch_is_an_error() -> anyhow::Result<()> {
 #[test]
 fn prompt_over_the_context_is_refused_not_truncated() -> anyhow::Result<()> {
     let p = load_model("siglip-tiny", DType::F32)?;
-    let max = p.spec().llm.max_position_embeddings;
+    let max = p.config().context_length();
     let err = p.prepare(None, &user("Hello", vec![]), max).unwrap_err();
     anyhow::ensure!(matches!(err, Error::ContextOverflow { .. }), "{err:?}");
     anyhow::ensure!(

@@ -113,7 +113,7 @@ fn check_f32(model: &str, case_name: &str) -> anyhow::Result<()> {
         load_case(&format!("{}__{case_name}", model.trim_end_matches("-hf")))?;
     let p = load_model(model, DType::F32)?;
     let prepared = prepare(&p, &case)?;
-    let m = p.model();
+    let m = p.model().v1().expect("a v1 model");
     let t = |k: &str| {
         tensors
             .get(k)
@@ -175,6 +175,7 @@ fn check_f32(model: &str, case_name: &str) -> anyhow::Result<()> {
         },
         ignore_eos: false,
         logprobs: Some(5),
+        skip_special_tokens: None,
     };
     let mut steps = Vec::new();
     let out = p.generate(&prepared, &params, |ev| {
@@ -281,15 +282,15 @@ fn both_layouts_give_identical_logits() -> anyhow::Result<()> {
             let img = prepared
                 .pixels
                 .as_ref()
-                .map(|px| p.model().encode_images(px))
+                .map(|px| p.model().v1().expect("a v1 model").encode_images(px))
                 .transpose()?;
-            let e = p.model().input_embeddings(
+            let e = p.model().v1().expect("a v1 model").input_embeddings(
                 &prepared.ids,
                 p.tokenizer().image_id(),
                 img.as_ref(),
             )?;
-            let mut cache = p.model().llm().new_cache();
-            logits.push(p.model().forward_embeds(&e, &mut cache)?.to_vec1::<f32>()?);
+            let mut cache = p.model().v1().expect("a v1 model").llm().new_cache();
+            logits.push(p.model().v1().expect("a v1 model").forward_embeds(&e, &mut cache)?.to_vec1::<f32>()?);
         }
         anyhow::ensure!(logits[0] == logits[1], "{orig} vs {hf}: logits differ");
     }
@@ -342,7 +343,7 @@ fn hybrid_bf16_matches_reference_bf16() -> anyhow::Result<()> {
     let Loaded { case, tensors } = load_case("hybrid-tiny__single_bf16")?;
     let p = load_model("hybrid-tiny", DType::BF16)?;
     let prepared = prepare(&p, &case)?;
-    let m = p.model();
+    let m = p.model().v1().expect("a v1 model");
     let img = prepared
         .pixels
         .as_ref()

@@ -3,8 +3,12 @@
 //! - [`parse_grounding`]: model text → [`Grounding`] (labels, 0–999 boxes, pixel corners, problems, the text
 //!   without markup). Its JSON shape is documented on [`Grounding`]; the CLI writes it to `--boxes-json` and
 //!   the server returns it as an extension field.
-//! - [`to_pixels`]: the official `int(x / 999 * W)` mapping.
+//! - [`draw_boxes`]: labelled outlines on an [`RgbImage`](crate::image::RgbImage), no font files needed.
+//! - [`to_pixels`]: the official `int(x / 999 * W)` mapping, shared by both.
 
+mod draw;
+mod font;
 mod parse;
 
+pub use draw::draw_boxes;
 pub use parse::{parse_grounding, to_pixels, BoxCoords, GroundedObject, Grounding, COORD_MAX};

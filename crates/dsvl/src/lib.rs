@@ -5,10 +5,12 @@
 //! → `models` (embedding merge) → `llm` (Llama + KV cache) → `sampling` → `text` (UTF-8-safe
 //! deltas, stop strings). `config` reads a model directory, `weights` maps checkpoint names,
 //! `prompt` renders the chat template and expands image tokens, `engine` ties it together.
+//! `grounding` turns DeepSeek-VL2 `<|ref|>/<|det|>` answers into boxes and draws them.
 
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod grounding;
 pub mod image;
 pub mod llm;
 pub mod models;

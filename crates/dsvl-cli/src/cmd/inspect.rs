@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use dsvl::config::{ModelConfig, ModelSpec, VisionSpec, Vl2Spec};
-use dsvl::CheckpointLayout;
 use dsvl::weights::Checkpoint;
+use dsvl::CheckpointLayout;
 
 use crate::args::InspectArgs;
 use crate::model_path::resolve_model;

@@ -166,7 +166,11 @@ impl ModelConfig {
         }
         let value: serde_json::Value = read_json(&config_path)?;
         if value.get("model_type").and_then(|v| v.as_str()) == Some("deepseek_vl_v2") {
-            return Ok(ModelConfig::V2(Vl2Spec::from_config(dir, &config_path, value)?));
+            return Ok(ModelConfig::V2(Vl2Spec::from_config(
+                dir,
+                &config_path,
+                value,
+            )?));
         }
         Ok(ModelConfig::V1(ModelSpec::from_dir(dir)?))
     }
@@ -281,16 +285,14 @@ impl ModelSpec {
                     resolve_transformers(&config_path, &cfg, hybrid, &image_proc)?;
                 (CheckpointLayout::Transformers, vision, aligner, llm)
             }
-            other => {
-                return Err(config_err(
-                    &config_path,
-                    format!(
-                        "model_type `{other}` is not a DeepSeek-VL model; expected `multi_modality` \
+            other => return Err(config_err(
+                &config_path,
+                format!(
+                    "model_type `{other}` is not a DeepSeek-VL model; expected `multi_modality` \
                          (deepseek-ai/deepseek-vl-*), `deepseek_vl` / `deepseek_vl_hybrid` \
                          (deepseek-community/*) or `deepseek_vl_v2` (deepseek-ai/deepseek-vl2*)"
-                    ),
-                ))
-            }
+                ),
+            )),
         };
 
         let processor = resolve_processor(&config_path, &vision, &image_proc, &proc)?;

@@ -190,11 +190,7 @@ impl Vl2Spec {
         let cfg: Vl2ConfigJson = parse_value(config_path, value)?;
         if cfg.tile_tag != "2D" {
             return Err(Error::Unsupported {
-                what: format!(
-                    "tile_tag `{}` in {}",
-                    cfg.tile_tag,
-                    config_path.display()
-                ),
+                what: format!("tile_tag `{}` in {}", cfg.tile_tag, config_path.display()),
                 hint: "DeepSeek-VL2 checkpoints use tile_tag \"2D\" (the \"1D\" layout is unused \
                        by the official code); check that config.json is complete"
                     .into(),
@@ -288,7 +284,8 @@ fn vision_spec(path: &Path, v: &VisionJson) -> Result<SiglipSpec> {
                 v.ignore_head,
                 path.display()
             ),
-            hint: "DeepSeek-VL2 runs SigLIP without class token and without its pooling head".into(),
+            hint: "DeepSeek-VL2 runs SigLIP without class token and without its pooling head"
+                .into(),
         });
     }
     if v.patch_size == 0 || v.image_size < v.patch_size || v.heads == 0 {
@@ -366,7 +363,9 @@ fn processor_spec(path: &Path, p: ProcessorJson) -> Result<Vl2ProcessorSpec> {
     {
         return Err(config_err(
             path,
-            format!("candidate resolution [{w}, {h}] is not a multiple of the tile size {tile_size}"),
+            format!(
+                "candidate resolution [{w}, {h}] is not a multiple of the tile size {tile_size}"
+            ),
         ));
     }
     if let Some(f) = &p.sft_format {

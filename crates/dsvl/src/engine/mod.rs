@@ -19,8 +19,8 @@ use crate::image::{self, RgbImage};
 use crate::models::Model;
 use crate::prompt::expand::{check_context, expand_prompt};
 use crate::prompt::template::{render, Message, Role, DEFAULT_SYSTEM_PROMPT};
-use crate::prompt::vl2::{build_vl2_ids, vl2_cropping, Vl2Turn};
 use crate::prompt::tokenizer::PromptTokenizer;
+use crate::prompt::vl2::{build_vl2_ids, vl2_cropping, Vl2Turn};
 use crate::weights::Progress;
 
 pub use feature_cache::FeatureCache;
@@ -116,9 +116,7 @@ impl Prepared {
             return Ok(Vec::new());
         };
         if self.tile_grids.is_empty() {
-            return (0..self.n_images)
-                .map(|i| Ok((px.get(i)?, None)))
-                .collect();
+            return (0..self.n_images).map(|i| Ok((px.get(i)?, None))).collect();
         }
         let mut out = Vec::with_capacity(self.tile_grids.len());
         let mut start = 0;
@@ -258,8 +256,7 @@ impl Pipeline {
         for src in messages.iter().flat_map(|m| m.images.iter()) {
             let img = src.decode(self.max_image_pixels)?;
             image_sizes.push((img.width, img.height));
-            let tiled =
-                image::tile_image(&img, &p.candidates, p.tile_size, cropping, p.pad_color)?;
+            let tiled = image::tile_image(&img, &p.candidates, p.tile_size, cropping, p.pad_color)?;
             for tile in std::iter::once(&tiled.global).chain(&tiled.tiles) {
                 data.extend(normalized_chw(tile, p));
                 n_tiles += 1;
@@ -307,11 +304,12 @@ impl Pipeline {
         })
     }
 
-/// Decodes and preprocesses images into `[N, 3, S, S]` f32 (v1 §3.1).
+    /// Decodes and preprocesses v1 images into `[N, 3, S, S]` f32 (v1 §3.1); also returns each
+    /// image's decoded size.
     pub fn preprocess_images<'a>(
         &self,
         images: impl Iterator<Item = &'a ImageSource>,
-    ) -> Result<Option<Tensor>> {
+    ) -> Result<(Option<Tensor>, Vec<(u32, u32)>)> {
         let Some(spec) = self.config.v1() else {
             return Err(Error::Unsupported {
                 what: "v1 preprocessing for a DeepSeek-VL2 model".into(),

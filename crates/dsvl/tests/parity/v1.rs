@@ -290,7 +290,13 @@ fn both_layouts_give_identical_logits() -> anyhow::Result<()> {
                 img.as_ref(),
             )?;
             let mut cache = p.model().v1().expect("a v1 model").llm().new_cache();
-            logits.push(p.model().v1().expect("a v1 model").forward_embeds(&e, &mut cache)?.to_vec1::<f32>()?);
+            logits.push(
+                p.model()
+                    .v1()
+                    .expect("a v1 model")
+                    .forward_embeds(&e, &mut cache)?
+                    .to_vec1::<f32>()?,
+            );
         }
         anyhow::ensure!(logits[0] == logits[1], "{orig} vs {hf}: logits differ");
     }

@@ -130,7 +130,12 @@ pub fn load_vl2_model(model: &str, dtype: DType) -> anyhow::Result<Pipeline> {
 
 fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let lse = logits.iter().map(|&v| ((v - max) as f64).exp()).sum::<f64>().ln() as f32 + max;
+    let lse = logits
+        .iter()
+        .map(|&v| ((v - max) as f64).exp())
+        .sum::<f64>()
+        .ln() as f32
+        + max;
     logits.iter().map(|&v| v - lse).collect()
 }
 
@@ -177,9 +182,9 @@ fn check_case(name: &str) -> anyhow::Result<()> {
     }
     if let Some(want) = dump("inputs_embeds.npy")? {
         let images = p.image_embeddings(&prepared, None)?;
-        let embeds = p
-            .model()
-            .input_embeddings(&prepared.ids, p.tokenizer().image_id(), &images)?;
+        let embeds =
+            p.model()
+                .input_embeddings(&prepared.ids, p.tokenizer().image_id(), &images)?;
         assert_close(
             &format!("{name}: inputs_embeds"),
             &embeds.squeeze(0)?,
@@ -262,12 +267,17 @@ fn vl2_greedy_without_cache_matches() -> anyhow::Result<()> {
     for name in case_names()? {
         let (case, reference) = load(&name)?;
         let len = reference.input_ids.len();
-        let entry = shortest.entry(case.model).or_insert((usize::MAX, String::new()));
+        let entry = shortest
+            .entry(case.model)
+            .or_insert((usize::MAX, String::new()));
         if len < entry.0 {
             *entry = (len, name);
         }
     }
-    anyhow::ensure!(shortest.len() >= 3, "expected the tiny, small and base models");
+    anyhow::ensure!(
+        shortest.len() >= 3,
+        "expected the tiny, small and base models"
+    );
     for (_, name) in shortest.values() {
         let (case, reference) = load(name)?;
         let p = load_vl2_model(&case.model, DType::F32)?;
@@ -283,9 +293,15 @@ fn vl2_greedy_without_cache_matches() -> anyhow::Result<()> {
             let best = lp
                 .iter()
                 .enumerate()
-                .fold((0, f32::NEG_INFINITY), |b, (j, &v)| if v > b.1 { (j, v) } else { b })
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (j, &v)| if v > b.1 { (j, v) } else { b },
+                )
                 .0 as u32;
-            anyhow::ensure!(best == *want, "{name}: step {i} without cache: {best} vs {want}");
+            anyhow::ensure!(
+                best == *want,
+                "{name}: step {i} without cache: {best} vs {want}"
+            );
             ids.push(best);
         }
     }

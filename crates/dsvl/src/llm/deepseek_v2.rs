@@ -2,9 +2,9 @@
 //! `deepseek_vl2/models/modeling_deepseek.py` at `ef9f91e`, eager attention, inference branch).
 //!
 //! `h = h + Attn(RMSNorm(h)); h = h + FFN(RMSNorm(h))` per layer; attention is transformers
-//! 4.38 `LlamaAttention` (tiny, `use_mla: false`) or MLA ([`mla`], small/base); the FFN is a
+//! 4.38 `LlamaAttention` (tiny, `use_mla: false`) or MLA (`mla.rs`, small/base); the FFN is a
 //! dense SiLU MLP for layers `< first_k_dense_replace` (and off the `moe_layer_freq` grid), else
-//! routed + shared experts ([`moe`]). Final RMSNorm, untied `lm_head`, f32 logits (v2 §8.5).
+//! routed + shared experts (`moe.rs`). Final RMSNorm, untied `lm_head`, f32 logits (v2 §8.5).
 //!
 //! Keys, under the `language` prefix the caller passes in (v2 §11.3):
 //! `model.embed_tokens.weight`, `model.layers.{l}.{input_layernorm, post_attention_layernorm}`,

@@ -37,6 +37,9 @@ pub enum MlaForm {
     Expanded,
 }
 
+/// Most score values (`B·H·rows·T`) one attention block holds: 64 Mi, 256 MiB in f32.
+const SCORE_BUDGET: usize = 1 << 26;
+
 /// The reference builds `kv_a_layernorm` with the RMSNorm default eps, not `rms_norm_eps`.
 const KV_A_LAYERNORM_EPS: f64 = 1e-6;
 
@@ -59,6 +62,8 @@ pub(super) struct Mla {
     kv_lora: usize,
     /// ref: `softmax_scale = q_head_dim ** -0.5` (no YaRN mscale: rope_scaling is null).
     scale: f64,
+    /// [`SCORE_BUDGET`]; smaller in tests to exercise several query blocks.
+    score_budget: usize,
 }
 
 impl Mla {
@@ -90,6 +95,7 @@ impl Mla {
             v_dim: dv,
             kv_lora: dc,
             scale: ((dn + dr) as f64).powf(-0.5),
+            score_budget: SCORE_BUDGET,
         })
     }
 
@@ -135,50 +141,69 @@ impl Mla {
         let big_t = c.dim(2)?;
         let (c, k_pe) = (c.squeeze(1)?, k_pe.squeeze(1)?); // [B, T, dc], [B, T, dr]
 
-        // The rope key is shared by all heads, so heads fold into rows: one GEMM.
-        let pe_scores = q_pe
-            .reshape((b, h * t, dr))?
-            .matmul(&k_pe.t()?)?
-            .reshape((b, h, t, big_t))?;
-
         let expanded = match form {
             MlaForm::Absorbed => false,
             MlaForm::Expanded => true,
             MlaForm::Auto => self.expanded_is_cheaper(t, big_t),
         };
+        // Queries go in blocks of rows so the `[B, H, rows, T]` scores stay bounded on a long
+        // one-shot prefill; the GEMMs and their results are the same as in one block.
+        let rows = (self.score_budget / (b * h * big_t).max(1)).clamp(1, t);
+        let blocks = (0..t).step_by(rows).map(|r0| (r0, rows.min(t - r0)));
+        let mask = |r0: usize, n: usize| -> Result<Option<Tensor>> {
+            ctx.mask.as_ref().map(|m| m.narrow(0, r0, n)).transpose()
+        };
+        // q_pe·k_peᵀ: the rope key is shared by all heads, so heads fold into rows, one GEMM.
+        let pe_scores = |r0: usize, n: usize| -> Result<Tensor> {
+            q_pe.narrow(2, r0, n)?
+                .reshape((b, h * n, dr))?
+                .matmul(&k_pe.t()?)?
+                .reshape((b, h, n, big_t))
+        };
         let o = if expanded {
             // [k_nope | v] for every cached position: c · W_UKVᵀ per head.
             let c_h = c.unsqueeze(1)?.broadcast_as((b, h, big_t, dc))?;
             let kv = per_head_matmul(&c_h, &self.kv_b.t()?)?; // [B, H, T, dn + dv]
-            let k_nope = kv.narrow(3, 0, dn)?;
+            let k_nope_t = kv.narrow(3, 0, dn)?.t()?;
             let v = kv.narrow(3, dn, dv)?;
-            let scores = (q_nope.matmul(&k_nope.t()?)? + pe_scores)?;
-            let p = self.probs(scores, ctx)?;
-            p.matmul(&v)? // [B, H, t, dv]
+            let outs = blocks
+                .map(|(r0, n)| {
+                    let nope = q_nope.narrow(2, r0, n)?.matmul(&k_nope_t)?;
+                    let p = self.probs((nope + pe_scores(r0, n)?)?, mask(r0, n)?)?;
+                    p.matmul(&v) // [B, H, n, dv]
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&outs, 2)?
         } else {
             // ref: q_nope = q_nope @ kv_b[:, :dn, :]; scores = q_pe·k_peᵀ + q_nope·cᵀ
             let q_lat = per_head_matmul(&q_nope, &self.kv_b.narrow(1, 0, dn)?)?; // [B, H, t, dc]
-            let nope_scores = q_lat
-                .reshape((b, h * t, dc))?
-                .matmul(&c.t()?)?
-                .reshape((b, h, t, big_t))?;
-            let p = self.probs((pe_scores + nope_scores)?, ctx)?;
-            // ref: einsum('bhql,blc->bhqc', p, c) @ kv_b[:, dn:, :].mT
-            let o_lat = p
-                .reshape((b, h * t, big_t))?
-                .matmul(&c)?
-                .reshape((b, h, t, dc))?;
+            let outs = blocks
+                .map(|(r0, n)| {
+                    let nope = q_lat
+                        .narrow(2, r0, n)?
+                        .reshape((b, h * n, dc))?
+                        .matmul(&c.t()?)?
+                        .reshape((b, h, n, big_t))?;
+                    let p = self.probs((pe_scores(r0, n)? + nope)?, mask(r0, n)?)?;
+                    // ref: einsum('bhql,blc->bhqc', p, c)
+                    p.reshape((b, h * n, big_t))?
+                        .matmul(&c)?
+                        .reshape((b, h, n, dc))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let o_lat = Tensor::cat(&outs, 2)?;
+            // ref: o_lat @ kv_b[:, dn:, :].mT
             per_head_matmul(&o_lat, &self.kv_b.narrow(1, dn, dv)?.t()?)? // [B, H, t, dv]
         };
         let o = o.transpose(1, 2)?.reshape((b, t, h * dv))?;
         self.o_proj.forward(&o)
     }
 
-    /// ref: softmax((scores) · scale + mask, dtype=f32).to(dtype) — `[B, H, t, T]`.
-    fn probs(&self, scores: Tensor, ctx: &StepCtx) -> Result<Tensor> {
+    /// ref: softmax(scores · scale + mask, dtype=f32).to(dtype) — `[B, H, rows, T]`.
+    fn probs(&self, scores: Tensor, mask: Option<Tensor>) -> Result<Tensor> {
         let dtype = scores.dtype();
         let scores = (scores * self.scale)?;
-        let scores = match &ctx.mask {
+        let scores = match &mask {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
         };
@@ -237,7 +262,14 @@ mod tests {
     }
 
     fn mla(dev: &Device) -> Result<Mla> {
-        let s = spec();
+        mla_from(weights(dev)?, dev)
+    }
+
+    fn mla_from(m: HashMap<String, Tensor>, dev: &Device) -> Result<Mla> {
+        Mla::new(&spec(), VarBuilder::from_tensors(m, DType::F32, dev))
+    }
+
+    fn weights(dev: &Device) -> Result<HashMap<String, Tensor>> {
         let mut m = HashMap::new();
         for (name, shape) in [
             ("q_proj.weight", (3 * 10, 12)),
@@ -251,7 +283,7 @@ mod tests {
             "kv_a_layernorm.weight".into(),
             (Tensor::randn(0f32, 0.1, 10, dev)? + 1.0)?,
         );
-        Mla::new(&s, VarBuilder::from_tensors(m, DType::F32, dev))
+        Ok(m)
     }
 
     fn run(
@@ -270,8 +302,11 @@ mod tests {
         a.forward(x, &StepCtx { cos, sin, mask }, cache, 0, form)
     }
 
+    /// max|a − b| relative to max(1, max|b|): random weights give outputs of varying scale.
     fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-        (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+        let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+        Ok(d / scale)
     }
 
     /// Absorbed and expanded forms agree, in one-shot prefill, chunked prefill and decode,
@@ -299,6 +334,27 @@ mod tests {
             }
             let d = max_diff(&outs[0], &outs[1])?;
             assert!(d < 1e-5, "b={b}: absorbed vs expanded {d}");
+        }
+        Ok(())
+    }
+
+    /// Splitting the queries into blocks (long prefill) changes nothing.
+    #[test]
+    fn query_blocks_give_the_same_result() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = weights(&dev)?;
+        let a = mla_from(w.clone(), &dev)?;
+        // 3 heads × 11 keys × 4 rows per block → blocks of 4, 4 and 3 queries
+        let blocked = Mla {
+            score_budget: 3 * 11 * 4,
+            ..mla_from(w, &dev)?
+        };
+        let x = Tensor::randn(0f32, 1.0, (1, 11, 12), &dev)?;
+        for form in [MlaForm::Absorbed, MlaForm::Expanded] {
+            let whole = run(&a, &x, &mut KvCache::new(1), form, &dev)?;
+            let got = run(&blocked, &x, &mut KvCache::new(1), form, &dev)?;
+            let d = max_diff(&whole, &got)?;
+            assert!(d < 1e-5, "{form:?}: {d}");
         }
         Ok(())
     }

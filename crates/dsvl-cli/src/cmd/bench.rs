@@ -16,10 +16,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{ensure, Context};
-use dsvl::config::{LlamaSpec, VisionSpec};
+use dsvl::config::{LlamaSpec, ModelConfig, VisionSpec};
 use dsvl::engine::{
     ChatMessage, Event, FeatureCache, GenerateParams, ImageSource, Pipeline, Prepared,
 };
+use dsvl::llm::deepseek_v2::{AttentionKind, DeepseekV2Spec, ScoringFunc};
 use dsvl::prompt::template::Role;
 use dsvl::sampling::SamplingParams;
 use serde_json::{json, Value};
@@ -140,7 +141,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let pipeline = load_pipeline(&a.model)?;
     let load_ms = ms(t);
     let rss_after_load = proc_status_kib("VmRSS").map(|k| k * 1024);
-    let spec = pipeline.spec().clone();
+    let config = pipeline.config().clone();
+    let facts = LlmFacts::of(&config);
 
     let question = build_question(&pipeline, a.prompt_tokens)?;
     let question_tokens = pipeline.tokenizer().encode_prompt(&question)?.len() - 1;
@@ -187,8 +189,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         (a.bandwidth_mib > 0).then(|| memory_bandwidth_gb_s(a.bandwidth_mib << 20, threads));
 
     let dtype_bytes = pipeline.model().dtype().size_in_bytes();
-    let weight_bytes = decode_weight_bytes(&spec.llm, dtype_bytes);
-    let kv_bytes_per_pos = kv_bytes_per_position(&spec.llm, dtype_bytes);
+    let weight_bytes = facts.decode_params * dtype_bytes as u64;
+    let kv_bytes_per_pos = facts.kv_values_per_position * dtype_bytes as u64;
 
     let med = |f: &dyn Fn(&Run) -> Option<f64>| median(runs.iter().filter_map(f).collect());
     let preprocess_ms = med(&|r| Some(r.preprocess_ms));
@@ -214,11 +216,31 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         _ => None,
     };
 
-    let model_desc = match &spec.vision {
-        VisionSpec::Siglip(_) => "SigLIP-L + Llama (1.3B-style)",
-        VisionSpec::Hybrid { .. } => "SAM-B + SigLIP-L + Llama (7B-style)",
+    let (model_desc, layout) = match &config {
+        ModelConfig::V1(spec) => (
+            match &spec.vision {
+                VisionSpec::Siglip(_) => "SigLIP-L + Llama (1.3B-style)",
+                VisionSpec::Hybrid { .. } => "SAM-B + SigLIP-L + Llama (7B-style)",
+            },
+            format!("{:?}", spec.layout),
+        ),
+        ModelConfig::V2(spec) => (
+            match (
+                &spec.llm.attention,
+                spec.llm.moe.as_ref().map(|m| m.scoring_func),
+            ) {
+                (AttentionKind::Mha { .. }, _) => {
+                    "SigLIP-SO400M tiles + DeepSeekMoE MHA (VL2-tiny-style)"
+                }
+                (_, Some(ScoringFunc::Sigmoid)) => {
+                    "SigLIP-SO400M tiles + DeepSeekMoE MLA, sigmoid routing (VL2-base-style)"
+                }
+                _ => "SigLIP-SO400M tiles + DeepSeekMoE MLA (VL2-small-style)",
+            },
+            "Original".to_string(),
+        ),
     };
-    let llm_params = llm_params(&spec.llm);
+    let llm_params = facts.params;
     let report = json!({
         "tool": "dsvl bench",
         "dsvl_version": env!("CARGO_PKG_VERSION"),
@@ -229,13 +251,15 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             "mem_total_bytes": proc_meminfo_kib("MemTotal").map(|k| k * 1024),
         },
         "model": {
-            "dir": spec.dir.display().to_string(),
-            "layout": format!("{:?}", spec.layout),
+            "dir": config.dir().display().to_string(),
+            "family": config.family(),
+            "layout": layout,
             "architecture": model_desc,
             "dtype": format!("{:?}", pipeline.model().dtype()).to_lowercase(),
             "llm_params": llm_params,
-            "llm_layers": spec.llm.num_layers,
-            "llm_hidden": spec.llm.hidden_size,
+            "llm_active_params_per_token": facts.decode_params,
+            "llm_layers": facts.layers,
+            "llm_hidden": facts.hidden,
         },
         "workload": {
             "images": a.images,
@@ -523,16 +547,118 @@ fn llm_params(l: &LlamaSpec) -> u64 {
     vocab * d + l.num_layers as u64 * per_layer + d + vocab * d
 }
 
-/// Weight bytes one decode step reads: every LLM weight except the embedding table, of which it
-/// reads one row.
-fn decode_weight_bytes(l: &LlamaSpec, dtype_bytes: usize) -> u64 {
-    let d = l.hidden_size as u64;
-    (llm_params(l) - l.vocab_size as u64 * d + d) * dtype_bytes as u64
+/// What the roofline needs to know about a language model.
+struct LlmFacts {
+    /// All parameters (embedding and lm_head included).
+    params: u64,
+    /// Parameters one decode step reads: every weight except the embedding table (one row of
+    /// it), and for MoE layers only the shared and the top-k routed experts.
+    decode_params: u64,
+    /// Cached values per position over all layers (K and V; MLA: the latent plus the rope key).
+    kv_values_per_position: u64,
+    layers: usize,
+    hidden: usize,
 }
 
-/// KV-cache bytes per cached position (keys and values of every layer).
-fn kv_bytes_per_position(l: &LlamaSpec, dtype_bytes: usize) -> u64 {
-    2 * l.num_layers as u64 * (l.num_kv_heads * l.head_dim) as u64 * dtype_bytes as u64
+impl LlmFacts {
+    fn of(config: &ModelConfig) -> Self {
+        match config {
+            ModelConfig::V1(spec) => {
+                let l = &spec.llm;
+                let d = l.hidden_size as u64;
+                let params = llm_params(l);
+                Self {
+                    params,
+                    decode_params: params - l.vocab_size as u64 * d + d,
+                    kv_values_per_position: 2 * (l.num_layers * l.num_kv_heads * l.head_dim) as u64,
+                    layers: l.num_layers,
+                    hidden: l.hidden_size,
+                }
+            }
+            ModelConfig::V2(spec) => {
+                let l = &spec.llm;
+                let (params, decode_params) = deepseek_v2_params(l);
+                Self {
+                    params,
+                    decode_params,
+                    kv_values_per_position: deepseek_v2_kv_values(l),
+                    layers: l.num_layers,
+                    hidden: l.hidden_size,
+                }
+            }
+        }
+    }
+}
+
+/// (all parameters, parameters read per decode step) of a DeepSeekMoE language model.
+fn deepseek_v2_params(l: &DeepseekV2Spec) -> (u64, u64) {
+    let d = l.hidden_size as u64;
+    let heads = l.num_heads as u64;
+    let attention = match l.attention {
+        AttentionKind::Mha { head_dim } => {
+            let (q, kv) = (
+                heads * head_dim as u64,
+                l.num_kv_heads as u64 * head_dim as u64,
+            );
+            d * q + 2 * d * kv + q * d
+        }
+        AttentionKind::Mla {
+            kv_lora_rank,
+            qk_nope_head_dim,
+            qk_rope_head_dim,
+            v_head_dim,
+            ..
+        } => {
+            let (c, nope, rope, v) = (
+                kv_lora_rank as u64,
+                qk_nope_head_dim as u64,
+                qk_rope_head_dim as u64,
+                v_head_dim as u64,
+            );
+            d * heads * (nope + rope) + d * (c + rope) + c + c * heads * (nope + v) + heads * v * d
+        }
+    };
+    let (mut all, mut read) = (0u64, 0u64);
+    for layer in 0..l.num_layers {
+        let norms = 2 * d;
+        let (ffn_all, ffn_read) = match (&l.moe, l.is_moe_layer(layer)) {
+            (Some(m), true) => {
+                let expert = 3 * d * m.moe_intermediate_size as u64;
+                let shared = m.n_shared_experts as u64 * expert;
+                let gate = m.n_routed_experts as u64 * d
+                    + if m.topk_method == dsvl::llm::deepseek_v2::TopkMethod::NoauxTc {
+                        m.n_routed_experts as u64
+                    } else {
+                        0
+                    };
+                (
+                    gate + shared + m.n_routed_experts as u64 * expert,
+                    gate + shared + m.num_experts_per_tok as u64 * expert,
+                )
+            }
+            _ => {
+                let dense = 3 * d * l.intermediate_size as u64;
+                (dense, dense)
+            }
+        };
+        all += attention + norms + ffn_all;
+        read += attention + norms + ffn_read;
+    }
+    let vocab = l.vocab_size as u64 * d;
+    (all + 2 * vocab + d, read + vocab + 2 * d)
+}
+
+/// Cached values per position: MHA keys and values; MLA the normalised latent and the rope key.
+fn deepseek_v2_kv_values(l: &DeepseekV2Spec) -> u64 {
+    let per_layer = match l.attention {
+        AttentionKind::Mha { head_dim } => 2 * l.num_kv_heads * head_dim,
+        AttentionKind::Mla {
+            kv_lora_rank,
+            qk_rope_head_dim,
+            ..
+        } => kv_lora_rank + qk_rope_head_dim,
+    };
+    (l.num_layers * per_layer) as u64
 }
 
 /// Multi-threaded sequential read of a `bytes` buffer; best of 5 passes, in GB/s (10⁹ bytes).
@@ -748,6 +874,45 @@ mod tests {
             ..small
         };
         assert_eq!(llm_params(&big), 6_910_365_696);
+    }
+
+    /// v2 §1.1: the language models' share of the published totals, and the MLA cache size.
+    #[test]
+    fn deepseek_v2_parameter_counts() -> anyhow::Result<()> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../dsvl/tests/fixtures/v2/models/vl2-small-random/config.json");
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&dir)?)?;
+        let mut lc = v["language_config"].clone();
+        // deepseek-vl2-small's language model (v2 §1.3).
+        for (k, x) in [
+            ("hidden_size", 2048),
+            ("intermediate_size", 10944),
+            ("moe_intermediate_size", 1408),
+            ("num_hidden_layers", 27),
+            ("num_attention_heads", 16),
+            ("num_key_value_heads", 16),
+            ("n_routed_experts", 64),
+            ("n_shared_experts", 2),
+            ("num_experts_per_tok", 6),
+            ("kv_lora_rank", 512),
+            ("qk_nope_head_dim", 128),
+            ("qk_rope_head_dim", 64),
+            ("v_head_dim", 128),
+            ("vocab_size", 102400),
+        ] {
+            lc[k] = serde_json::json!(x);
+        }
+        let spec = DeepseekV2Spec::from_language_config(&dir, &lc)?;
+        let (all, read) = deepseek_v2_params(&spec);
+        // 16.148 B in all minus SigLIP-SO400M with its head (428.2 M), the projector (4608·2048 +
+        // 2048 + 2048² + 2048) and the two 2048-vectors.
+        let vision = 428_225_600u64;
+        let projector = 4608 * 2048 + 2048 + 2048 * 2048 + 2048 + 2 * 2048;
+        assert_eq!(all + vision + projector, 16_148_349_504, "all = {all}");
+        // "2.8B activated" (model card) includes the vision tower; the LM reads about 2.4 B.
+        assert!((2.3e9..2.6e9).contains(&(read as f64)), "read = {read}");
+        assert_eq!(deepseek_v2_kv_values(&spec), 27 * 576);
+        Ok(())
     }
 
     #[test]

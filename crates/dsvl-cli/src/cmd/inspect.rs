@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use dsvl::config::{ModelConfig, ModelSpec, VisionSpec, Vl2Spec};
+use dsvl::llm::deepseek_v2::AttentionKind;
 use dsvl::weights::Checkpoint;
 use dsvl::CheckpointLayout;
 
@@ -76,7 +77,38 @@ fn print_v2(spec: &Vl2Spec) {
         p.n_embed,
         p.depth
     );
-    println!("language:      {}", spec.llm.describe());
+    let l = &spec.llm;
+    let attention = match &l.attention {
+        AttentionKind::Mha { head_dim } => format!("MHA head_dim {head_dim}"),
+        AttentionKind::Mla {
+            kv_lora_rank,
+            qk_nope_head_dim,
+            qk_rope_head_dim,
+            v_head_dim,
+            ..
+        } => format!(
+            "MLA kv_lora {kv_lora_rank}, nope {qk_nope_head_dim} + rope {qk_rope_head_dim}, v {v_head_dim}"
+        ),
+    };
+    let moe = match &l.moe {
+        Some(m) => format!(
+            "{} routed + {} shared experts of {}, top-{} ({:?}, {:?}, ×{}), first {} dense (ffn {})",
+            m.n_routed_experts,
+            m.n_shared_experts,
+            m.moe_intermediate_size,
+            m.num_experts_per_tok,
+            m.topk_method,
+            m.scoring_func,
+            m.routed_scaling_factor,
+            l.first_k_dense_replace,
+            l.intermediate_size
+        ),
+        None => format!("dense ffn {}", l.intermediate_size),
+    };
+    println!(
+        "language:      DeepSeekMoE hidden {} × {} layers, {} heads, {attention}; {moe}; vocab {}, context {}",
+        l.hidden_size, l.num_layers, l.num_heads, l.vocab_size, l.max_position_embeddings
+    );
     let pr = &spec.processor;
     println!(
         "preprocessing: {}px tiles, {} layouts up to {:?}, pad {:?}, {} tokens per untiled image ({}), global view {:?}",

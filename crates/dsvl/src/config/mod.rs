@@ -285,14 +285,16 @@ impl ModelSpec {
                     resolve_transformers(&config_path, &cfg, hybrid, &image_proc)?;
                 (CheckpointLayout::Transformers, vision, aligner, llm)
             }
-            other => return Err(config_err(
-                &config_path,
-                format!(
+            other => {
+                return Err(config_err(
+                    &config_path,
+                    format!(
                     "model_type `{other}` is not a DeepSeek-VL model; expected `multi_modality` \
                          (deepseek-ai/deepseek-vl-*), `deepseek_vl` / `deepseek_vl_hybrid` \
                          (deepseek-community/*) or `deepseek_vl_v2` (deepseek-ai/deepseek-vl2*)"
                 ),
-            )),
+                ))
+            }
         };
 
         let processor = resolve_processor(&config_path, &vision, &image_proc, &proc)?;

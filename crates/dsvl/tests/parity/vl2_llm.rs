@@ -317,24 +317,31 @@ fn run_case(case: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every case with tensor dumps (`ref/<case>/inputs_embeds.npy`); together they must cover the
+/// tiny, small and base models.
 #[test]
-fn vl2_llm_tiny_single_tiled() -> anyhow::Result<()> {
-    run_case("tiny_single_tiled")
-}
-
-#[test]
-fn vl2_llm_small_text_multiturn() -> anyhow::Result<()> {
-    run_case("small_text_multiturn")
-}
-
-#[test]
-fn vl2_llm_small_two_images_two_turns() -> anyhow::Result<()> {
-    run_case("small_two_images_two_turns")
-}
-
-#[test]
-fn vl2_llm_base_single_wide() -> anyhow::Result<()> {
-    run_case("base_single_wide")
+fn vl2_llm_every_dumped_case_matches() -> anyhow::Result<()> {
+    let dir = fixtures()?;
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("ref"))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("inputs_embeds.npy").is_file())
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .collect();
+    names.sort();
+    let flavours: std::collections::BTreeSet<&str> =
+        names.iter().filter_map(|n| n.split('_').next()).collect();
+    ensure!(
+        ["base", "small", "tiny"]
+            .iter()
+            .all(|f| flavours.contains(f)),
+        "dumped cases {names:?} do not cover tiny, small and base"
+    );
+    let failures: Vec<String> = names
+        .iter()
+        .filter_map(|n| run_case(n).err().map(|e| format!("{n}: {e:#}")))
+        .collect();
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
 }
 
 /// The fixture configs omit keys on purpose (README §1); the official defaults must apply.

@@ -146,7 +146,7 @@ fn generate_params(req: &ChatRequest) -> Result<GenerateParams, ApiError> {
     };
     Ok(GenerateParams {
         sampling,
-        ignore_eos: false,
+        ignore_eos: req.ignore_eos.unwrap_or(false),
         logprobs,
         skip_special_tokens: req.skip_special_tokens,
     })

@@ -21,6 +21,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(info::models))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/tokenize", post(prompt::tokenize))
+        .route("/detokenize", post(prompt::detokenize))
         .route("/apply-template", post(prompt::apply_template))
         .route("/metrics", get(info::metrics))
         .route_layer(middleware::from_fn_with_state(

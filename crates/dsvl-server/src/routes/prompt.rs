@@ -1,4 +1,5 @@
-//! `/tokenize` and `/apply-template`: see the prompt the model would get (llama.cpp's debug routes).
+//! `/tokenize`, `/detokenize` and `/apply-template`: see the prompt the model would get
+//! (llama.cpp's debug routes).
 //! v1 images are counted, not loaded; VL2 images are loaded, since their tiling sets the count.
 
 use axum::extract::State;
@@ -12,7 +13,9 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::openai::convert::{conversation, template_messages};
-use crate::openai::request::{ApplyTemplateRequest, TokenizeRequest, WireMessage};
+use crate::openai::request::{
+    ApplyTemplateRequest, DetokenizeRequest, TokenizeRequest, WireMessage,
+};
 use crate::routes::chat::prepare;
 use crate::state::{AppState, Limits};
 
@@ -47,6 +50,32 @@ pub async fn tokenize(
         .map(|&id| json!({"id": id, "piece": tok.id_to_token(id).unwrap_or_default()}))
         .collect();
     Ok(Json(json!({ "tokens": pieces })))
+}
+
+/// `{"tokens": [ids]}` → `{"content": "..."}`, special tokens kept unless
+/// `"skip_special_tokens": true`. Ids the vocabulary does not have are a 400 naming their index.
+pub async fn detokenize(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<DetokenizeRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let tok = s.engine()?.pipeline().tokenizer();
+    if let Some(i) = req
+        .tokens
+        .iter()
+        .position(|&id| tok.id_to_token(id).is_none())
+    {
+        return Err(ApiError::invalid(
+            format!("tokens[{i}]"),
+            format!(
+                "token id {} is not in the model's vocabulary",
+                req.tokens[i]
+            ),
+        ));
+    }
+    let content = tok
+        .decode(&req.tokens, req.skip_special_tokens)
+        .map_err(ApiError::from_engine)?;
+    Ok(Json(json!({ "content": content })))
 }
 
 /// `{"messages": [...]}` → `{"prompt": "..."}`, the rendered template (placeholders not

@@ -30,6 +30,8 @@ pub struct ImageRef {
     /// JSON path of the part (`messages[0].content[1]`), used in error messages.
     pub param: String,
     pub url: String,
+    /// The body of an `http(s)` URL once fetched (`MediaPolicy::fetch_remote`).
+    pub fetched: Option<Vec<u8>>,
 }
 
 /// A validated chat request, ready for image loading and prompt preparation.
@@ -203,6 +205,7 @@ fn turn(i: usize, m: &WireMessage, marker: &str) -> Result<Turn, ApiError> {
                         images.push(ImageRef {
                             param: format!("messages[{i}].content[{j}]"),
                             url: image_url.url().to_string(),
+                            fetched: None,
                         });
                     }
                 }

@@ -31,7 +31,8 @@ pub async fn chat_completions(
     }
     let marker = engine.pipeline().config().image_marker().to_string();
     let mut plan = ChatPlan::try_from_request(req, s.limits().max_images_per_request, &marker)?;
-    let turns = std::mem::take(&mut plan.turns);
+    let mut turns = std::mem::take(&mut plan.turns);
+    s.limits().media.fetch_remote(&mut turns).await?;
     let (pipeline, limits, requested) = (
         engine.pipeline().clone(),
         s.limits().clone(),

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::extract::ApiJson;
-use crate::openai::convert::{conversation, template_messages};
+use crate::openai::convert::{conversation, template_messages, Turn};
 use crate::openai::request::{
     ApplyTemplateRequest, DetokenizeRequest, TokenizeRequest, WireMessage,
 };
@@ -30,9 +30,9 @@ pub async fn tokenize(
     let ids = match (&req.content, &req.messages) {
         (Some(text), None) => tok.encode_prompt(text).map_err(ApiError::from_engine)?,
         (None, Some(messages)) => {
-            let (pipeline, limits, messages) =
-                (pipeline.clone(), s.limits().clone(), messages.clone());
-            tokio::task::spawn_blocking(move || prompt_ids(&pipeline, &limits, &messages))
+            let turns = turns_for_prompt(&s, messages).await?;
+            let (pipeline, limits) = (pipeline.clone(), s.limits().clone());
+            tokio::task::spawn_blocking(move || prompt_ids(&pipeline, &limits, &turns))
                 .await
                 .map_err(ApiError::internal)??
         }
@@ -85,8 +85,7 @@ pub async fn apply_template(
     ApiJson(req): ApiJson<ApplyTemplateRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let pipeline = s.engine()?.pipeline().clone();
-    let marker = pipeline.config().image_marker().to_string();
-    let turns = conversation(&req.messages, s.limits().max_images_per_request, &marker)?;
+    let turns = turns_for_prompt(&s, &req.messages).await?;
     let prompt = match pipeline.config() {
         ModelConfig::V1(_) => render(DEFAULT_SYSTEM_PROMPT, &template_messages(&turns))
             .map_err(ApiError::from_engine)?,
@@ -102,19 +101,25 @@ pub async fn apply_template(
     Ok(Json(json!({ "prompt": prompt })))
 }
 
-fn prompt_ids(
-    pipeline: &Pipeline,
-    limits: &Limits,
-    messages: &[WireMessage],
-) -> Result<Vec<u32>, ApiError> {
+/// The conversation's turns; for VL2, whose prompt depends on the images, with remote images
+/// fetched (v1 images are only counted).
+async fn turns_for_prompt(s: &AppState, messages: &[WireMessage]) -> Result<Vec<Turn>, ApiError> {
+    let pipeline = s.engine()?.pipeline();
     let marker = pipeline.config().image_marker();
-    let turns = conversation(messages, limits.max_images_per_request, marker)?;
+    let mut turns = conversation(messages, s.limits().max_images_per_request, marker)?;
+    if let ModelConfig::V2(_) = pipeline.config() {
+        s.limits().media.fetch_remote(&mut turns).await?;
+    }
+    Ok(turns)
+}
+
+fn prompt_ids(pipeline: &Pipeline, limits: &Limits, turns: &[Turn]) -> Result<Vec<u32>, ApiError> {
     let ModelConfig::V1(spec) = pipeline.config() else {
-        return Ok(prepare(pipeline, &turns, limits, Some(1))?.0.ids);
+        return Ok(prepare(pipeline, turns, limits, Some(1))?.0.ids);
     };
     let n_images = turns.iter().map(|t| t.images.len()).sum();
     let prompt =
-        render(DEFAULT_SYSTEM_PROMPT, &template_messages(&turns)).map_err(ApiError::from_engine)?;
+        render(DEFAULT_SYSTEM_PROMPT, &template_messages(turns)).map_err(ApiError::from_engine)?;
     let tok = pipeline.tokenizer();
     let ids = tok.encode_prompt(&prompt).map_err(ApiError::from_engine)?;
     let p = &spec.processor;

@@ -10,5 +10,6 @@
 //!   (`#[ignore]`: needs PyPI once).
 
 mod harness;
+mod remote_images;
 mod v1;
 mod vl2;

@@ -19,6 +19,7 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/v1/models", get(info::models))
+        .route("/v1/models/{*id}", get(info::model))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/tokenize", post(prompt::tokenize))
         .route("/detokenize", post(prompt::detokenize))

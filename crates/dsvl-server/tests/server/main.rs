@@ -10,6 +10,7 @@
 //!   (`#[ignore]`: needs PyPI once).
 
 mod harness;
+mod openai_compat;
 mod remote_images;
 mod v1;
 mod vl2;

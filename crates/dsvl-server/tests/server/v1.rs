@@ -447,6 +447,14 @@ async fn info_routes() {
         j["data"][0]["modalities"]["input"],
         json!(["text", "image"])
     );
+    let r = get(app(), "/v1/models/deepseek-vl").await;
+    assert_eq!(
+        r.json(),
+        j["data"][0],
+        "models.retrieve gives the listed card"
+    );
+    let r = get(app(), "/v1/models/gpt-4o").await;
+    assert_error(&r, StatusCode::NOT_FOUND, None, Some("model_not_found"));
     assert_eq!(get(app(), "/ready").await.status, StatusCode::OK);
     let r = get(app(), "/nope").await;
     assert_error(&r, StatusCode::NOT_FOUND, None, Some("not_found"));

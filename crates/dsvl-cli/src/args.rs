@@ -34,8 +34,12 @@ pub enum Command {
         dsvl run --model DIR --image a.jpg \"Describe this image.\"\n  \
         dsvl run --model DIR --image a.jpg --image b.png \"<image_placeholder>A. <image_placeholder>B. Compare them.\"\n  \
         dsvl run --model DIR --messages conversation.json\n  \
-        dsvl run --model DIR --image a.jpg --logprobs 5 --format jsonl \"What is this?\"\n\n\
-        Images without <image_placeholder> markers in the prompt are placed, one marker each, at the start of the user turn.\n\
+        dsvl run --model DIR --image a.jpg --logprobs 5 --format jsonl \"What is this?\"\n  \
+        dsvl run --model deepseek-ai/deepseek-vl2-tiny --image street.jpg --draw-boxes boxes.png --boxes-json boxes.json \\\n      \
+        \"<|ref|>the red car<|/ref|>.\"\n\n\
+        Image markers: <image_placeholder> for DeepSeek-VL, <image> for DeepSeek-VL2. Images without markers in the prompt are placed, one marker each, at the start of the user turn.\n\
+        DeepSeek-VL2 grounding: ask with <|ref|>object<|/ref|> or start with <|grounding|>; the answer keeps its <|ref|>/<|det|> markup, \
+        --boxes-json and --draw-boxes turn it into boxes on the last image.\n\
         conversation.json: [{\"role\": \"user\", \"content\": \"<image_placeholder>What is this?\", \"images\": [\"a.jpg\"]}, …]\n\
         (roles system/user/assistant, any case; image paths relative to the JSON file's folder).")]
     Run(RunArgs),
@@ -121,7 +125,15 @@ pub struct RunArgs {
     /// Output format: plain text, or one JSON object per token and a final summary.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// The question (may contain <image_placeholder> markers, one per --image).
+    /// DeepSeek-VL2 grounding: write the answer's boxes as JSON (labels; 0–999 coordinates and
+    /// pixel corners in the last image).
+    #[arg(long, value_name = "FILE")]
+    pub boxes_json: Option<PathBuf>,
+    /// DeepSeek-VL2 grounding: draw the answer's labelled boxes on the last image and save it as PNG.
+    #[arg(long, value_name = "FILE")]
+    pub draw_boxes: Option<PathBuf>,
+    /// The question. Put one image marker per --image where the image belongs (<image_placeholder>
+    /// for DeepSeek-VL, <image> for DeepSeek-VL2), or none: images without markers go first.
     #[arg(required_unless_present = "messages")]
     pub prompt: Option<String>,
 }

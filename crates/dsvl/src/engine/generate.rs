@@ -232,7 +232,7 @@ impl Pipeline {
     ) -> Result<Vec<Tensor>> {
         let model = self.model();
         let mut out = Vec::with_capacity(prepared.n_images);
-        for (pixels, grid) in prepared.image_inputs()? {
+        for super::ImageInput { pixels, grid } in prepared.image_inputs()? {
             let Some(cache) = cache.as_deref_mut() else {
                 out.push(model.encode_image(&pixels, grid)?);
                 continue;

@@ -109,20 +109,41 @@ pub struct Prepared {
     pub preprocess_ms: f64,
 }
 
+/// One image's vision-tower input: v1 `[3, S, S]`; VL2 its tiles `[1 + nw·nh, 3, S, S]` with
+/// `grid = Some((nw, nh))`.
+#[derive(Debug, Clone)]
+pub struct ImageInput {
+    pub pixels: Tensor,
+    pub grid: Option<(usize, usize)>,
+}
+
+/// Preprocessed v1 images `[N, 3, S, S]` (none for text-only prompts) and their decoded sizes.
+pub type PreprocessedImages = (Option<Tensor>, Vec<(u32, u32)>);
+
 impl Prepared {
     /// Each image's vision input and tile layout, in order.
-    pub fn image_inputs(&self) -> Result<Vec<(Tensor, Option<(usize, usize)>)>> {
+    pub fn image_inputs(&self) -> Result<Vec<ImageInput>> {
         let Some(px) = &self.pixels else {
             return Ok(Vec::new());
         };
         if self.tile_grids.is_empty() {
-            return (0..self.n_images).map(|i| Ok((px.get(i)?, None))).collect();
+            return (0..self.n_images)
+                .map(|i| {
+                    Ok(ImageInput {
+                        pixels: px.get(i)?,
+                        grid: None,
+                    })
+                })
+                .collect();
         }
         let mut out = Vec::with_capacity(self.tile_grids.len());
         let mut start = 0;
         for &(nw, nh) in &self.tile_grids {
             let n = 1 + nw * nh;
-            out.push((px.narrow(0, start, n)?, Some((nw, nh))));
+            out.push(ImageInput {
+                pixels: px.narrow(0, start, n)?,
+                grid: Some((nw, nh)),
+            });
             start += n;
         }
         Ok(out)
@@ -309,7 +330,7 @@ impl Pipeline {
     pub fn preprocess_images<'a>(
         &self,
         images: impl Iterator<Item = &'a ImageSource>,
-    ) -> Result<(Option<Tensor>, Vec<(u32, u32)>)> {
+    ) -> Result<PreprocessedImages> {
         let Some(spec) = self.config.v1() else {
             return Err(Error::Unsupported {
                 what: "v1 preprocessing for a DeepSeek-VL2 model".into(),

@@ -16,7 +16,7 @@ use crate::weights::Progress;
 
 /// A loaded model of either family; the engine talks to it through this type only.
 pub enum Model {
-    V1(DeepseekVl),
+    V1(Box<DeepseekVl>),
     V2(Box<DeepseekVl2>),
 }
 
@@ -28,7 +28,9 @@ impl Model {
         progress: Option<Progress>,
     ) -> Result<Self> {
         Ok(match config {
-            ModelConfig::V1(s) => Model::V1(DeepseekVl::load(s, dtype, device, progress)?),
+            ModelConfig::V1(s) => {
+                Model::V1(Box::new(DeepseekVl::load(s, dtype, device, progress)?))
+            }
             ModelConfig::V2(s) => {
                 Model::V2(Box::new(DeepseekVl2::load(s, dtype, device, progress)?))
             }

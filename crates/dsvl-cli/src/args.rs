@@ -105,6 +105,10 @@ pub struct SamplingArgs {
     /// grounding answers are written with them (<|ref|>label<|/ref|><|det|>[[x1, y1, x2, y2]]<|/det|>).
     #[arg(long)]
     pub skip_special_tokens: bool,
+    /// Prefill long prompts in chunks of at most N tokens, bounding the memory of attention over
+    /// many image tokens (default 2048; 0 = one pass).
+    #[arg(long, value_name = "N")]
+    pub prefill_chunk: Option<usize>,
 }
 
 #[derive(Args, Debug)]

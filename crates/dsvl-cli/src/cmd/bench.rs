@@ -334,6 +334,7 @@ fn one_run(
         ignore_eos: true,
         logprobs: None,
         skip_special_tokens: None,
+        prefill_chunk: None,
     };
     let mut cache = FeatureCache::new(256 << 20);
     let prepared = pipeline.prepare(None, turn1, decode_tokens)?;

@@ -89,5 +89,6 @@ pub fn generate_params(s: &SamplingArgs, logprobs: Option<usize>) -> GeneratePar
         ignore_eos: s.ignore_eos,
         logprobs,
         skip_special_tokens: s.skip_special_tokens.then_some(true),
+        prefill_chunk: s.prefill_chunk,
     }
 }

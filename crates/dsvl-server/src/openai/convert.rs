@@ -149,6 +149,7 @@ fn generate_params(req: &ChatRequest) -> Result<GenerateParams, ApiError> {
         ignore_eos: false,
         logprobs,
         skip_special_tokens: req.skip_special_tokens,
+        prefill_chunk: None,
     })
 }
 

@@ -6,5 +6,6 @@ mod npy;
 mod tol;
 mod v1;
 mod vl2;
+mod vl2_errors;
 mod vl2_llm;
 mod vl2_prep;

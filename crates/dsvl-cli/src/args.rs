@@ -69,6 +69,16 @@ pub struct ModelArgs {
     /// Refuse images with more pixels than this, before decoding them.
     #[arg(long, default_value_t = dsvl::image::DEFAULT_MAX_PIXELS)]
     pub max_image_pixels: u64,
+    /// Quantize the language model's linear layers at load time: q8_0 (8.5 bits per weight,
+    /// close to the float model) or q4_k (4.5 bits, faster decode, larger accuracy cost). Layers
+    /// whose width does not fit the block stay in q8_0 or float; embeddings, norms, the MoE
+    /// router, lm_head and the vision towers stay in --dtype. Default: no quantization.
+    #[arg(long, value_enum)]
+    pub quant: Option<QuantArg>,
+    /// With --quant, quantize lm_head too (smaller and faster, but it is where most of the
+    /// remaining accuracy is lost).
+    #[arg(long, requires = "quant")]
+    pub quant_lm_head: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -169,6 +179,24 @@ impl DtypeArg {
             DtypeArg::F32 => candle_core::DType::F32,
             DtypeArg::Bf16 => candle_core::DType::BF16,
             DtypeArg::F16 => candle_core::DType::F16,
+        }
+    }
+}
+
+/// `--quant`: a GGML block format for the LLM's linear layers.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantArg {
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_k")]
+    Q4K,
+}
+
+impl QuantArg {
+    pub fn quant(self) -> dsvl::nn::Quant {
+        match self {
+            QuantArg::Q8_0 => dsvl::nn::Quant::Q8_0,
+            QuantArg::Q4K => dsvl::nn::Quant::Q4K,
         }
     }
 }

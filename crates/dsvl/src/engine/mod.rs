@@ -17,6 +17,7 @@ use crate::config::{ModelConfig, ModelSpec, Vl2ProcessorSpec, Vl2Spec};
 use crate::error::{Error, Result};
 use crate::image::{self, RgbImage};
 use crate::models::Model;
+use crate::nn::{Quant, QuantPlan};
 use crate::prompt::expand::{check_context, expand_prompt};
 use crate::prompt::template::{render, Message, Role, DEFAULT_SYSTEM_PROMPT};
 use crate::prompt::tokenizer::PromptTokenizer;
@@ -76,6 +77,11 @@ pub struct LoadOptions {
     pub progress: Option<Progress>,
     /// Images with more pixels are refused before decoding (decompression bombs).
     pub max_image_pixels: u64,
+    /// Quantize the language model's linear layers at load time (issue #4 item 4); `None`
+    /// keeps every weight in `dtype`. See [`QuantPlan`] for what is and is not quantized.
+    pub quant: Option<Quant>,
+    /// With `quant`, also quantize `lm_head` (kept in `dtype` by default).
+    pub quant_lm_head: bool,
 }
 
 impl Default for LoadOptions {
@@ -85,6 +91,8 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             progress: None,
             max_image_pixels: image::DEFAULT_MAX_PIXELS,
+            quant: None,
+            quant_lm_head: false,
         }
     }
 }
@@ -183,7 +191,17 @@ impl Pipeline {
         let _span = tracing::info_span!("load", path = %dir.display()).entered();
         let config = ModelConfig::from_dir(dir)?;
         let tokenizer = load_tokenizer(&config)?;
-        let model = Model::load(&config, opts.dtype, &opts.device, opts.progress.clone())?;
+        let quant = QuantPlan {
+            quant: opts.quant,
+            lm_head: opts.quant_lm_head,
+        };
+        let model = Model::load(
+            &config,
+            opts.dtype,
+            &opts.device,
+            quant,
+            opts.progress.clone(),
+        )?;
         Ok(Self {
             config,
             model,

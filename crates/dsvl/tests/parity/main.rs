@@ -3,6 +3,7 @@
 mod errors;
 mod image;
 mod npy;
+mod quant;
 mod tol;
 mod v1;
 mod vl2;

@@ -11,12 +11,15 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
 
+use dsvl::config::ModelConfig;
 use dsvl::engine::{
     Event, FeatureCache, FinishReason, GenerateParams, Outcome, Pipeline, Prepared,
 };
+use dsvl::grounding::Grounding;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::error::ApiError;
+use crate::grounding::outcome_grounding;
 use crate::metrics::Metrics;
 
 /// One queued generation.
@@ -47,6 +50,8 @@ pub enum EngineEvent {
         finish_reason: FinishReason,
         prompt_tokens: usize,
         completion_tokens: usize,
+        /// VL2 answers with `<|det|>` markup: their boxes (see [`crate::grounding`]).
+        grounding: Option<Box<Grounding>>,
     },
     Failed(dsvl::Error),
 }
@@ -166,7 +171,7 @@ fn worker(
         })
     }));
     let final_event = match result {
-        Ok(Ok(outcome)) => done(metrics, &outcome),
+        Ok(Ok(outcome)) => done(metrics, &outcome, grounding(pipeline, &job, &outcome)),
         Ok(Err(e)) => EngineEvent::Failed(e),
         Err(_) => EngineEvent::Failed(dsvl::Error::Unsupported {
             what: "this request".into(),
@@ -179,7 +184,7 @@ fn worker(
     let _ = job.events.send(final_event);
 }
 
-fn done(metrics: &Metrics, o: &Outcome) -> EngineEvent {
+fn done(metrics: &Metrics, o: &Outcome, grounding: Option<Grounding>) -> EngineEvent {
     metrics
         .prompt_tokens
         .fetch_add(o.prompt_tokens as u64, Relaxed);
@@ -190,7 +195,21 @@ fn done(metrics: &Metrics, o: &Outcome) -> EngineEvent {
         finish_reason: o.finish_reason,
         prompt_tokens: o.prompt_tokens,
         completion_tokens: o.completion_tokens(),
+        grounding: grounding.map(Box::new),
     }
+}
+
+/// VL2 only: the answer's boxes (see [`outcome_grounding`]).
+fn grounding(pipeline: &Pipeline, job: &GenerationRequest, o: &Outcome) -> Option<Grounding> {
+    if !matches!(pipeline.config(), ModelConfig::V2(_)) {
+        return None;
+    }
+    outcome_grounding(
+        pipeline.tokenizer(),
+        &job.params,
+        &job.prepared.image_sizes,
+        o,
+    )
 }
 
 fn to_engine_event(pipeline: &Pipeline, ev: &Event) -> EngineEvent {

@@ -64,6 +64,12 @@ impl ApiError {
         .with_code("request_too_large")
     }
 
+    /// 413 for one request part over a server limit: `param` is its JSON path, `message` names
+    /// the limit and how to raise it.
+    pub fn payload_too_large_param(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, message).with_param(param)
+    }
+
     /// 429: the engine queue is full.
     pub fn overloaded(queue: usize) -> Self {
         let mut e = Self::new(

@@ -8,7 +8,8 @@
 //!   validate, prepare the prompt, submit and map (STYLE §3.10).
 //!
 //! Modules: `openai` (wire types and their conversion), `media` (image URLs), `engine` (the
-//! thread and its request type), `routes` (handlers), `error` (OpenAI error bodies), `metrics`.
+//! thread and its request type), `routes` (handlers), `error` (OpenAI error bodies), `metrics`,
+//! `grounding` (the VL2 boxes extension field).
 //!
 //! Sampling defaults follow OpenAI, not the reference CLI: `temperature` 1 and `top_p` 1 when
 //! omitted, no top-k, a random seed. Send `"temperature": 0` for the reference's greedy output.
@@ -16,6 +17,7 @@
 pub mod engine;
 pub mod error;
 pub mod extract;
+pub mod grounding;
 pub mod media;
 pub mod metrics;
 pub mod openai;

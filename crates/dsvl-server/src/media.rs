@@ -1,6 +1,10 @@
 //! Image URLs → image bytes (landscape §5.3): `data:` base64 URLs always; `file://` only under
 //! `--allowed-local-media-path` (canonicalized, so `..` and symlinks cannot leave it); `http(s)`
-//! not fetched yet. Runs on a blocking thread (it reads files).
+//! only with `--allow-remote-images` (`remote`). Remote images are fetched first, on the request's
+//! task ([`MediaPolicy::fetch_remote`]); [`MediaPolicy::load`] then runs on a blocking thread (it
+//! reads files).
+
+mod remote;
 
 use std::path::{Path, PathBuf};
 
@@ -10,14 +14,17 @@ use base64::Engine as _;
 use dsvl::engine::ImageSource;
 
 use crate::error::ApiError;
-use crate::openai::convert::ImageRef;
+use crate::openai::convert::{ImageRef, Turn};
+
+pub use remote::{RemoteImages, MAX_REDIRECTS};
 
 /// Where images may come from.
 #[derive(Debug, Clone, Default)]
 pub struct MediaPolicy {
     /// Canonical directory that `file://` URLs must resolve into; `None`: `file://` refused.
     pub allowed_local_media_path: Option<PathBuf>,
-    pub allow_remote_images: bool,
+    /// How `http(s)` URLs are fetched; `None`: they are refused.
+    pub remote: Option<RemoteImages>,
 }
 
 /// Standard alphabet, padding optional (clients differ).
@@ -27,6 +34,20 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 );
 
 impl MediaPolicy {
+    /// Downloads every `http(s)` image of `turns` into its `fetched` field, one after another.
+    /// Does nothing when remote images are off ([`MediaPolicy::load`] refuses them then).
+    pub async fn fetch_remote(&self, turns: &mut [Turn]) -> Result<(), ApiError> {
+        let Some(remote) = &self.remote else {
+            return Ok(());
+        };
+        for img in turns.iter_mut().flat_map(|t| t.images.iter_mut()) {
+            if is_remote(&img.url) && img.fetched.is_none() {
+                img.fetched = Some(remote.fetch(img).await?);
+            }
+        }
+        Ok(())
+    }
+
     /// Loads one image part. The returned source is named by the part's JSON path, so decode
     /// errors from the engine point at it.
     pub fn load(&self, img: &ImageRef) -> Result<ImageSource, ApiError> {
@@ -35,16 +56,24 @@ impl MediaPolicy {
             decode_data_url(rest).map_err(|m| invalid(img, m))?
         } else if let Some(rest) = url.strip_prefix("file://") {
             self.read_local(rest).map_err(|m| invalid(img, m))?
-        } else if url.starts_with("http://") || url.starts_with("https://") {
-            let why = if self.allow_remote_images {
-                "remote image URLs are not supported yet"
-            } else {
-                "remote image URLs are disabled on this server"
-            };
-            return Err(invalid(
-                img,
-                format!("{why}; send the image inline as a data:image/...;base64,... URL"),
-            ));
+        } else if is_remote(url) {
+            match (&self.remote, &img.fetched) {
+                (None, _) => {
+                    return Err(invalid(
+                        img,
+                        "http(s) image URLs are disabled on this server (start it with \
+                         --allow-remote-images); send the image inline as a \
+                         data:image/...;base64,... URL",
+                    ))
+                }
+                (Some(_), Some(bytes)) => bytes.clone(),
+                (Some(_), None) => {
+                    return Err(ApiError::internal(format!(
+                        "{}: remote image was not fetched before loading",
+                        img.param
+                    )))
+                }
+            }
         } else {
             return Err(invalid(
                 img,
@@ -81,6 +110,15 @@ impl MediaPolicy {
         }
         std::fs::read(&real).map_err(|e| format!("cannot read {}: {e}", path.display()))
     }
+}
+
+/// `http://` or `https://`, in any letter case.
+fn is_remote(url: &str) -> bool {
+    let url = url.trim_start();
+    ["http://", "https://"].iter().any(|p| {
+        url.get(..p.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(p))
+    })
 }
 
 fn invalid(img: &ImageRef, message: impl std::fmt::Display) -> ApiError {

@@ -9,7 +9,7 @@ use dsvl::engine::Pipeline;
 
 use crate::engine::EngineHandle;
 use crate::error::ApiError;
-use crate::media::MediaPolicy;
+use crate::media::{MediaPolicy, RemoteImages};
 use crate::metrics::Metrics;
 
 /// Everything `serve` needs. `Default` gives the documented defaults (127.0.0.1:8080, f32, …).
@@ -33,8 +33,15 @@ pub struct ServerConfig {
     pub max_prompt_tokens: Option<usize>,
     /// Directory `file://` image URLs may point into; `None`: `file://` refused.
     pub allowed_local_media_path: Option<PathBuf>,
-    /// Remote `http(s)` images: not fetched yet either way, the flag only changes the 400 message.
+    /// Fetch `http(s)` image URLs (any host the server can reach, unless
+    /// `allowed_remote_hosts` narrows it); off: such URLs are a 400.
     pub allow_remote_images: bool,
+    /// Largest remote image body; larger ones get 413.
+    pub max_remote_image_bytes: usize,
+    /// Deadline for fetching one remote image (connect, redirects, body).
+    pub remote_image_timeout: Duration,
+    /// Hosts remote images may come from (`example.com`, `*.example.com`); empty: any host.
+    pub allowed_remote_hosts: Vec<String>,
     /// The id `/v1/models` and responses report.
     pub model_name: String,
     /// Memory for cached image embeddings (a conversation resending an image skips the vision tower).
@@ -58,6 +65,9 @@ impl Default for ServerConfig {
             max_prompt_tokens: None,
             allowed_local_media_path: None,
             allow_remote_images: false,
+            max_remote_image_bytes: 20 << 20,
+            remote_image_timeout: Duration::from_secs(10),
+            allowed_remote_hosts: Vec::new(),
             model_name: "deepseek-vl".into(),
             image_cache_bytes: 512 << 20,
             shutdown_grace: Duration::from_secs(30),
@@ -89,7 +99,13 @@ impl Limits {
             image_cache_bytes: cfg.image_cache_bytes,
             media: MediaPolicy {
                 allowed_local_media_path: cfg.allowed_local_media_path.clone(),
-                allow_remote_images: cfg.allow_remote_images,
+                remote: cfg.allow_remote_images.then(|| {
+                    RemoteImages::new(
+                        cfg.max_remote_image_bytes,
+                        cfg.remote_image_timeout,
+                        &cfg.allowed_remote_hosts,
+                    )
+                }),
             },
         }
     }

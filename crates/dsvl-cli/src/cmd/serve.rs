@@ -51,6 +51,21 @@ pub struct ServeArgs {
     /// Allow `file://` image URLs under this folder.
     #[arg(long)]
     pub allowed_local_media_path: Option<PathBuf>,
+    /// Fetch http(s) image URLs. The server then downloads any URL a client sends, from its
+    /// own network position (loopback and private addresses included): narrow it with
+    /// --allowed-remote-hosts when clients are not trusted.
+    #[arg(long)]
+    pub allow_remote_images: bool,
+    /// Largest remote image in bytes; larger ones are refused (413).
+    #[arg(long, default_value_t = 20 << 20)]
+    pub max_remote_image_bytes: usize,
+    /// Seconds allowed for fetching one remote image (connect, redirects, body).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub remote_image_timeout: u64,
+    /// Only fetch remote images from these hosts (comma-separated; `*.example.com` matches its
+    /// subdomains). Default: any host.
+    #[arg(long, value_delimiter = ',', requires = "allow_remote_images")]
+    pub allowed_remote_hosts: Vec<String>,
     /// Memory for cached image embeddings, in MiB: a conversation that resends an image skips
     /// the vision tower.
     #[arg(long, default_value_t = 512)]
@@ -75,6 +90,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         max_image_pixels: a.max_image_pixels,
         max_prompt_tokens: a.max_prompt_tokens,
         allowed_local_media_path: a.allowed_local_media_path,
+        allow_remote_images: a.allow_remote_images,
+        max_remote_image_bytes: a.max_remote_image_bytes,
+        remote_image_timeout: std::time::Duration::from_secs(a.remote_image_timeout),
+        allowed_remote_hosts: a.allowed_remote_hosts,
         model_name: a.served_model_name,
         image_cache_bytes: a.image_cache_mb << 20,
         ..Default::default()

@@ -30,6 +30,8 @@ pub struct ImageRef {
     /// JSON path of the part (`messages[0].content[1]`), used in error messages.
     pub param: String,
     pub url: String,
+    /// The body of an `http(s)` URL once fetched (`MediaPolicy::fetch_remote`).
+    pub fetched: Option<Vec<u8>>,
 }
 
 /// A validated chat request, ready for image loading and prompt preparation.
@@ -146,7 +148,7 @@ fn generate_params(req: &ChatRequest) -> Result<GenerateParams, ApiError> {
     };
     Ok(GenerateParams {
         sampling,
-        ignore_eos: false,
+        ignore_eos: req.ignore_eos.unwrap_or(false),
         logprobs,
         skip_special_tokens: req.skip_special_tokens,
         prefill_chunk: None,
@@ -204,6 +206,7 @@ fn turn(i: usize, m: &WireMessage, marker: &str) -> Result<Turn, ApiError> {
                         images.push(ImageRef {
                             param: format!("messages[{i}].content[{j}]"),
                             url: image_url.url().to_string(),
+                            fetched: None,
                         });
                     }
                 }

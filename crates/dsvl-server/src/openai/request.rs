@@ -25,6 +25,9 @@ pub struct ChatRequest {
     /// Extension (as in vLLM): leave special tokens out of the text. Default: v1 skips them,
     /// VL2 keeps its grounding markup (`<|ref|>`, `<|det|>`, …).
     pub skip_special_tokens: Option<bool>,
+    /// Extension (as in vLLM): keep generating past the end-of-sentence token until
+    /// `max_tokens` (benchmarks, reference comparisons). Default false.
+    pub ignore_eos: Option<bool>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub seed: Option<i64>,
@@ -150,4 +153,13 @@ pub struct TokenizeRequest {
 #[derive(Debug, Deserialize)]
 pub struct ApplyTemplateRequest {
     pub messages: Vec<WireMessage>,
+}
+
+/// `POST /detokenize` (llama.cpp): ids → text.
+#[derive(Debug, Deserialize)]
+pub struct DetokenizeRequest {
+    pub tokens: Vec<u32>,
+    /// Leave special tokens out; default false, so the text shows exactly what the ids hold.
+    #[serde(default)]
+    pub skip_special_tokens: bool,
 }

@@ -1,5 +1,6 @@
 //! Response bodies in the OpenAI wire format (landscape §5.1–5.2).
 
+use dsvl::grounding::Grounding;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -42,6 +43,10 @@ pub struct Choice {
 pub struct AssistantMessage {
     pub role: &'static str,
     pub content: String,
+    /// Extension: VL2 grounding boxes, only when the answer has `<|det|>` markup (see
+    /// [`crate::grounding`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grounding: Option<Box<Grounding>>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -91,4 +96,8 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// Extension: VL2 grounding boxes, on the chunk that carries `finish_reason` (see
+    /// [`crate::grounding`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grounding: Option<Box<Grounding>>,
 }

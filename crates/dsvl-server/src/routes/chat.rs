@@ -31,7 +31,8 @@ pub async fn chat_completions(
     }
     let marker = engine.pipeline().config().image_marker().to_string();
     let mut plan = ChatPlan::try_from_request(req, s.limits().max_images_per_request, &marker)?;
-    let turns = std::mem::take(&mut plan.turns);
+    let mut turns = std::mem::take(&mut plan.turns);
+    s.limits().media.fetch_remote(&mut turns).await?;
     let (pipeline, limits, requested) = (
         engine.pipeline().clone(),
         s.limits().clone(),
@@ -96,7 +97,7 @@ pub struct ReplyMeta {
 }
 
 impl ReplyMeta {
-    fn new(model: &str) -> Self {
+    pub(crate) fn new(model: &str) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -131,6 +132,7 @@ async fn collect(
                 finish_reason: f,
                 prompt_tokens,
                 completion_tokens,
+                grounding,
             } => {
                 return Ok(ChatCompletion {
                     id: meta.id,
@@ -142,6 +144,7 @@ async fn collect(
                         message: AssistantMessage {
                             role: "assistant",
                             content,
+                            grounding,
                         },
                         finish_reason: finish_reason(f),
                         logprobs: with_logprobs.then_some(logprobs),
@@ -154,4 +157,78 @@ async fn collect(
     Err(ApiError::internal(
         "the engine dropped a request without finishing it",
     ))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::engine::TokenOut;
+    use crate::grounding::answer_grounding;
+    use dsvl::engine::FinishReason;
+    use tokio::sync::mpsc::unbounded_channel;
+
+    /// Engine events of a VL2 answer with grounding markup, as the worker sends them.
+    pub(crate) fn grounded_answer(pieces: &[&str]) -> Vec<EngineEvent> {
+        let raw: String = pieces.concat();
+        let mut events: Vec<EngineEvent> = pieces
+            .iter()
+            .map(|p| {
+                EngineEvent::Token(TokenOut {
+                    text: p.to_string(),
+                    token_text: p.to_string(),
+                    logprob: None,
+                    top_logprobs: Vec::new(),
+                })
+            })
+            .collect();
+        events.push(EngineEvent::Done {
+            finish_reason: FinishReason::Stop,
+            prompt_tokens: 7,
+            completion_tokens: pieces.len(),
+            grounding: answer_grounding(&raw, &[(640, 480), (300, 900)]).map(Box::new),
+        });
+        events
+    }
+
+    pub(crate) const PIECES: [&str; 5] = [
+        "<|ref|>",
+        "the red window",
+        "<|/ref|>",
+        "<|det|>[[120, 40, 610, 580]]",
+        "<|/det|>",
+    ];
+
+    #[tokio::test]
+    async fn non_streaming_answer_carries_the_grounding_extension() {
+        let (tx, rx) = unbounded_channel();
+        for ev in grounded_answer(&PIECES) {
+            tx.send(ev).expect("open");
+        }
+        let reply = collect(rx, ReplyMeta::new("m"), false).await.expect("done");
+        let j = serde_json::to_value(&reply).expect("serializes");
+        let message = &j["choices"][0]["message"];
+        assert_eq!(message["content"], PIECES.concat());
+        assert_eq!(
+            message["grounding"],
+            serde_json::json!({
+                "objects": [{"label": "the red window",
+                             "boxes": [{"normalized": [120, 40, 610, 580], "pixels": [36, 36, 183, 522]}]}],
+                "problems": [],
+                "plain_text": "the red window",
+                "image_size": [300, 900],
+            })
+        );
+        assert_eq!(j["choices"][0]["finish_reason"], "stop");
+    }
+
+    #[tokio::test]
+    async fn answers_without_boxes_have_no_grounding_key() {
+        let (tx, rx) = unbounded_channel();
+        for ev in grounded_answer(&["plain ", "text"]) {
+            tx.send(ev).expect("open");
+        }
+        let reply = collect(rx, ReplyMeta::new("m"), false).await.expect("done");
+        let j = serde_json::to_value(&reply).expect("serializes");
+        assert!(j["choices"][0]["message"].get("grounding").is_none(), "{j}");
+    }
 }

@@ -1,6 +1,6 @@
-//! `/health`, `/ready`, `/v1/models`, `/metrics`.
+//! `/health`, `/ready`, `/v1/models`, `/v1/models/{id}`, `/metrics`.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
@@ -25,6 +25,27 @@ pub async fn ready(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
 
 /// The one served model; advertises image input like llama.cpp (`modalities`, `capabilities`).
 pub async fn models(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"object": "list", "data": [model_card(&s)?]})))
+}
+
+/// `GET /v1/models/{id}` (the OpenAI SDK's `models.retrieve`): the served model, 404 for any
+/// other id. Ids may contain `/` (`--served-model-name deepseek-ai/deepseek-vl2-tiny`).
+pub async fn model(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let card = model_card(&s)?;
+    if id != s.model_name() {
+        return Err(ApiError::not_found(format!(
+            "model `{id}` (this server serves `{}`)",
+            s.model_name()
+        ))
+        .with_code("model_not_found"));
+    }
+    Ok(Json(card))
+}
+
+fn model_card(s: &AppState) -> Result<Value, ApiError> {
     let config = s.engine()?.pipeline().config();
     // v1: every image is 576 tokens of one 384/1024 view; VL2: 421 untiled, more when tiled.
     let (image_tokens, image_size) = match config {
@@ -34,25 +55,22 @@ pub async fn models(State(s): State<AppState>) -> Result<Json<Value>, ApiError> 
         ),
         dsvl::config::ModelConfig::V2(spec) => (spec.image_tokens(1, 1), spec.processor.tile_size),
     };
-    Ok(Json(json!({
-        "object": "list",
-        "data": [{
-            "id": s.model_name(),
-            "object": "model",
-            "created": s.created(),
-            "owned_by": "dsvl",
-            "capabilities": ["completion", "multimodal"],
-            "modalities": {"input": ["text", "image"], "output": ["text"]},
-            "architecture": {"input_modalities": ["text", "image"], "output_modalities": ["text"]},
-            "meta": {
-                "family": config.family(),
-                "context_length": config.context_length(),
-                "image_tokens": image_tokens,
-                "image_size": image_size,
-                "max_images_per_request": s.limits().max_images_per_request,
-            },
-        }],
-    })))
+    Ok(json!({
+        "id": s.model_name(),
+        "object": "model",
+        "created": s.created(),
+        "owned_by": "dsvl",
+        "capabilities": ["completion", "multimodal"],
+        "modalities": {"input": ["text", "image"], "output": ["text"]},
+        "architecture": {"input_modalities": ["text", "image"], "output_modalities": ["text"]},
+        "meta": {
+            "family": config.family(),
+            "context_length": config.context_length(),
+            "image_tokens": image_tokens,
+            "image_size": image_size,
+            "max_images_per_request": s.limits().max_images_per_request,
+        },
+    }))
 }
 
 /// Prometheus text format.

@@ -19,8 +19,10 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/v1/models", get(info::models))
+        .route("/v1/models/{*id}", get(info::model))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/tokenize", post(prompt::tokenize))
+        .route("/detokenize", post(prompt::detokenize))
         .route("/apply-template", post(prompt::apply_template))
         .route("/metrics", get(info::metrics))
         .route_layer(middleware::from_fn_with_state(

@@ -1,4 +1,5 @@
-//! `/tokenize` and `/apply-template`: see the prompt the model would get (llama.cpp's debug routes).
+//! `/tokenize`, `/detokenize` and `/apply-template`: see the prompt the model would get
+//! (llama.cpp's debug routes).
 //! v1 images are counted, not loaded; VL2 images are loaded, since their tiling sets the count.
 
 use axum::extract::State;
@@ -11,8 +12,10 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::extract::ApiJson;
-use crate::openai::convert::{conversation, template_messages};
-use crate::openai::request::{ApplyTemplateRequest, TokenizeRequest, WireMessage};
+use crate::openai::convert::{conversation, template_messages, Turn};
+use crate::openai::request::{
+    ApplyTemplateRequest, DetokenizeRequest, TokenizeRequest, WireMessage,
+};
 use crate::routes::chat::prepare;
 use crate::state::{AppState, Limits};
 
@@ -27,9 +30,9 @@ pub async fn tokenize(
     let ids = match (&req.content, &req.messages) {
         (Some(text), None) => tok.encode_prompt(text).map_err(ApiError::from_engine)?,
         (None, Some(messages)) => {
-            let (pipeline, limits, messages) =
-                (pipeline.clone(), s.limits().clone(), messages.clone());
-            tokio::task::spawn_blocking(move || prompt_ids(&pipeline, &limits, &messages))
+            let turns = turns_for_prompt(&s, messages).await?;
+            let (pipeline, limits) = (pipeline.clone(), s.limits().clone());
+            tokio::task::spawn_blocking(move || prompt_ids(&pipeline, &limits, &turns))
                 .await
                 .map_err(ApiError::internal)??
         }
@@ -49,6 +52,32 @@ pub async fn tokenize(
     Ok(Json(json!({ "tokens": pieces })))
 }
 
+/// `{"tokens": [ids]}` → `{"content": "..."}`, special tokens kept unless
+/// `"skip_special_tokens": true`. Ids the vocabulary does not have are a 400 naming their index.
+pub async fn detokenize(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<DetokenizeRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let tok = s.engine()?.pipeline().tokenizer();
+    if let Some(i) = req
+        .tokens
+        .iter()
+        .position(|&id| tok.id_to_token(id).is_none())
+    {
+        return Err(ApiError::invalid(
+            format!("tokens[{i}]"),
+            format!(
+                "token id {} is not in the model's vocabulary",
+                req.tokens[i]
+            ),
+        ));
+    }
+    let content = tok
+        .decode(&req.tokens, req.skip_special_tokens)
+        .map_err(ApiError::from_engine)?;
+    Ok(Json(json!({ "content": content })))
+}
+
 /// `{"messages": [...]}` → `{"prompt": "..."}`, the rendered template (placeholders not
 /// expanded). VL2 prompts depend on the images' tilings, so their images are loaded.
 pub async fn apply_template(
@@ -56,8 +85,7 @@ pub async fn apply_template(
     ApiJson(req): ApiJson<ApplyTemplateRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let pipeline = s.engine()?.pipeline().clone();
-    let marker = pipeline.config().image_marker().to_string();
-    let turns = conversation(&req.messages, s.limits().max_images_per_request, &marker)?;
+    let turns = turns_for_prompt(&s, &req.messages).await?;
     let prompt = match pipeline.config() {
         ModelConfig::V1(_) => render(DEFAULT_SYSTEM_PROMPT, &template_messages(&turns))
             .map_err(ApiError::from_engine)?,
@@ -73,19 +101,25 @@ pub async fn apply_template(
     Ok(Json(json!({ "prompt": prompt })))
 }
 
-fn prompt_ids(
-    pipeline: &Pipeline,
-    limits: &Limits,
-    messages: &[WireMessage],
-) -> Result<Vec<u32>, ApiError> {
+/// The conversation's turns; for VL2, whose prompt depends on the images, with remote images
+/// fetched (v1 images are only counted).
+async fn turns_for_prompt(s: &AppState, messages: &[WireMessage]) -> Result<Vec<Turn>, ApiError> {
+    let pipeline = s.engine()?.pipeline();
     let marker = pipeline.config().image_marker();
-    let turns = conversation(messages, limits.max_images_per_request, marker)?;
+    let mut turns = conversation(messages, s.limits().max_images_per_request, marker)?;
+    if let ModelConfig::V2(_) = pipeline.config() {
+        s.limits().media.fetch_remote(&mut turns).await?;
+    }
+    Ok(turns)
+}
+
+fn prompt_ids(pipeline: &Pipeline, limits: &Limits, turns: &[Turn]) -> Result<Vec<u32>, ApiError> {
     let ModelConfig::V1(spec) = pipeline.config() else {
-        return Ok(prepare(pipeline, &turns, limits, Some(1))?.0.ids);
+        return Ok(prepare(pipeline, turns, limits, Some(1))?.0.ids);
     };
     let n_images = turns.iter().map(|t| t.images.len()).sum();
     let prompt =
-        render(DEFAULT_SYSTEM_PROMPT, &template_messages(&turns)).map_err(ApiError::from_engine)?;
+        render(DEFAULT_SYSTEM_PROMPT, &template_messages(turns)).map_err(ApiError::from_engine)?;
     let tok = pipeline.tokenizer();
     let ids = tok.encode_prompt(&prompt).map_err(ApiError::from_engine)?;
     let p = &spec.processor;

@@ -1,6 +1,7 @@
 //! Server-sent events for `stream: true` (landscape §5.2): a first chunk with the role, one chunk
 //! per content delta, a chunk with `finish_reason`, the usage chunk (`choices: []`) when
 //! `stream_options.include_usage` is set, then `data: [DONE]`; keep-alive comments every 10 s.
+//! The `finish_reason` chunk also carries `delta.grounding` for VL2 answers with boxes.
 //! A relay task turns engine events into SSE events; when the client goes away the SSE body is
 //! dropped, the relay's next send fails, it drops the engine receiver, and generation stops.
 
@@ -51,6 +52,7 @@ impl Relay {
         let role = Delta {
             role: Some("assistant"),
             content: Some(String::new()),
+            grounding: None,
         };
         if self.chunk(role, None, None).await.is_err() {
             return;
@@ -77,9 +79,13 @@ impl Relay {
                 finish_reason: f,
                 prompt_tokens,
                 completion_tokens,
+                grounding,
             } => {
-                self.chunk(Delta::default(), None, Some(finish_reason(f)))
-                    .await?;
+                let last = Delta {
+                    grounding,
+                    ..Delta::default()
+                };
+                self.chunk(last, None, Some(finish_reason(f))).await?;
                 if self.include_usage {
                     let usage = Usage::new(prompt_tokens, completion_tokens);
                     self.send_json(&self.envelope(Vec::new(), Some(usage)))
@@ -142,7 +148,62 @@ impl Relay {
 
 fn text_delta(text: String) -> Delta {
     Delta {
-        role: None,
         content: Some(text),
+        ..Delta::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::chat::tests::{grounded_answer, PIECES};
+    use axum::response::IntoResponse;
+    use http_body_util::BodyExt;
+    use serde_json::Value;
+    use tokio::sync::mpsc::unbounded_channel;
+
+    #[tokio::test]
+    async fn grounding_rides_on_the_finish_chunk() {
+        let (tx, rx) = unbounded_channel();
+        for ev in grounded_answer(&PIECES) {
+            tx.send(ev).expect("open");
+        }
+        let body = sse(rx, ReplyMeta::new("m"), true, false)
+            .into_response()
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        let data: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+        let chunks: Vec<Value> = data[..data.len() - 1]
+            .iter()
+            .map(|d| serde_json::from_str(d).expect("JSON"))
+            .collect();
+        let with_boxes: Vec<&Value> = chunks
+            .iter()
+            .filter(|c| c["choices"][0]["delta"].get("grounding").is_some())
+            .collect();
+        assert_eq!(with_boxes.len(), 1, "{text}");
+        let last = &with_boxes[0]["choices"][0];
+        assert_eq!(last["finish_reason"], "stop");
+        assert_eq!(
+            last["delta"]["grounding"]["objects"][0]["boxes"][0]["pixels"],
+            serde_json::json!([36, 36, 183, 522])
+        );
+        let content: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(content, PIECES.concat());
+        assert_eq!(
+            chunks.last().expect("usage")["usage"]["completion_tokens"],
+            5
+        );
     }
 }

@@ -1,127 +1,56 @@
-//! The server end to end on the tiny fixture model: `router(state).oneshot(..)` for each route
+//! The server end to end on the tiny v1 fixture model: `router(state).oneshot(..)` for each route
 //! and error path, and one real-socket test with concurrent clients.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
-use base64::Engine as _;
-use dsvl::engine::{LoadOptions, Pipeline};
+use dsvl::engine::Pipeline;
 use dsvl_server::{router, AppState, ServerConfig};
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dsvl/tests/fixtures/v1")
+use super::harness::*;
+
+pub fn fixtures() -> PathBuf {
+    engine_fixtures("v1")
 }
 
-fn model_dir() -> PathBuf {
+pub fn model_dir() -> PathBuf {
     fixtures().join("models/siglip-tiny")
 }
 
 /// The tiny model, loaded once for the whole binary.
-fn pipeline() -> Arc<Pipeline> {
-    static P: OnceLock<Arc<Pipeline>> = OnceLock::new();
-    P.get_or_init(|| {
-        Arc::new(
-            Pipeline::load(&model_dir(), &LoadOptions::default()).expect("fixture model loads"),
-        )
-    })
-    .clone()
+pub fn pipeline() -> Arc<Pipeline> {
+    load_pipeline(&model_dir())
 }
 
-fn app_with(cfg: ServerConfig) -> Router {
+pub fn app_with(cfg: ServerConfig) -> Router {
     router(AppState::from_pipeline(pipeline(), &cfg).expect("engine thread starts"))
 }
 
-fn app() -> Router {
+pub fn app() -> Router {
     app_with(ServerConfig::default())
 }
 
-fn case(name: &str) -> Value {
+pub fn case(name: &str) -> Value {
     let bytes = std::fs::read(fixtures().join(format!("cases/{name}.json"))).expect("case file");
     serde_json::from_slice(&bytes).expect("case JSON")
 }
 
-fn data_url(bytes: &[u8]) -> String {
-    format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    )
-}
-
-fn image_bytes(name: &str) -> Vec<u8> {
+pub fn image_bytes(name: &str) -> Vec<u8> {
     std::fs::read(fixtures().join("images").join(name)).expect("fixture image")
 }
 
-fn image_part(url: &str) -> Value {
-    json!({"type": "image_url", "image_url": {"url": url, "detail": "auto"}})
-}
-
 /// The CLI prompt of `siglip-tiny__single` as OpenAI parts: `[image, text]`.
-fn single_image_messages() -> Value {
+pub fn single_image_messages() -> Value {
     json!([{"role": "user", "content": [
         image_part(&data_url(&image_bytes("landscape_500x333.png"))),
         {"type": "text", "text": "Describe this image in detail."},
     ]}])
-}
-
-struct Reply {
-    status: StatusCode,
-    content_type: String,
-    headers: axum::http::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-async fn send(app: Router, req: Request<Body>) -> Reply {
-    let resp = app.oneshot(req).await.expect("router answers");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes()
-        .to_vec();
-    Reply {
-        status,
-        content_type,
-        headers,
-        body,
-    }
-}
-
-async fn post(app: Router, path: &str, body: &Value) -> Reply {
-    let req = Request::post(path)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body.to_string()))
-        .expect("request");
-    send(app, req).await
-}
-
-async fn get(app: Router, path: &str) -> Reply {
-    send(
-        app,
-        Request::get(path).body(Body::empty()).expect("request"),
-    )
-    .await
 }
 
 #[tokio::test]
@@ -142,14 +71,6 @@ async fn greedy_single_image_matches_the_reference() {
         j["usage"],
         json!({"prompt_tokens": 668, "completion_tokens": 32, "total_tokens": 700})
     );
-}
-
-/// `data: ...` payloads of an SSE body.
-fn sse_data(body: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(body)
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: ").map(str::to_string))
-        .collect()
 }
 
 #[tokio::test]
@@ -255,23 +176,7 @@ async fn multi_turn_with_images_in_an_earlier_turn_matches_the_reference() {
     );
 }
 
-/// Asserts an OpenAI error body with `status`, and `param`/`code` when given.
-fn assert_error(r: &Reply, status: StatusCode, param: Option<&str>, code: Option<&str>) -> Value {
-    let j = r.json();
-    assert_eq!(r.status, status, "{j}");
-    let e = &j["error"];
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{j}");
-    assert!(e["type"].is_string(), "{j}");
-    if let Some(p) = param {
-        assert_eq!(e["param"], p, "{j}");
-    }
-    if let Some(c) = code {
-        assert_eq!(e["code"], c, "{j}");
-    }
-    j
-}
-
-fn one_image(url: &str, text: &str) -> Value {
+pub fn one_image(url: &str, text: &str) -> Value {
     json!({"messages": [{"role": "user", "content": [image_part(url), {"type": "text", "text": text}]}],
            "temperature": 0, "max_tokens": 2})
 }
@@ -542,6 +447,14 @@ async fn info_routes() {
         j["data"][0]["modalities"]["input"],
         json!(["text", "image"])
     );
+    let r = get(app(), "/v1/models/deepseek-vl").await;
+    assert_eq!(
+        r.json(),
+        j["data"][0],
+        "models.retrieve gives the listed card"
+    );
+    let r = get(app(), "/v1/models/gpt-4o").await;
+    assert_error(&r, StatusCode::NOT_FOUND, None, Some("model_not_found"));
     assert_eq!(get(app(), "/ready").await.status, StatusCode::OK);
     let r = get(app(), "/nope").await;
     assert_error(&r, StatusCode::NOT_FOUND, None, Some("not_found"));
@@ -556,6 +469,32 @@ async fn info_routes() {
     assert_eq!(t["tokens"][0]["id"], 100000, "BOS first");
     let r = post(app(), "/tokenize", &json!({"content": 3})).await;
     assert_error(&r, StatusCode::BAD_REQUEST, Some("content"), None);
+
+    // /detokenize undoes /tokenize (BOS shown: special tokens are kept unless asked).
+    let ids = post(app(), "/tokenize", &json!({"content": "Hello, world"}))
+        .await
+        .json()["tokens"]
+        .clone();
+    let d = post(app(), "/detokenize", &json!({"tokens": ids}))
+        .await
+        .json();
+    assert_eq!(d["content"], "<｜begin▁of▁sentence｜>Hello, world", "{d}");
+    let d = post(
+        app(),
+        "/detokenize",
+        &json!({"tokens": ids, "skip_special_tokens": true}),
+    )
+    .await
+    .json();
+    assert_eq!(d["content"], "Hello, world", "{d}");
+    for (body, param) in [
+        (json!({"tokens": [100000, 4_000_000_000u64]}), "tokens[1]"),
+        (json!({"tokens": [1, -2]}), "tokens[1]"),
+        (json!({"tokens": "Hello"}), "tokens"),
+    ] {
+        let r = post(app(), "/detokenize", &body).await;
+        assert_error(&r, StatusCode::BAD_REQUEST, Some(param), None);
+    }
     let single = case("siglip-tiny__single");
     let t = post(
         app(),

@@ -1,0 +1,16 @@
+//! dsvl-server end to end, in one test binary (STYLE §2): every route over `router(..).oneshot(..)`
+//! or a real loopback socket, against the tiny fixture models of the engine crate.
+//!
+//! - `v1`: the DeepSeek-VL fixture model: reference outputs, streaming, logprobs, every error path,
+//!   limits, queueing and cancellation, metrics, the image feature cache.
+//! - `vl2`: the three DeepSeek-VL2 fixture models against the official reference outputs, the
+//!   debug routes and the grounding extension.
+//! - `remote_images`: `http(s)` image URLs fetched from a loopback server.
+//! - `openai_compat`: the official `openai` Python package against a running server
+//!   (`#[ignore]`: needs PyPI once).
+
+mod harness;
+mod openai_compat;
+mod remote_images;
+mod v1;
+mod vl2;

@@ -34,8 +34,12 @@ pub enum Command {
         dsvl run --model DIR --image a.jpg \"Describe this image.\"\n  \
         dsvl run --model DIR --image a.jpg --image b.png \"<image_placeholder>A. <image_placeholder>B. Compare them.\"\n  \
         dsvl run --model DIR --messages conversation.json\n  \
-        dsvl run --model DIR --image a.jpg --logprobs 5 --format jsonl \"What is this?\"\n\n\
-        Images without <image_placeholder> markers in the prompt are placed, one marker each, at the start of the user turn.\n\
+        dsvl run --model DIR --image a.jpg --logprobs 5 --format jsonl \"What is this?\"\n  \
+        dsvl run --model deepseek-ai/deepseek-vl2-tiny --image street.jpg --draw-boxes boxes.png --boxes-json boxes.json \\\n      \
+        \"<|ref|>the red car<|/ref|>.\"\n\n\
+        Image markers: <image_placeholder> for DeepSeek-VL, <image> for DeepSeek-VL2. Images without markers in the prompt are placed, one marker each, at the start of the user turn.\n\
+        DeepSeek-VL2 grounding: ask with <|ref|>object<|/ref|> or start with <|grounding|>; the answer keeps its <|ref|>/<|det|> markup, \
+        --boxes-json and --draw-boxes turn it into boxes on the last image.\n\
         conversation.json: [{\"role\": \"user\", \"content\": \"<image_placeholder>What is this?\", \"images\": [\"a.jpg\"]}, …]\n\
         (roles system/user/assistant, any case; image paths relative to the JSON file's folder).")]
     Run(RunArgs),
@@ -65,6 +69,16 @@ pub struct ModelArgs {
     /// Refuse images with more pixels than this, before decoding them.
     #[arg(long, default_value_t = dsvl::image::DEFAULT_MAX_PIXELS)]
     pub max_image_pixels: u64,
+    /// Quantize the language model's linear layers at load time: q8_0 (8.5 bits per weight,
+    /// close to the float model) or q4_k (4.5 bits, faster decode, larger accuracy cost). Layers
+    /// whose width does not fit the block stay in q8_0 or float; embeddings, norms, the MoE
+    /// router, lm_head and the vision towers stay in --dtype. Default: no quantization.
+    #[arg(long, value_enum)]
+    pub quant: Option<QuantArg>,
+    /// With --quant, quantize lm_head too (smaller and faster, but it is where most of the
+    /// remaining accuracy is lost).
+    #[arg(long, requires = "quant")]
+    pub quant_lm_head: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -101,6 +115,10 @@ pub struct SamplingArgs {
     /// grounding answers are written with them (<|ref|>label<|/ref|><|det|>[[x1, y1, x2, y2]]<|/det|>).
     #[arg(long)]
     pub skip_special_tokens: bool,
+    /// Prefill long prompts in chunks of at most N tokens, bounding the memory of attention over
+    /// many image tokens (default 2048; 0 = one pass).
+    #[arg(long, value_name = "N")]
+    pub prefill_chunk: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -121,7 +139,15 @@ pub struct RunArgs {
     /// Output format: plain text, or one JSON object per token and a final summary.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// The question (may contain <image_placeholder> markers, one per --image).
+    /// DeepSeek-VL2 grounding: write the answer's boxes as JSON (labels; 0–999 coordinates and
+    /// pixel corners in the last image).
+    #[arg(long, value_name = "FILE")]
+    pub boxes_json: Option<PathBuf>,
+    /// DeepSeek-VL2 grounding: draw the answer's labelled boxes on the last image and save it as PNG.
+    #[arg(long, value_name = "FILE")]
+    pub draw_boxes: Option<PathBuf>,
+    /// The question. Put one image marker per --image where the image belongs (<image_placeholder>
+    /// for DeepSeek-VL, <image> for DeepSeek-VL2), or none: images without markers go first.
     #[arg(required_unless_present = "messages")]
     pub prompt: Option<String>,
 }
@@ -153,6 +179,24 @@ impl DtypeArg {
             DtypeArg::F32 => candle_core::DType::F32,
             DtypeArg::Bf16 => candle_core::DType::BF16,
             DtypeArg::F16 => candle_core::DType::F16,
+        }
+    }
+}
+
+/// `--quant`: a GGML block format for the LLM's linear layers.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantArg {
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_k")]
+    Q4K,
+}
+
+impl QuantArg {
+    pub fn quant(self) -> dsvl::nn::Quant {
+        match self {
+            QuantArg::Q8_0 => dsvl::nn::Quant::Q8_0,
+            QuantArg::Q4K => dsvl::nn::Quant::Q4K,
         }
     }
 }

@@ -8,8 +8,10 @@
 //! Figures are medians over `--repeats` runs after one warm-up run.
 //!
 //! Decode on CPU is bound by memory bandwidth: every step reads all LLM weights except the
-//! embedding table (one row). The roofline is `bandwidth / bytes per token`; the report says how
-//! close decode comes to it.
+//! embedding table (one row); MoE layers read only the router, the shared and the top-k routed
+//! experts. The bytes are counted on the loaded model, as stored (with `--quant`, the GGML
+//! blocks of the quantized layers). The roofline is `bandwidth / bytes per token`; the report
+//! says how close decode comes to it.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -42,6 +44,7 @@ use crate::args::ModelArgs;
     after_help = "Examples:\n  \
         dsvl bench --model /tmp/dsvl-1.3b-random\n  \
         dsvl bench --model /tmp/dsvl-1.3b-random --dtype bf16 --long-context 2048 --json bf16.json\n  \
+        dsvl bench --model /tmp/dsvl-1.3b-random --quant q4_k --json q4k.json\n  \
         dsvl bench --model ./deepseek-vl-7b-chat --image examples/chart.png --repeats 5\n\n\
         Timings: preprocess = template + tokenizer + image decode/resize/pad; TTFT = preprocess + vision + prefill; \
         decode tok/s = (tokens − 1) / time between the first and the last token."
@@ -189,8 +192,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         (a.bandwidth_mib > 0).then(|| memory_bandwidth_gb_s(a.bandwidth_mib << 20, threads));
 
     let dtype_bytes = pipeline.model().dtype().size_in_bytes();
-    let weight_bytes = facts.decode_params * dtype_bytes as u64;
+    // As stored: quantized layers count their blocks, the MoE router its f32 copy.
+    let weight_bytes = pipeline.model().decode_weight_bytes();
     let kv_bytes_per_pos = facts.kv_values_per_position * dtype_bytes as u64;
+    let quant = pipeline.model().quant_report();
 
     let med = |f: &dyn Fn(&Run) -> Option<f64>| median(runs.iter().filter_map(f).collect());
     let preprocess_ms = med(&|r| Some(r.preprocess_ms));
@@ -256,6 +261,16 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             "layout": layout,
             "architecture": model_desc,
             "dtype": format!("{:?}", pipeline.model().dtype()).to_lowercase(),
+            "quant": quant.plan.quant.map(|q| q.name()),
+            "quant_lm_head": quant.plan.lm_head,
+            "llm_linears": {
+                "total": quant.linears,
+                "q8_0": quant.q8_0,
+                "q4_k": quant.q4k,
+                "float": quant.float,
+                "fallbacks": quant.fallbacks,
+                "bytes": quant.bytes,
+            },
             "llm_params": llm_params,
             "llm_active_params_per_token": facts.decode_params,
             "llm_layers": facts.layers,
@@ -334,6 +349,7 @@ fn one_run(
         ignore_eos: true,
         logprobs: None,
         skip_special_tokens: None,
+        prefill_chunk: None,
     };
     let mut cache = FeatureCache::new(256 << 20);
     let prepared = pipeline.prepare(None, turn1, decode_tokens)?;
@@ -767,8 +783,22 @@ fn print_table(r: &Value) {
     };
     let m = &r["model"];
     let w = &r["workload"];
+    let quant = match m["quant"].as_str() {
+        Some(q) => format!(
+            ", LLM linears {q}{}: {} q4_k, {} q8_0, {} float",
+            if m["quant_lm_head"].as_bool() == Some(true) {
+                " with lm_head"
+            } else {
+                ""
+            },
+            m["llm_linears"]["q4_k"],
+            m["llm_linears"]["q8_0"],
+            m["llm_linears"]["float"],
+        ),
+        None => String::new(),
+    };
     println!(
-        "dsvl bench: {} ({} layout, {}, {} LLM layers), {} thread(s) on {}",
+        "dsvl bench: {} ({} layout, {}{quant}, {} LLM layers), {} thread(s) on {}",
         m["architecture"].as_str().unwrap_or("?"),
         m["layout"].as_str().unwrap_or("?"),
         m["dtype"].as_str().unwrap_or("?"),
@@ -823,7 +853,7 @@ fn print_table(r: &Value) {
         (
             "weights read per token",
             gb(&r["weight_bytes_per_token"]),
-            "GB (LLM weights except the embedding table)",
+            "GB (LLM weights as stored, except the embedding table)",
         ),
         (
             "decode roofline",
@@ -912,6 +942,28 @@ mod tests {
         // "2.8B activated" (model card) includes the vision tower; the LM reads about 2.4 B.
         assert!((2.3e9..2.6e9).contains(&(read as f64)), "read = {read}");
         assert_eq!(deepseek_v2_kv_values(&spec), 27 * 576);
+        Ok(())
+    }
+
+    /// The bytes counted on a loaded f32 model are the analytic parameter count × 4, for both
+    /// families (v1 Llama; VL2 MLA + MoE with noaux_tc routing).
+    #[test]
+    fn decode_bytes_of_a_loaded_model_match_the_parameter_count() -> anyhow::Result<()> {
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dsvl/tests/fixtures");
+        for dir in [
+            fixtures.join("v1/models/siglip-tiny"),
+            fixtures.join("v2/models/vl2-base-random"),
+        ] {
+            let p = Pipeline::load(&dir, &dsvl::engine::LoadOptions::default())?;
+            let facts = LlmFacts::of(p.config());
+            assert_eq!(
+                p.model().decode_weight_bytes(),
+                facts.decode_params * 4,
+                "{}",
+                dir.display()
+            );
+        }
         Ok(())
     }
 

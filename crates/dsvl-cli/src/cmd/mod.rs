@@ -42,6 +42,8 @@ pub fn load_pipeline(m: &ModelArgs) -> anyhow::Result<Pipeline> {
         dtype: m.dtype.dtype(),
         progress,
         max_image_pixels: m.max_image_pixels,
+        quant: m.quant.map(|q| q.quant()),
+        quant_lm_head: m.quant_lm_head,
         ..Default::default()
     };
     let t = Instant::now();
@@ -61,6 +63,9 @@ pub fn load_pipeline(m: &ModelArgs) -> anyhow::Result<Pipeline> {
         m.dtype,
         t.elapsed().as_secs_f64()
     );
+    if m.quant.is_some() {
+        tracing::info!("language model {}", pipeline.model().quant_report());
+    }
     Ok(pipeline)
 }
 
@@ -89,5 +94,6 @@ pub fn generate_params(s: &SamplingArgs, logprobs: Option<usize>) -> GeneratePar
         ignore_eos: s.ignore_eos,
         logprobs,
         skip_special_tokens: s.skip_special_tokens.then_some(true),
+        prefill_chunk: s.prefill_chunk,
     }
 }

@@ -38,9 +38,8 @@ pub fn read_messages(path: &Path) -> anyhow::Result<Vec<ChatMessage>> {
     raw.into_iter()
         .enumerate()
         .map(|(i, m)| {
-            let role: Role = m
-                .role
-                .parse()
+            // user/assistant/system in any case, or DeepSeek-VL2's own `<|User|>`/`<|Assistant|>`.
+            let role: Role = dsvl::prompt::vl2::vl2_role(&m.role)
                 .with_context(|| format!("{}: message {i}", path.display()))?;
             let images = m
                 .images
@@ -66,6 +65,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         if let ImageSource::Path(p) = img {
             anyhow::ensure!(p.is_file(), "image {} does not exist", p.display());
         }
+    }
+    let last_image = messages.iter().flat_map(|m| &m.images).last().cloned();
+    if let Some(out) = &a.draw_boxes {
+        anyhow::ensure!(
+            last_image.is_some(),
+            "--draw-boxes {} needs an image to draw on; give one with --image",
+            out.display()
+        );
     }
     let params = generate_params(&a.sampling, a.logprobs.map(|k| k as usize));
     params.sampling.validate()?;
@@ -100,6 +107,49 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         Format::Jsonl => writeln!(out, "{}", summary(&outcome))?,
     }
     report_timings(&outcome);
+    if a.boxes_json.is_some() || a.draw_boxes.is_some() {
+        write_grounding(&a, &pipeline, &prepared, &outcome, last_image.as_ref())?;
+    }
+    Ok(())
+}
+
+/// `--boxes-json` / `--draw-boxes`: the answer's grounding markup (decoded with its special
+/// tokens, whatever --skip-special-tokens did to the printed text) as boxes on the last image.
+fn write_grounding(
+    a: &RunArgs,
+    pipeline: &Pipeline,
+    prepared: &dsvl::engine::Prepared,
+    outcome: &Outcome,
+    last_image: Option<&ImageSource>,
+) -> anyhow::Result<()> {
+    let raw = pipeline.tokenizer().decode(&outcome.ids, false)?;
+    let size = prepared.image_sizes.last().copied();
+    let grounding = dsvl::grounding::parse_grounding(&raw, size);
+    if grounding.objects.is_empty() {
+        tracing::warn!(
+            "the answer has no <|det|> boxes; DeepSeek-VL2 grounds with prompts like \
+             \"<|ref|>the object<|/ref|>.\" or \"<|grounding|>Describe the image.\""
+        );
+    }
+    for p in &grounding.problems {
+        tracing::warn!("grounding output: {p}");
+    }
+    if let Some(path) = &a.boxes_json {
+        let mut text = serde_json::to_string_pretty(&grounding)?;
+        text.push('\n');
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let (Some(path), Some(src)) = (&a.draw_boxes, last_image) {
+        let img = match src {
+            ImageSource::Path(p) => dsvl::image::load(p, a.model.max_image_pixels)?,
+            ImageSource::Bytes { name, data } => {
+                dsvl::image::decode(data, name, a.model.max_image_pixels)?
+            }
+        };
+        let drawn = dsvl::grounding::draw_boxes(&img, &grounding.objects);
+        std::fs::write(path, drawn.to_png()?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     Ok(())
 }
 

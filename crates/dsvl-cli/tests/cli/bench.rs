@@ -96,6 +96,58 @@ fn bench_writes_every_figure() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The same workload on a DeepSeek-VL2 folder: tiled image, MoE-aware weights per token.
+#[test]
+fn bench_runs_a_vl2_model() {
+    let dir = scratch("vl2");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let json = dir.join("bench.json");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../dsvl/tests/fixtures/v2/models/vl2-base-random");
+    let o = dsvl(&[
+        "bench",
+        "--model",
+        model.to_str().expect("utf-8 path"),
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--decode-tokens",
+        "4",
+        "--bandwidth-mib",
+        "16",
+        "--json",
+        json.to_str().expect("utf-8 path"),
+    ]);
+    ok(&o);
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("bench wrote --json")).expect("JSON");
+    for field in [
+        "vision_ms_per_image",
+        "ttft_ms",
+        "decode_tokens_per_s",
+        "decode_roofline_pct",
+    ] {
+        positive(&j, &[field]);
+    }
+    positive(&j, &["second_turn", "ttft_ms"]);
+    assert_eq!(j["model"]["family"], "DeepSeek-VL2");
+    // The 640x480 chart tiles 2x2: 1023 image tokens, plus the question.
+    assert!(positive(&j, &["workload", "prompt_tokens"]) > 1023.0 + 40.0);
+    // vl2-base-random: hidden 8, 3 heads, MLA (kv_lora 10, nope 4, rope 4, v 6), layer 0 dense
+    // (ffn 20), layers 1-2 MoE with 2 shared + top-3 of 9 routed experts of 6, sigmoid gate with
+    // its correction bias; vocab 129280; f32. Per decode step: attention 8·3·8 + 8·14 + 10 +
+    // 10·3·10 + 3·6·8 = 758 and norms 16 per layer, dense 3·8·20, per MoE layer gate 9·8 + 9,
+    // shared 2·144, routed 3·144; then lm_head, one embedding row and the final norm.
+    let attention = 8 * 3 * 8 + 8 * 14 + 10 + 10 * 3 * 10 + 3 * 6 * 8;
+    let moe = 9 * 8 + 9 + 2 * 144 + 3 * 144;
+    let want = (3 * (attention + 16) + 3 * 8 * 20 + 2 * moe + 129_280 * 8 + 2 * 8) * 4;
+    assert_eq!(j["weight_bytes_per_token"].as_u64(), Some(want as u64));
+    // MLA caches the latent and the rope key: (10 + 4) values per layer.
+    assert_eq!(j["kv_bytes_per_position"].as_u64(), Some(3 * 14 * 4));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn bench_rejects_a_single_decode_token() {
     let o = dsvl(&[

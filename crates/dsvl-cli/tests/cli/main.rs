@@ -1,6 +1,7 @@
 //! The `dsvl` binary end to end on the tiny fixture models: exit codes, stdout/stderr, formats.
 
 mod bench;
+mod vl2;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -151,6 +151,7 @@ fn generate_params(req: &ChatRequest) -> Result<GenerateParams, ApiError> {
         ignore_eos: req.ignore_eos.unwrap_or(false),
         logprobs,
         skip_special_tokens: req.skip_special_tokens,
+        prefill_chunk: None,
     })
 }
 

@@ -12,6 +12,11 @@ use crate::sampling::processors::{log_softmax, top_logprobs};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::text::{DecodeStream, StopMatcher};
 
+/// Prompt tokens per prefill pass unless [`GenerateParams::prefill_chunk`] says otherwise: one pass
+/// for every prompt that fits the published models' 4096-token context twice over, i.e. chunking
+/// only matters for very long prompts.
+pub const DEFAULT_PREFILL_CHUNK: usize = 2048;
+
 /// Per-request generation settings.
 #[derive(Debug, Clone, Default)]
 pub struct GenerateParams {
@@ -21,6 +26,10 @@ pub struct GenerateParams {
     pub ignore_eos: bool,
     /// Report this many top alternatives (with logprobs) per token; `None`: no logprobs.
     pub logprobs: Option<usize>,
+    /// Prefill the prompt in chunks of at most this many tokens (`None`: [`DEFAULT_PREFILL_CHUNK`]);
+    /// bounds the attention scores a long multi-image prompt materialises at once. The result is
+    /// the same as one pass up to float rounding.
+    pub prefill_chunk: Option<usize>,
     /// Leave special tokens out of the text. `None`: the family's default — v1 skips them (as
     /// the official demo decodes), VL2 keeps them, because its grounding markup
     /// (`<|ref|>…<|/ref|><|det|>[[…]]<|/det|>`) is made of special tokens (v2 §6.4).
@@ -148,9 +157,8 @@ impl Pipeline {
         let t = Instant::now();
         let embeds = model.input_embeddings(&prepared.ids, tok.image_id(), &image_embeds)?;
         let mut cache = model.new_cache();
-        let mut logits = model
-            .forward_embeds(&embeds, &mut cache)?
-            .to_vec1::<f32>()?;
+        let chunk = params.prefill_chunk.unwrap_or(DEFAULT_PREFILL_CHUNK);
+        let mut logits = self.prefill(&embeds, &mut cache, chunk)?.to_vec1::<f32>()?;
         timings.prefill_ms = ms(t);
 
         let t = Instant::now();
@@ -223,6 +231,32 @@ impl Pipeline {
 }
 
 impl Pipeline {
+    /// Runs the prompt embeddings `[1, T, hidden]` through the language model in chunks of at most
+    /// `chunk` positions (0: one pass), filling `cache`; f32 logits `[vocab]` of the last position.
+    pub fn prefill(
+        &self,
+        embeds: &Tensor,
+        cache: &mut crate::llm::KvCache,
+        chunk: usize,
+    ) -> Result<Tensor> {
+        let t = embeds.dim(1)?;
+        if t == 0 {
+            return Err(crate::Error::Conversation("the prompt is empty".into()));
+        }
+        let chunk = if chunk == 0 { t.max(1) } else { chunk };
+        let mut start = 0;
+        loop {
+            let n = chunk.min(t - start);
+            let logits = self
+                .model()
+                .forward_embeds(&embeds.narrow(1, start, n)?, cache)?;
+            start += n;
+            if start >= t {
+                return Ok(logits);
+            }
+        }
+    }
+
     /// Each image's embedding sequence `[N_i, hidden]`, running the vision tower only on images
     /// the cache does not hold (keyed by the preprocessed pixels).
     pub fn image_embeddings(
@@ -232,7 +266,7 @@ impl Pipeline {
     ) -> Result<Vec<Tensor>> {
         let model = self.model();
         let mut out = Vec::with_capacity(prepared.n_images);
-        for (pixels, grid) in prepared.image_inputs()? {
+        for super::ImageInput { pixels, grid } in prepared.image_inputs()? {
             let Some(cache) = cache.as_deref_mut() else {
                 out.push(model.encode_image(&pixels, grid)?);
                 continue;

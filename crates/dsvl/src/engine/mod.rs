@@ -17,6 +17,7 @@ use crate::config::{ModelConfig, ModelSpec, Vl2ProcessorSpec, Vl2Spec};
 use crate::error::{Error, Result};
 use crate::image::{self, RgbImage};
 use crate::models::Model;
+use crate::nn::{Quant, QuantPlan};
 use crate::prompt::expand::{check_context, expand_prompt};
 use crate::prompt::template::{render, Message, Role, DEFAULT_SYSTEM_PROMPT};
 use crate::prompt::tokenizer::PromptTokenizer;
@@ -76,6 +77,11 @@ pub struct LoadOptions {
     pub progress: Option<Progress>,
     /// Images with more pixels are refused before decoding (decompression bombs).
     pub max_image_pixels: u64,
+    /// Quantize the language model's linear layers at load time (issue #4 item 4); `None`
+    /// keeps every weight in `dtype`. See [`QuantPlan`] for what is and is not quantized.
+    pub quant: Option<Quant>,
+    /// With `quant`, also quantize `lm_head` (kept in `dtype` by default).
+    pub quant_lm_head: bool,
 }
 
 impl Default for LoadOptions {
@@ -85,6 +91,8 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             progress: None,
             max_image_pixels: image::DEFAULT_MAX_PIXELS,
+            quant: None,
+            quant_lm_head: false,
         }
     }
 }
@@ -109,20 +117,41 @@ pub struct Prepared {
     pub preprocess_ms: f64,
 }
 
+/// One image's vision-tower input: v1 `[3, S, S]`; VL2 its tiles `[1 + nw·nh, 3, S, S]` with
+/// `grid = Some((nw, nh))`.
+#[derive(Debug, Clone)]
+pub struct ImageInput {
+    pub pixels: Tensor,
+    pub grid: Option<(usize, usize)>,
+}
+
+/// Preprocessed v1 images `[N, 3, S, S]` (none for text-only prompts) and their decoded sizes.
+pub type PreprocessedImages = (Option<Tensor>, Vec<(u32, u32)>);
+
 impl Prepared {
     /// Each image's vision input and tile layout, in order.
-    pub fn image_inputs(&self) -> Result<Vec<(Tensor, Option<(usize, usize)>)>> {
+    pub fn image_inputs(&self) -> Result<Vec<ImageInput>> {
         let Some(px) = &self.pixels else {
             return Ok(Vec::new());
         };
         if self.tile_grids.is_empty() {
-            return (0..self.n_images).map(|i| Ok((px.get(i)?, None))).collect();
+            return (0..self.n_images)
+                .map(|i| {
+                    Ok(ImageInput {
+                        pixels: px.get(i)?,
+                        grid: None,
+                    })
+                })
+                .collect();
         }
         let mut out = Vec::with_capacity(self.tile_grids.len());
         let mut start = 0;
         for &(nw, nh) in &self.tile_grids {
             let n = 1 + nw * nh;
-            out.push((px.narrow(0, start, n)?, Some((nw, nh))));
+            out.push(ImageInput {
+                pixels: px.narrow(0, start, n)?,
+                grid: Some((nw, nh)),
+            });
             start += n;
         }
         Ok(out)
@@ -162,7 +191,17 @@ impl Pipeline {
         let _span = tracing::info_span!("load", path = %dir.display()).entered();
         let config = ModelConfig::from_dir(dir)?;
         let tokenizer = load_tokenizer(&config)?;
-        let model = Model::load(&config, opts.dtype, &opts.device, opts.progress.clone())?;
+        let quant = QuantPlan {
+            quant: opts.quant,
+            lm_head: opts.quant_lm_head,
+        };
+        let model = Model::load(
+            &config,
+            opts.dtype,
+            &opts.device,
+            quant,
+            opts.progress.clone(),
+        )?;
         Ok(Self {
             config,
             model,
@@ -309,7 +348,7 @@ impl Pipeline {
     pub fn preprocess_images<'a>(
         &self,
         images: impl Iterator<Item = &'a ImageSource>,
-    ) -> Result<(Option<Tensor>, Vec<(u32, u32)>)> {
+    ) -> Result<PreprocessedImages> {
         let Some(spec) = self.config.v1() else {
             return Err(Error::Unsupported {
                 what: "v1 preprocessing for a DeepSeek-VL2 model".into(),

@@ -28,3 +28,38 @@ impl RgbImage {
         self.width as usize * 3
     }
 }
+
+impl RgbImage {
+    /// PNG bytes of the image (8-bit RGB), e.g. for images with drawn grounding boxes.
+    pub fn to_png(&self) -> crate::Result<Vec<u8>> {
+        use image::ImageEncoder;
+        let mut out = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut out)
+            .write_image(
+                &self.data,
+                self.width,
+                self.height,
+                image::ExtendedColorType::Rgb8,
+            )
+            .map_err(|e| crate::Error::ImageDecode {
+                source_name: "PNG encoder".into(),
+                message: e.to_string(),
+            })?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn png_round_trip_keeps_every_pixel() -> crate::Result<()> {
+        let mut img = RgbImage::filled(7, 5, [10, 20, 30]);
+        img.data[3 * 8] = 250;
+        let png = img.to_png()?;
+        let back = crate::image::decode(&png, "round-trip.png", 1_000)?;
+        assert_eq!(back, img);
+        Ok(())
+    }
+}

@@ -25,10 +25,10 @@ pub use config::{AttentionKind, DeepseekV2Spec, MoeSpec, ScoringFunc, TopkMethod
 pub use mla::MlaForm;
 pub use moe::Routing;
 
-use super::llama::{self, causal_mask, Logits, Rope, StepCtx};
+use super::llama::{self, causal_mask, qlinear, Logits, Rope, StepCtx};
 use super::KvCache;
 use crate::config::LlamaSpec;
-use crate::nn::{linear, Linear, RmsNorm};
+use crate::nn::{Linear, Quant, QuantPlan, QuantReport, RmsNorm};
 use mla::Mla;
 use moe::{GluMlp, Moe};
 
@@ -51,7 +51,7 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(spec: &DeepseekV2Spec, l: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(spec: &DeepseekV2Spec, l: usize, quant: Option<Quant>, vb: VarBuilder) -> Result<Self> {
         let (d, eps) = (spec.hidden_size, spec.rms_norm_eps);
         let self_attn = match spec.attention {
             AttentionKind::Mha { head_dim } => {
@@ -67,13 +67,13 @@ impl DecoderLayer {
                     rope_theta: spec.rope_theta,
                     max_position_embeddings: spec.max_position_embeddings,
                 };
-                SelfAttn::Mha(llama::Attention::new(&llama, vb.pp("self_attn"))?)
+                SelfAttn::Mha(llama::Attention::new(&llama, quant, vb.pp("self_attn"))?)
             }
-            AttentionKind::Mla { .. } => SelfAttn::Mla(Mla::new(spec, vb.pp("self_attn"))?),
+            AttentionKind::Mla { .. } => SelfAttn::Mla(Mla::new(spec, quant, vb.pp("self_attn"))?),
         };
         let mlp = match &spec.moe {
-            Some(moe) if spec.is_moe_layer(l) => Ffn::Moe(Moe::new(d, moe, vb.pp("mlp"))?),
-            _ => Ffn::Dense(GluMlp::new(d, spec.intermediate_size, vb.pp("mlp"))?),
+            Some(moe) if spec.is_moe_layer(l) => Ffn::Moe(Moe::new(d, moe, quant, vb.pp("mlp"))?),
+            _ => Ffn::Dense(GluMlp::new(d, spec.intermediate_size, quant, vb.pp("mlp"))?),
         };
         Ok(Self {
             input_layernorm: RmsNorm::new(d, eps, vb.pp("input_layernorm"))?,
@@ -138,6 +138,7 @@ pub struct DeepseekV2 {
     lm_head: Linear,
     rope: Rope,
     spec: DeepseekV2Spec,
+    quant: QuantPlan,
     dtype: DType,
     device: Device,
 }
@@ -146,19 +147,28 @@ impl DeepseekV2 {
     /// `vb` is rooted at the checkpoint prefix `language`; tensors are converted to `vb`'s dtype
     /// (the gate and its correction bias are then widened to f32, v2 §10.11).
     pub fn new(spec: &DeepseekV2Spec, vb: VarBuilder) -> Result<Self> {
+        Self::new_quantized(spec, QuantPlan::NONE, vb)
+    }
+
+    /// [`Self::new`] with the linear layers stored as `quant` says (issue #4 item 4): attention
+    /// projections (MLA: `q_proj`, `kv_a_proj_with_mqa`, `o_proj`; `kv_b_proj` stays in float,
+    /// the absorbed form multiplies its per-head halves directly), dense MLPs, routed and shared
+    /// experts, and with `quant.lm_head` the `lm_head`. The router stays f32.
+    pub fn new_quantized(spec: &DeepseekV2Spec, quant: QuantPlan, vb: VarBuilder) -> Result<Self> {
         let m = vb.pp("model");
         let (d, v) = (spec.hidden_size, spec.vocab_size);
         let embed_tokens = candle_nn::embedding(v, d, m.pp("embed_tokens"))?;
         let layers = (0..spec.num_layers)
-            .map(|l| DecoderLayer::new(spec, l, m.pp("layers").pp(l)))
+            .map(|l| DecoderLayer::new(spec, l, quant.layers(), m.pp("layers").pp(l)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embed_tokens,
             layers,
             norm: RmsNorm::new(d, spec.rms_norm_eps, m.pp("norm"))?,
-            lm_head: linear(d, v, false, vb.pp("lm_head"))?,
+            lm_head: qlinear(d, v, quant.head(), vb.pp("lm_head"))?,
             rope: Rope::with_dim(spec.rope_dim(), spec.rope_theta),
             spec: spec.clone(),
+            quant,
             dtype: vb.dtype(),
             device: vb.device().clone(),
         })
@@ -172,6 +182,45 @@ impl DeepseekV2 {
     /// `[B, 1, T, kv_lora]` and the rotated rope key `[B, 1, T, rope]` (v2 §8.3).
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())
+    }
+
+    /// How the linear layers are stored (a fused gate/up pair counts as one linear).
+    pub fn quant_report(&self) -> QuantReport {
+        let asked = self.quant.layers();
+        let mut r = QuantReport::new(self.quant);
+        for layer in &self.layers {
+            match &layer.self_attn {
+                SelfAttn::Mha(a) => a.linears().iter().for_each(|l| r.add(l, asked)),
+                SelfAttn::Mla(a) => a.linears().iter().for_each(|l| r.add(l, asked)),
+            }
+            match &layer.mlp {
+                Ffn::Dense(m) => m.linears().iter().for_each(|l| r.add(l, asked)),
+                Ffn::Moe(m) => m.linears().for_each(|l| r.add(l, asked)),
+            }
+        }
+        r.add(&self.lm_head, self.quant.head());
+        r
+    }
+
+    /// Bytes of weights one decode step reads: attention (MLA's float `kv_b_proj` included),
+    /// dense MLPs, the router, the shared experts and `top_k` routed experts per MoE layer
+    /// (all experts of a layer are stored alike), the norms, `lm_head`, one embedding row.
+    pub fn decode_weight_bytes(&self) -> u64 {
+        let elt = self.dtype.size_in_bytes() as u64;
+        let d = self.spec.hidden_size as u64;
+        let mut bytes = self.lm_head.weight_bytes() + 2 * d * elt; // + final norm, embedding row
+        for layer in &self.layers {
+            bytes += 2 * d * elt; // the two norms
+            bytes += match &layer.self_attn {
+                SelfAttn::Mha(a) => a.linears().iter().map(|l| l.weight_bytes()).sum(),
+                SelfAttn::Mla(a) => a.decode_weight_bytes(),
+            };
+            bytes += match &layer.mlp {
+                Ffn::Dense(m) => m.weight_bytes(),
+                Ffn::Moe(m) => m.decode_weight_bytes(),
+            };
+        }
+        bytes
     }
 
     /// Token ids `[B, T]` (u32) → embeddings `[B, T, hidden]`.

@@ -7,7 +7,9 @@ use candle_nn::{Embedding, VarBuilder};
 
 use super::KvCache;
 use crate::config::LlamaSpec;
-use crate::nn::{linear, sdpa, Linear, RmsNorm, Scale};
+use crate::nn::{
+    linear_from_weight_quant, sdpa, Linear, Quant, QuantPlan, QuantReport, RmsNorm, Scale,
+};
 
 /// RoPE tables in f32 (v1 §13.10): `inv_freq[i] = 1 / theta^(2i/d)`, angle = position × inv_freq,
 /// rotate-half (NeoX) layout. Grown on demand. Also used by DeepSeek-V2 (v2 §8.2–8.3), whose
@@ -66,13 +68,14 @@ pub(crate) struct Attention {
 }
 
 impl Attention {
-    pub(crate) fn new(cfg: &LlamaSpec, vb: VarBuilder) -> Result<Self> {
+    /// `quant`: the format of the four projections (`None`: the compute dtype).
+    pub(crate) fn new(cfg: &LlamaSpec, quant: Option<Quant>, vb: VarBuilder) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         Ok(Self {
-            q_proj: linear(h, cfg.num_heads * d, false, vb.pp("q_proj"))?,
-            k_proj: linear(h, cfg.num_kv_heads * d, false, vb.pp("k_proj"))?,
-            v_proj: linear(h, cfg.num_kv_heads * d, false, vb.pp("v_proj"))?,
-            o_proj: linear(cfg.num_heads * d, h, false, vb.pp("o_proj"))?,
+            q_proj: qlinear(h, cfg.num_heads * d, quant, vb.pp("q_proj"))?,
+            k_proj: qlinear(h, cfg.num_kv_heads * d, quant, vb.pp("k_proj"))?,
+            v_proj: qlinear(h, cfg.num_kv_heads * d, quant, vb.pp("v_proj"))?,
+            o_proj: qlinear(cfg.num_heads * d, h, quant, vb.pp("o_proj"))?,
             heads: cfg.num_heads,
             kv_heads: cfg.num_kv_heads,
             head_dim: d,
@@ -110,6 +113,22 @@ impl Attention {
             .reshape((b, t, self.heads * self.head_dim))?;
         self.o_proj.forward(&o)
     }
+
+    /// The four projections, in checkpoint order.
+    pub(crate) fn linears(&self) -> [&Linear; 4] {
+        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
+    }
+}
+
+/// A bias-free `[in] -> [out]` linear with weight `{vb}.weight`, stored as `quant` (with the
+/// block-size fallback of [`Quant::for_input_width`]) or in the compute dtype.
+pub(crate) fn qlinear(
+    in_dim: usize,
+    out_dim: usize,
+    quant: Option<Quant>,
+    vb: VarBuilder,
+) -> Result<Linear> {
+    linear_from_weight_quant(&vb.get((out_dim, in_dim), "weight")?, quant)
 }
 
 fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
@@ -129,12 +148,12 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(cfg: &LlamaSpec, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &LlamaSpec, quant: Option<Quant>, vb: VarBuilder) -> Result<Self> {
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: linear(h, f, false, vb.pp("gate_proj"))?,
-            up_proj: linear(h, f, false, vb.pp("up_proj"))?,
-            down_proj: linear(f, h, false, vb.pp("down_proj"))?,
+            gate_proj: qlinear(h, f, quant, vb.pp("gate_proj"))?,
+            up_proj: qlinear(h, f, quant, vb.pp("up_proj"))?,
+            down_proj: qlinear(f, h, quant, vb.pp("down_proj"))?,
         })
     }
 }
@@ -155,17 +174,17 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(cfg: &LlamaSpec, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &LlamaSpec, quant: Option<Quant>, vb: VarBuilder) -> Result<Self> {
         let eps = cfg.rms_norm_eps;
         Ok(Self {
             input_layernorm: RmsNorm::new(cfg.hidden_size, eps, vb.pp("input_layernorm"))?,
-            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            self_attn: Attention::new(cfg, quant, vb.pp("self_attn"))?,
             post_attention_layernorm: RmsNorm::new(
                 cfg.hidden_size,
                 eps,
                 vb.pp("post_attention_layernorm"),
             )?,
-            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            mlp: Mlp::new(cfg, quant, vb.pp("mlp"))?,
         })
     }
 
@@ -200,21 +219,34 @@ pub struct Llama {
     lm_head: Linear,
     rope: Rope,
     spec: LlamaSpec,
+    quant: QuantPlan,
     dtype: DType,
     device: Device,
 }
 
 impl Llama {
-    /// `vb` is rooted at `language_model`.
+    /// `vb` is rooted at `language_model`. All weights in `vb`'s dtype.
     pub fn new(cfg: &LlamaSpec, vb: VarBuilder) -> Result<Self> {
+        Self::new_quantized(cfg, QuantPlan::NONE, vb)
+    }
+
+    /// [`Self::new`] with the linear layers stored as `quant` says (issue #4 item 4): the
+    /// decoder layers' seven projections and, with `quant.lm_head`, `lm_head`. Embedding and
+    /// norms stay in `vb`'s dtype.
+    pub fn new_quantized(cfg: &LlamaSpec, quant: QuantPlan, vb: VarBuilder) -> Result<Self> {
         let m = vb.pp("model");
         let embed_tokens =
             candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
         let layers = (0..cfg.num_layers)
-            .map(|i| DecoderLayer::new(cfg, m.pp("layers").pp(i)))
+            .map(|i| DecoderLayer::new(cfg, quant.layers(), m.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         // Always the separate lm_head, never tied to the embedding (v1 §12.3).
-        let lm_head = linear(cfg.hidden_size, cfg.vocab_size, false, vb.pp("lm_head"))?;
+        let lm_head = qlinear(
+            cfg.hidden_size,
+            cfg.vocab_size,
+            quant.head(),
+            vb.pp("lm_head"),
+        )?;
         Ok(Self {
             embed_tokens,
             layers,
@@ -222,6 +254,7 @@ impl Llama {
             lm_head,
             rope: Rope::new(cfg),
             spec: cfg.clone(),
+            quant,
             dtype: vb.dtype(),
             device: vb.device().clone(),
         })
@@ -233,6 +266,27 @@ impl Llama {
 
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())
+    }
+
+    /// How the linear layers are stored.
+    pub fn quant_report(&self) -> QuantReport {
+        let mut r = QuantReport::new(self.quant);
+        for l in &self.layers {
+            let mlp = [&l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj];
+            for lin in l.self_attn.linears().into_iter().chain(mlp) {
+                r.add(lin, self.quant.layers());
+            }
+        }
+        r.add(&self.lm_head, self.quant.head());
+        r
+    }
+
+    /// Bytes of weights one decode step reads: every linear as stored, the norms, and one row
+    /// of the embedding table.
+    pub fn decode_weight_bytes(&self) -> u64 {
+        let d = self.spec.hidden_size as u64;
+        let norms = (2 * self.layers.len() as u64 + 1) * d;
+        self.quant_report().bytes + (norms + d) * self.dtype.size_in_bytes() as u64
     }
 
     /// Token ids `[B, T]` (u32) → embeddings `[B, T, hidden]`.

@@ -10,6 +10,7 @@ use crate::config::{ModelSpec, VisionSpec};
 use crate::error::{Error, Result};
 use crate::llm::llama::Logits;
 use crate::llm::{KvCache, Llama};
+use crate::nn::QuantPlan;
 use crate::projector::{Aligner, VisionFeatures};
 use crate::vision::{normalize, sam::Sam, siglip::Siglip};
 use crate::weights::{Checkpoint, Progress};
@@ -41,11 +42,13 @@ pub struct DeepseekVl {
 }
 
 impl DeepseekVl {
-    /// Loads the weights of `spec.dir` in `dtype` on `device`.
+    /// Loads the weights of `spec.dir` in `dtype` on `device`; the LLM's linear layers are
+    /// stored as `quant` says (the vision towers and the aligner are never quantized).
     pub fn load(
         spec: &ModelSpec,
         dtype: DType,
         device: &Device,
+        quant: QuantPlan,
         progress: Option<Progress>,
     ) -> Result<Self> {
         let ckpt = Arc::new(Checkpoint::open(&spec.dir, spec.layout, progress)?);
@@ -65,7 +68,7 @@ impl DeepseekVl {
                 },
             };
             let aligner = Aligner::new(&spec.aligner, vb.pp("aligner"))?;
-            let llm = Llama::new(&spec.llm, vb.pp("language_model"))?;
+            let llm = Llama::new_quantized(&spec.llm, quant, vb.pp("language_model"))?;
             Ok((vision, aligner, llm))
         })();
         let (vision, aligner, llm) = ckpt.finish(built)?;

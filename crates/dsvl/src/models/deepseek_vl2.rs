@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::llm::deepseek_v2::DeepseekV2;
 use crate::llm::llama::Logits;
 use crate::llm::KvCache;
+use crate::nn::QuantPlan;
 use crate::projector::DownsampleProjector;
 use crate::vision::siglip::Siglip;
 use crate::weights::{Checkpoint, Progress};
@@ -37,11 +38,13 @@ pub struct DeepseekVl2 {
 }
 
 impl DeepseekVl2 {
-    /// Loads the weights of `spec.dir` in `dtype` on `device`.
+    /// Loads the weights of `spec.dir` in `dtype` on `device`; the LLM's linear layers are
+    /// stored as `quant` says (the vision tower and the projector are never quantized).
     pub fn load(
         spec: &Vl2Spec,
         dtype: DType,
         device: &Device,
+        quant: QuantPlan,
         progress: Option<Progress>,
     ) -> Result<Self> {
         let ckpt = Arc::new(Checkpoint::open(
@@ -56,7 +59,7 @@ impl DeepseekVl2 {
             let projector = DownsampleProjector::new(&spec.projector, vb.pp("projector"))?;
             let image_newline = vb.get(d, "image_newline")?;
             let view_separator = vb.get(d, "view_seperator")?;
-            let llm = DeepseekV2::new(&spec.llm, vb.pp("language"))?;
+            let llm = DeepseekV2::new_quantized(&spec.llm, quant, vb.pp("language"))?;
             Ok((vision, projector, image_newline, view_separator, llm))
         })();
         let (vision, projector, image_newline, view_separator, llm) = ckpt.finish(built)?;

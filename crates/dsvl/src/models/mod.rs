@@ -12,27 +12,49 @@ pub use deepseek_vl2::{DeepseekVl2, Vl2VisionStages};
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::llm::KvCache;
+use crate::nn::{QuantPlan, QuantReport};
 use crate::weights::Progress;
 
 /// A loaded model of either family; the engine talks to it through this type only.
 pub enum Model {
-    V1(DeepseekVl),
+    V1(Box<DeepseekVl>),
     V2(Box<DeepseekVl2>),
 }
 
 impl Model {
+    /// Loads either family; `quant` says how the LLM's linear layers are stored.
     pub fn load(
         config: &ModelConfig,
         dtype: DType,
         device: &Device,
+        quant: QuantPlan,
         progress: Option<Progress>,
     ) -> Result<Self> {
         Ok(match config {
-            ModelConfig::V1(s) => Model::V1(DeepseekVl::load(s, dtype, device, progress)?),
-            ModelConfig::V2(s) => {
-                Model::V2(Box::new(DeepseekVl2::load(s, dtype, device, progress)?))
+            ModelConfig::V1(s) => {
+                Model::V1(Box::new(DeepseekVl::load(s, dtype, device, quant, progress)?))
             }
+            ModelConfig::V2(s) => Model::V2(Box::new(DeepseekVl2::load(
+                s, dtype, device, quant, progress,
+            )?)),
         })
+    }
+
+    /// How the language model's linear layers are stored.
+    pub fn quant_report(&self) -> QuantReport {
+        match self {
+            Model::V1(m) => m.llm().quant_report(),
+            Model::V2(m) => m.llm().quant_report(),
+        }
+    }
+
+    /// Bytes of language-model weights one decode step reads (as stored: quantized layers
+    /// count their GGML blocks; MoE layers count the router, the shared and `top_k` experts).
+    pub fn decode_weight_bytes(&self) -> u64 {
+        match self {
+            Model::V1(m) => m.llm().decode_weight_bytes(),
+            Model::V2(m) => m.llm().decode_weight_bytes(),
+        }
     }
 
     pub fn v1(&self) -> Option<&DeepseekVl> {

@@ -1,23 +1,76 @@
 //! Building blocks shared by the vision towers, the aligner and the language model.
 
+pub mod quant;
+
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::config::Activation;
 
 pub use candle_nn::LayerNorm;
+pub use quant::{linear_from_weight_quant, LinearStorage, Quant, QuantPlan, QuantReport};
 
 /// `nn.Linear(in, out, bias)`: weight `[out, in]`, `y = x·Wᵀ + b` over the last dim of any rank.
 /// Inputs are flattened to 2-D so every call is one GEMM.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Linear {
-    weight_t: Tensor,
+    weight: LinearWeight,
     bias: Option<Tensor>,
+}
+
+#[derive(Clone)]
+enum LinearWeight {
+    /// `[in, out]`: the weight pre-transposed so the forward is a plain matmul.
+    Float(Tensor),
+    /// GGML blocks of `[out, in]`, blocks along `in` ([`quant`]).
+    Quant { w: Arc<QTensor>, quant: Quant },
+}
+
+impl std::fmt::Debug for Linear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Linear")
+            .field("in", &self.in_dim())
+            .field("out", &self.out_dim())
+            .field("storage", &self.storage())
+            .field("bias", &self.bias.is_some())
+            .finish()
+    }
 }
 
 impl Linear {
     pub fn out_dim(&self) -> usize {
-        self.weight_t.dim(1).unwrap_or(0)
+        match &self.weight {
+            LinearWeight::Float(weight_t) => weight_t.dim(1).unwrap_or(0),
+            LinearWeight::Quant { w, .. } => w.shape().dims().first().copied().unwrap_or(0),
+        }
+    }
+
+    pub fn in_dim(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Float(weight_t) => weight_t.dim(0).unwrap_or(0),
+            LinearWeight::Quant { w, .. } => w.shape().dims().get(1).copied().unwrap_or(0),
+        }
+    }
+
+    /// What the weight is stored as.
+    pub fn storage(&self) -> LinearStorage {
+        match &self.weight {
+            LinearWeight::Float(weight_t) => LinearStorage::Float(weight_t.dtype()),
+            LinearWeight::Quant { quant, .. } => LinearStorage::Quant(*quant),
+        }
+    }
+
+    /// Bytes of the weight as stored (the bias excluded).
+    pub fn weight_bytes(&self) -> u64 {
+        match &self.weight {
+            LinearWeight::Float(weight_t) => {
+                (weight_t.elem_count() * weight_t.dtype().size_in_bytes()) as u64
+            }
+            LinearWeight::Quant { w, .. } => w.storage_size_in_bytes() as u64,
+        }
     }
 }
 
@@ -29,7 +82,7 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
         None
     };
     Ok(Linear {
-        weight_t: transpose_2d(&weight)?,
+        weight: LinearWeight::Float(transpose_2d(&weight)?),
         bias,
     })
 }
@@ -38,7 +91,7 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
 /// concatenated along `out` to run as one GEMM (DeepSeek-V2's fused gate/up, v2 §8.4).
 pub fn linear_from_weight(weight: &Tensor) -> Result<Linear> {
     Ok(Linear {
-        weight_t: transpose_2d(weight)?,
+        weight: LinearWeight::Float(transpose_2d(weight)?),
         bias: None,
     })
 }
@@ -86,9 +139,15 @@ mod tests {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
-        let (in_dim, out_dim) = self.weight_t.dims2()?;
+        let (in_dim, out_dim) = (self.in_dim(), self.out_dim());
         let rows = x.elem_count() / in_dim.max(1);
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
+        let x2 = x.reshape((rows, in_dim))?;
+        let y = match &self.weight {
+            LinearWeight::Float(weight_t) => x2.matmul(weight_t)?,
+            // candle's quantized matmul reads the rows in place: they must be contiguous
+            // (a reshape of a strided input already copied them).
+            LinearWeight::Quant { w, .. } => x2.contiguous()?.apply_op1_no_bwd(w.as_ref())?,
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,

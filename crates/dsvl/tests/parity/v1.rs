@@ -176,6 +176,7 @@ fn check_f32(model: &str, case_name: &str) -> anyhow::Result<()> {
         ignore_eos: false,
         logprobs: Some(5),
         skip_special_tokens: None,
+        prefill_chunk: None,
     };
     let mut steps = Vec::new();
     let out = p.generate(&prepared, &params, |ev| {

@@ -202,6 +202,7 @@ fn check_case(name: &str) -> anyhow::Result<()> {
         ignore_eos: true,
         logprobs: Some(5),
         skip_special_tokens: None,
+        prefill_chunk: None,
     };
     let mut steps = Vec::new();
     let outcome = p.generate(&prepared, &params, |ev| {
@@ -305,5 +306,116 @@ fn vl2_greedy_without_cache_matches() -> anyhow::Result<()> {
             ids.push(best);
         }
     }
+    Ok(())
+}
+
+/// bf16 compute (weights stored as bf16 in the fixtures, as published) against the f32 reference.
+/// There is no official bf16 run of these fixtures, so this bounds bf16 drift rather than proving
+/// bf16 parity: the first token's top-5 log-probabilities stay within `ANY_TOL` everywhere and
+/// within `TYPICAL_TOL` for most cases (a near-tie in MoE routing can flip an expert under bf16
+/// and move a case further: measured worst 0.65 on `base_text_grounding_answer`, most cases
+/// under 0.1), and the greedy choice is the reference's wherever its top-1/top-2 gap exceeds 1.
+#[test]
+fn vl2_bf16_stays_close_to_the_f32_reference() -> anyhow::Result<()> {
+    const ANY_TOL: f32 = 0.75;
+    const TYPICAL_TOL: f32 = 0.2;
+    let names = case_names()?;
+    let mut per_case = Vec::new();
+    for name in &names {
+        let (case, reference) = load(name)?;
+        let p = load_vl2_model(&case.model, DType::BF16)?;
+        let prepared = p.prepare(None, &messages(&case)?, case.max_new_tokens)?;
+        let images = p.image_embeddings(&prepared, None)?;
+        let model = p.model();
+        let e = model.input_embeddings(&prepared.ids, p.tokenizer().image_id(), &images)?;
+        let logits = model
+            .forward_embeds(&e, &mut model.new_cache())?
+            .to_vec1::<f32>()?;
+        let lp = log_softmax(&logits);
+        let step = &reference.steps[0];
+        let worst = step
+            .top5
+            .iter()
+            .map(|&(id, want)| (lp[id as usize] - want).abs())
+            .fold(0f32, f32::max);
+        anyhow::ensure!(
+            worst.is_finite() && worst <= ANY_TOL,
+            "{name}: bf16 top-5 logprobs deviate by {worst} from the f32 reference"
+        );
+        let gap = step.top5[0].1 - step.top5[1].1;
+        let best = lp
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (j, &v)| if v > b.1 { (j, v) } else { b },
+            )
+            .0 as u32;
+        if gap > 1.0 {
+            anyhow::ensure!(
+                best == step.token,
+                "{name}: bf16 picks {best}, reference {}",
+                step.token
+            );
+        }
+        per_case.push((worst, name.clone()));
+    }
+    per_case.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let typical = per_case.iter().filter(|(w, _)| *w <= TYPICAL_TOL).count();
+    eprintln!("bf16 vs f32 reference, worst top-5 logprob deviation per case: {per_case:?}");
+    anyhow::ensure!(
+        typical * 4 >= per_case.len() * 3,
+        "only {typical} of {} cases within {TYPICAL_TOL}: {per_case:?}",
+        per_case.len()
+    );
+    Ok(())
+}
+
+/// Chunked prefill (`--prefill-chunk`) gives the one-pass logits up to float rounding and the same
+/// greedy answer, for a tiled two-image VL2 prompt of each attention kind.
+#[test]
+fn vl2_chunked_prefill_matches_one_pass() -> anyhow::Result<()> {
+    let mut checked = 0;
+    for name in case_names()? {
+        let (case, reference) = load(&name)?;
+        if reference.input_ids.len() < 1000 {
+            continue;
+        }
+        let p = load_vl2_model(&case.model, DType::F32)?;
+        let prepared = p.prepare(None, &messages(&case)?, case.max_new_tokens)?;
+        let images = p.image_embeddings(&prepared, None)?;
+        let model = p.model();
+        let e = model.input_embeddings(&prepared.ids, p.tokenizer().image_id(), &images)?;
+        let one = p.prefill(&e, &mut model.new_cache(), 0)?;
+        let mut cache = model.new_cache();
+        let chunked = p.prefill(&e, &mut cache, 300)?;
+        anyhow::ensure!(
+            cache.len() == prepared.ids.len(),
+            "{name}: cache holds {}",
+            cache.len()
+        );
+        assert_close(
+            &format!("{name}: chunked prefill logits"),
+            &chunked,
+            &one,
+            F32_STAGE,
+        )?;
+        let params = GenerateParams {
+            sampling: SamplingParams {
+                max_new_tokens: case.max_new_tokens,
+                ..Default::default()
+            },
+            ignore_eos: true,
+            prefill_chunk: Some(300),
+            ..Default::default()
+        };
+        let out = p.generate(&prepared, &params, |_| ControlFlow::Continue(()))?;
+        anyhow::ensure!(
+            out.ids == reference.generated_ids,
+            "{name}: chunked greedy ids differ"
+        );
+        checked += 1;
+    }
+    anyhow::ensure!(checked >= 3, "only {checked} long cases");
     Ok(())
 }

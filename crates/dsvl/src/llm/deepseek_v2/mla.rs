@@ -25,9 +25,10 @@ use candle_nn::rotary_emb::rope_i;
 use candle_nn::VarBuilder;
 
 use super::config::{AttentionKind, DeepseekV2Spec};
+use crate::llm::llama::qlinear;
 use crate::llm::llama::StepCtx;
 use crate::llm::KvCache;
-use crate::nn::{linear, Linear, RmsNorm};
+use crate::nn::{Linear, Quant, RmsNorm};
 
 /// Which MLA form to compute (see the module docs). `Auto` picks the cheaper one per call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +68,9 @@ pub(super) struct Mla {
 }
 
 impl Mla {
-    pub(super) fn new(spec: &DeepseekV2Spec, vb: VarBuilder) -> Result<Self> {
+    /// `quant`: the format of `q_proj`, `kv_a_proj_with_mqa` and `o_proj`; `kv_b_proj` is
+    /// always kept in the compute dtype (the absorbed form multiplies its per-head halves).
+    pub(super) fn new(spec: &DeepseekV2Spec, quant: Option<Quant>, vb: VarBuilder) -> Result<Self> {
         let AttentionKind::Mla {
             kv_lora_rank: dc,
             qk_nope_head_dim: dn,
@@ -84,11 +87,11 @@ impl Mla {
             .get((h * (dn + dv), dc), "weight")?
             .reshape((h, dn + dv, dc))?;
         Ok(Self {
-            q_proj: linear(d, h * (dn + dr), false, vb.pp("q_proj"))?,
-            kv_a_proj_with_mqa: linear(d, dc + dr, false, vb.pp("kv_a_proj_with_mqa"))?,
+            q_proj: qlinear(d, h * (dn + dr), quant, vb.pp("q_proj"))?,
+            kv_a_proj_with_mqa: qlinear(d, dc + dr, quant, vb.pp("kv_a_proj_with_mqa"))?,
             kv_a_layernorm: RmsNorm::new(dc, KV_A_LAYERNORM_EPS, vb.pp("kv_a_layernorm"))?,
             kv_b,
-            o_proj: linear(h * dv, d, false, vb.pp("o_proj"))?,
+            o_proj: qlinear(h * dv, d, quant, vb.pp("o_proj"))?,
             heads: h,
             nope: dn,
             rope: dr,
@@ -97,6 +100,18 @@ impl Mla {
             scale: ((dn + dr) as f64).powf(-0.5),
             score_budget: SCORE_BUDGET,
         })
+    }
+
+    /// The three plain linears (`kv_b_proj` is not one of them).
+    pub(super) fn linears(&self) -> [&Linear; 3] {
+        [&self.q_proj, &self.kv_a_proj_with_mqa, &self.o_proj]
+    }
+
+    /// Weight bytes one decode step reads: the linears, `kv_b_proj`, `kv_a_layernorm`.
+    pub(super) fn decode_weight_bytes(&self) -> u64 {
+        let elt = self.kv_b.dtype().size_in_bytes() as u64;
+        let linears: u64 = self.linears().iter().map(|l| l.weight_bytes()).sum();
+        linears + (self.kv_b.elem_count() + self.kv_lora) as u64 * elt
     }
 
     /// Whether the expanded form costs fewer multiply-adds for `t` queries over `big_t` keys.
@@ -266,7 +281,7 @@ mod tests {
     }
 
     fn mla_from(m: HashMap<String, Tensor>, dev: &Device) -> Result<Mla> {
-        Mla::new(&spec(), VarBuilder::from_tensors(m, DType::F32, dev))
+        Mla::new(&spec(), None, VarBuilder::from_tensors(m, DType::F32, dev))
     }
 
     fn weights(dev: &Device) -> Result<HashMap<String, Tensor>> {

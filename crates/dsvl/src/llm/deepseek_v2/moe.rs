@@ -12,7 +12,8 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{MoeSpec, ScoringFunc, TopkMethod};
-use crate::nn::{linear, linear_from_weight, Linear};
+use crate::llm::llama::qlinear;
+use crate::nn::{linear_from_weight_quant, Linear, Quant};
 
 /// `DeepseekV2MLP`: `down(silu(gate(x)) · up(x))`, no biases. `gate_proj` and `up_proj` are
 /// fused into one `[D, 2F]` GEMM at load time (same dot products, one pass over `x`).
@@ -23,15 +24,30 @@ pub(super) struct GluMlp {
 }
 
 impl GluMlp {
-    /// Loads `{gate,up,down}_proj.weight` under `vb` for hidden `d` and width `inter`.
-    pub(super) fn new(d: usize, inter: usize, vb: VarBuilder) -> Result<Self> {
+    /// Loads `{gate,up,down}_proj.weight` under `vb` for hidden `d` and width `inter`, stored
+    /// as `quant` (rows are quantized independently, so fusing gate and up changes nothing).
+    pub(super) fn new(
+        d: usize,
+        inter: usize,
+        quant: Option<Quant>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let gate = vb.pp("gate_proj").get((inter, d), "weight")?;
         let up = vb.pp("up_proj").get((inter, d), "weight")?;
         Ok(Self {
-            gate_up: linear_from_weight(&Tensor::cat(&[&gate, &up], 0)?)?,
-            down_proj: linear(inter, d, false, vb.pp("down_proj"))?,
+            gate_up: linear_from_weight_quant(&Tensor::cat(&[&gate, &up], 0)?, quant)?,
+            down_proj: qlinear(inter, d, quant, vb.pp("down_proj"))?,
             inter,
         })
+    }
+
+    /// The fused gate/up projection and `down_proj`.
+    pub(super) fn linears(&self) -> [&Linear; 2] {
+        [&self.gate_up, &self.down_proj]
+    }
+
+    pub(super) fn weight_bytes(&self) -> u64 {
+        self.gate_up.weight_bytes() + self.down_proj.weight_bytes()
     }
 }
 
@@ -208,19 +224,45 @@ pub(super) struct Moe {
 }
 
 impl Moe {
-    pub(super) fn new(d: usize, spec: &MoeSpec, vb: VarBuilder) -> Result<Self> {
+    /// `quant`: the format of the routed and shared experts; the router stays f32.
+    pub(super) fn new(
+        d: usize,
+        spec: &MoeSpec,
+        quant: Option<Quant>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let f = spec.moe_intermediate_size;
         let experts = (0..spec.n_routed_experts)
-            .map(|j| GluMlp::new(d, f, vb.pp("experts").pp(j)))
+            .map(|j| GluMlp::new(d, f, quant, vb.pp("experts").pp(j)))
             .collect::<Result<Vec<_>>>()?;
         let shared_experts = (spec.n_shared_experts > 0)
-            .then(|| GluMlp::new(d, f * spec.n_shared_experts, vb.pp("shared_experts")))
+            .then(|| GluMlp::new(d, f * spec.n_shared_experts, quant, vb.pp("shared_experts")))
             .transpose()?;
         Ok(Self {
             gate: Gate::new(d, spec, vb.pp("gate"))?,
             experts,
             shared_experts,
         })
+    }
+
+    /// Every expert linear: the routed experts in order, then the shared experts.
+    pub(super) fn linears(&self) -> impl Iterator<Item = &Linear> {
+        self.experts
+            .iter()
+            .chain(&self.shared_experts)
+            .flat_map(|e| e.linears())
+    }
+
+    /// Weight bytes one token reads: the router (f32, with its correction bias), the shared
+    /// experts and `top_k` routed experts (all routed experts are stored alike).
+    pub(super) fn decode_weight_bytes(&self) -> u64 {
+        let router = (self.gate.weight_t.elem_count() + self.gate.bias.as_ref().map_or(0, Vec::len))
+            as u64
+            * 4;
+        let shared = self.shared_experts.as_ref().map_or(0, GluMlp::weight_bytes);
+        let routed = self.experts.first().map_or(0, GluMlp::weight_bytes)
+            * self.gate.spec.num_experts_per_tok as u64;
+        router + shared + routed
     }
 
     /// `[B, T, D] -> [B, T, D]`; also returns the routing of the `B·T` tokens.
@@ -379,7 +421,7 @@ mod tests {
             let u = x.matmul(&m["up_proj.weight"].t()?)?;
             (candle_nn::ops::silu(&g)? * u)?.matmul(&m["down_proj.weight"].t()?)?
         };
-        let mlp = GluMlp::new(d, f, VarBuilder::from_tensors(m, DType::F32, &dev))?;
+        let mlp = GluMlp::new(d, f, None, VarBuilder::from_tensors(m, DType::F32, &dev))?;
         let got = mlp.forward(&x)?;
         // Same dot products, possibly summed in another order: relative f32 rounding only.
         let diff = (&got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;

@@ -31,9 +31,9 @@ impl Model {
         progress: Option<Progress>,
     ) -> Result<Self> {
         Ok(match config {
-            ModelConfig::V1(s) => {
-                Model::V1(Box::new(DeepseekVl::load(s, dtype, device, quant, progress)?))
-            }
+            ModelConfig::V1(s) => Model::V1(Box::new(DeepseekVl::load(
+                s, dtype, device, quant, progress,
+            )?)),
             ModelConfig::V2(s) => Model::V2(Box::new(DeepseekVl2::load(
                 s, dtype, device, quant, progress,
             )?)),

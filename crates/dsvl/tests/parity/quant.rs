@@ -639,6 +639,7 @@ fn quant_fixtures_fall_back_to_float_bit_for_bit() -> anyhow::Result<()> {
                 ignore_eos: true,
                 logprobs: Some(3),
                 skip_special_tokens: None,
+                prefill_chunk: None,
             };
             // ids and top-3 logprobs of every step, as exact bit patterns
             let mut steps = Vec::new();

@@ -114,6 +114,8 @@ async fn load_in_background(
     let loaded = tokio::task::spawn_blocking(move || {
         let opts = LoadOptions {
             dtype: cfg.dtype,
+            quant: cfg.quant,
+            quant_lm_head: cfg.quant_lm_head,
             max_image_pixels: cfg.max_image_pixels,
             ..Default::default()
         };

@@ -20,6 +20,10 @@ pub struct ServerConfig {
     pub model_dir: PathBuf,
     /// Compute dtype of the loaded model.
     pub dtype: DType,
+    /// Quantize the language model's linear layers at load time (`--quant`).
+    pub quant: Option<dsvl::nn::Quant>,
+    /// With `quant`, quantize lm_head too.
+    pub quant_lm_head: bool,
     /// When set, every route but `/health` and `/ready` needs `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
     /// Requests waiting for the engine before new ones get 429.
@@ -57,6 +61,8 @@ impl Default for ServerConfig {
             port: 8080,
             model_dir: PathBuf::new(),
             dtype: DType::F32,
+            quant: None,
+            quant_lm_head: false,
             api_key: None,
             max_queue: 64,
             max_body_bytes: 32 << 20,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use dsvl_server::ServerConfig;
 
-use crate::args::DtypeArg;
+use crate::args::{DtypeArg, QuantArg};
 use crate::model_path::resolve_model;
 
 #[derive(Args, Debug)]
@@ -30,6 +30,12 @@ pub struct ServeArgs {
     /// CPU threads for tensor maths (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Quantize the language model's linear layers at load time (as for `dsvl run`).
+    #[arg(long, value_enum)]
+    pub quant: Option<QuantArg>,
+    /// With --quant, quantize lm_head too.
+    #[arg(long, requires = "quant")]
+    pub quant_lm_head: bool,
     /// Require `Authorization: Bearer KEY` on every route except /health and /ready.
     #[arg(long, env = "DSVL_API_KEY")]
     pub api_key: Option<String>,
@@ -83,6 +89,8 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         port: a.port,
         model_dir,
         dtype: a.dtype.dtype(),
+        quant: a.quant.map(|q| q.quant()),
+        quant_lm_head: a.quant_lm_head,
         api_key: a.api_key,
         max_queue: a.max_queue,
         max_body_bytes: a.max_body_bytes,

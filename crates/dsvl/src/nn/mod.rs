@@ -1,16 +1,19 @@
 //! Building blocks shared by the vision towers, the aligner and the language model.
 
 pub mod quant;
+pub mod rowmat;
 
 use std::sync::Arc;
 
 use candle_core::quantized::QTensor;
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{CpuStorage, DType, Module, Result, Storage, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::config::Activation;
 
 pub use candle_nn::LayerNorm;
+use rowmat::WeightRows;
+
 pub use quant::{linear_from_weight_quant, LinearStorage, Quant, QuantPlan, QuantReport};
 
 /// `nn.Linear(in, out, bias)`: weight `[out, in]`, `y = x·Wᵀ + b` over the last dim of any rank.
@@ -23,7 +26,9 @@ pub struct Linear {
 
 #[derive(Clone)]
 enum LinearWeight {
-    /// `[in, out]`: the weight pre-transposed so the forward is a plain matmul.
+    /// `[out, in]`, the checkpoint layout, contiguous: a few rows go through [`rowmat`] (one
+    /// pass over the weight, batch-invariant), many rows through candle's GEMM on the
+    /// transposed view.
     Float(Tensor),
     /// GGML blocks of `[out, in]`, blocks along `in` ([`quant`]).
     Quant { w: Arc<QTensor>, quant: Quant },
@@ -43,14 +48,14 @@ impl std::fmt::Debug for Linear {
 impl Linear {
     pub fn out_dim(&self) -> usize {
         match &self.weight {
-            LinearWeight::Float(weight_t) => weight_t.dim(1).unwrap_or(0),
+            LinearWeight::Float(w) => w.dim(0).unwrap_or(0),
             LinearWeight::Quant { w, .. } => w.shape().dims().first().copied().unwrap_or(0),
         }
     }
 
     pub fn in_dim(&self) -> usize {
         match &self.weight {
-            LinearWeight::Float(weight_t) => weight_t.dim(0).unwrap_or(0),
+            LinearWeight::Float(w) => w.dim(1).unwrap_or(0),
             LinearWeight::Quant { w, .. } => w.shape().dims().get(1).copied().unwrap_or(0),
         }
     }
@@ -58,7 +63,7 @@ impl Linear {
     /// What the weight is stored as.
     pub fn storage(&self) -> LinearStorage {
         match &self.weight {
-            LinearWeight::Float(weight_t) => LinearStorage::Float(weight_t.dtype()),
+            LinearWeight::Float(w) => LinearStorage::Float(w.dtype()),
             LinearWeight::Quant { quant, .. } => LinearStorage::Quant(*quant),
         }
     }
@@ -66,9 +71,7 @@ impl Linear {
     /// Bytes of the weight as stored (the bias excluded).
     pub fn weight_bytes(&self) -> u64 {
         match &self.weight {
-            LinearWeight::Float(weight_t) => {
-                (weight_t.elem_count() * weight_t.dtype().size_in_bytes()) as u64
-            }
+            LinearWeight::Float(w) => (w.elem_count() * w.dtype().size_in_bytes()) as u64,
             LinearWeight::Quant { w, .. } => w.storage_size_in_bytes() as u64,
         }
     }
@@ -82,7 +85,7 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
         None
     };
     Ok(Linear {
-        weight: LinearWeight::Float(transpose_2d(&weight)?),
+        weight: LinearWeight::Float(weight.contiguous()?),
         bias,
     })
 }
@@ -91,49 +94,9 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
 /// concatenated along `out` to run as one GEMM (DeepSeek-V2's fused gate/up, v2 §8.4).
 pub fn linear_from_weight(weight: &Tensor) -> Result<Linear> {
     Ok(Linear {
-        weight: LinearWeight::Float(transpose_2d(weight)?),
+        weight: LinearWeight::Float(weight.contiguous()?),
         bias: None,
     })
-}
-
-/// `[r, c] -> [c, r]` contiguous. candle's strided copy walks the source element by element
-/// (about 20 s for the 1.3B model's linears); a blocked transpose is an order of magnitude faster.
-fn transpose_2d(w: &Tensor) -> Result<Tensor> {
-    let (r, c) = w.dims2()?;
-    let (dtype, dev) = (w.dtype(), w.device().clone());
-    if dtype != DType::F32 || !dev.is_cpu() {
-        return w.t()?.contiguous();
-    }
-    let src = w.flatten_all()?.to_vec1::<f32>()?;
-    let mut dst = vec![0f32; r * c];
-    const B: usize = 32;
-    for i0 in (0..r).step_by(B) {
-        for j0 in (0..c).step_by(B) {
-            for i in i0..(i0 + B).min(r) {
-                let row = &src[i * c..(i + 1) * c];
-                for j in j0..(j0 + B).min(c) {
-                    dst[j * r + i] = row[j];
-                }
-            }
-        }
-    }
-    Tensor::from_vec(dst, (c, r), &dev)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn blocked_transpose_matches_candle() -> Result<()> {
-        let w =
-            Tensor::arange(0f32, (70 * 45) as f32, &candle_core::Device::Cpu)?.reshape((70, 45))?;
-        let got = transpose_2d(&w)?;
-        let want = w.t()?.contiguous()?;
-        assert_eq!(got.dims(), &[45, 70]);
-        assert_eq!(got.to_vec2::<f32>()?, want.to_vec2::<f32>()?);
-        Ok(())
-    }
 }
 
 impl Module for Linear {
@@ -143,7 +106,10 @@ impl Module for Linear {
         let rows = x.elem_count() / in_dim.max(1);
         let x2 = x.reshape((rows, in_dim))?;
         let y = match &self.weight {
-            LinearWeight::Float(weight_t) => x2.matmul(weight_t)?,
+            LinearWeight::Float(w) => match few_rows(&x2, w)? {
+                Some(y) => y,
+                None => x2.matmul(&w.t()?)?,
+            },
             // candle's quantized matmul reads the rows in place: they must be contiguous
             // (a reshape of a strided input already copied them).
             LinearWeight::Quant { w, .. } => x2.contiguous()?.apply_op1_no_bwd(w.as_ref())?,
@@ -158,6 +124,40 @@ impl Module for Linear {
         }
         y.reshape(out)
     }
+}
+
+/// `x·wᵀ` by [`rowmat`] when `x` has at most [`rowmat::MAX_ROWS`] rows and both live on the
+/// CPU as f32 or bf16; `None` otherwise. A bf16 input is widened first and the result narrowed,
+/// as candle's bf16 matmul does.
+fn few_rows(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    let (rows, k) = x.dims2()?;
+    let n = w.dim(0)?;
+    let dtype = x.dtype();
+    if rows > rowmat::MAX_ROWS
+        || !x.device().is_cpu()
+        || dtype != w.dtype()
+        || !matches!(dtype, DType::F32 | DType::BF16)
+    {
+        return Ok(None);
+    }
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let (storage, layout) = w.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Ok(None);
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        return Ok(None);
+    };
+    let y = match cpu {
+        CpuStorage::F32(v) => rowmat::matmul_rows(&xs, rows, k, WeightRows::F32(&v[start..end]), n),
+        CpuStorage::BF16(v) => {
+            rowmat::matmul_rows(&xs, rows, k, WeightRows::Bf16(&v[start..end]), n)
+        }
+        _ => return Ok(None),
+    };
+    Tensor::from_vec(y, (rows, n), x.device())?
+        .to_dtype(dtype)
+        .map(Some)
 }
 
 /// `nn.LayerNorm(dim, eps)` with affine weight and bias, computed in f32.

@@ -13,7 +13,7 @@ use candle_nn::VarBuilder;
 
 use super::config::{MoeSpec, ScoringFunc, TopkMethod};
 use crate::llm::llama::qlinear;
-use crate::nn::{linear_from_weight_quant, Linear, Quant};
+use crate::nn::{linear_from_weight, linear_from_weight_quant, Linear, Quant};
 
 /// `DeepseekV2MLP`: `down(silu(gate(x)) · up(x))`, no biases. `gate_proj` and `up_proj` are
 /// fused into one `[D, 2F]` GEMM at load time (same dot products, one pass over `x`).
@@ -74,8 +74,8 @@ pub struct Routing {
 
 /// `MoEGate` (inference branch) on host-side f32 logits.
 pub(super) struct Gate {
-    /// `gate.weight` transposed, f32 `[D, E]`: ref `F.linear(h.float(), weight.float())`.
-    weight_t: Tensor,
+    /// `gate.weight` as f32 `[E, D]`: ref `F.linear(h.float(), weight.float())`.
+    weight: Linear,
     /// `e_score_correction_bias` (noaux_tc only), as f32.
     bias: Option<Vec<f32>>,
     spec: MoeSpec,
@@ -86,11 +86,7 @@ impl Gate {
         let e = spec.n_routed_experts;
         // Loaded in the model dtype then widened, as the reference's `.type(torch.float32)` of a
         // bf16 parameter does (a stored-F32 bias is rounded the same way).
-        let weight_t = vb
-            .get((e, d), "weight")?
-            .to_dtype(DType::F32)?
-            .t()?
-            .contiguous()?;
+        let weight = linear_from_weight(&vb.get((e, d), "weight")?.to_dtype(DType::F32)?)?;
         let bias = match spec.topk_method {
             TopkMethod::NoauxTc => Some(
                 vb.get(e, "e_score_correction_bias")?
@@ -100,7 +96,7 @@ impl Gate {
             TopkMethod::Greedy | TopkMethod::GroupLimitedGreedy => None,
         };
         Ok(Self {
-            weight_t,
+            weight,
             bias,
             spec: spec.clone(),
         })
@@ -256,9 +252,8 @@ impl Moe {
     /// Weight bytes one token reads: the router (f32, with its correction bias), the shared
     /// experts and `top_k` routed experts (all routed experts are stored alike).
     pub(super) fn decode_weight_bytes(&self) -> u64 {
-        let router = (self.gate.weight_t.elem_count() + self.gate.bias.as_ref().map_or(0, Vec::len))
-            as u64
-            * 4;
+        let router = self.gate.weight.weight_bytes()
+            + self.gate.bias.as_ref().map_or(0, Vec::len) as u64 * 4;
         let shared = self.shared_experts.as_ref().map_or(0, GluMlp::weight_bytes);
         let routed = self.experts.first().map_or(0, GluMlp::weight_bytes)
             * self.gate.spec.num_experts_per_tok as u64;
@@ -272,7 +267,7 @@ impl Moe {
         let dev = x.device();
         let xs = x.reshape((n, d))?;
         // ref: logits = F.linear(h.float(), gate.weight.float())  — the one host read per layer.
-        let logits = xs.to_dtype(DType::F32)?.matmul(&self.gate.weight_t)?;
+        let logits = self.gate.weight.forward(&xs.to_dtype(DType::F32)?)?;
         let routing = self.gate.route(&logits.flatten_all()?.to_vec1::<f32>()?);
         let k = routing.top_k;
 

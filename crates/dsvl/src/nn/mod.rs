@@ -2,9 +2,6 @@
 
 pub mod quant;
 
-use std::sync::Arc;
-
-use candle_core::quantized::QTensor;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -26,7 +23,7 @@ enum LinearWeight {
     /// `[in, out]`: the weight pre-transposed so the forward is a plain matmul.
     Float(Tensor),
     /// GGML blocks of `[out, in]`, blocks along `in` ([`quant`]).
-    Quant { w: Arc<QTensor>, quant: Quant },
+    Quant(quant::QuantWeight),
 }
 
 impl std::fmt::Debug for Linear {
@@ -44,14 +41,14 @@ impl Linear {
     pub fn out_dim(&self) -> usize {
         match &self.weight {
             LinearWeight::Float(weight_t) => weight_t.dim(1).unwrap_or(0),
-            LinearWeight::Quant { w, .. } => w.shape().dims().first().copied().unwrap_or(0),
+            LinearWeight::Quant(q) => q.dims().0,
         }
     }
 
     pub fn in_dim(&self) -> usize {
         match &self.weight {
             LinearWeight::Float(weight_t) => weight_t.dim(0).unwrap_or(0),
-            LinearWeight::Quant { w, .. } => w.shape().dims().get(1).copied().unwrap_or(0),
+            LinearWeight::Quant(q) => q.dims().1,
         }
     }
 
@@ -59,7 +56,7 @@ impl Linear {
     pub fn storage(&self) -> LinearStorage {
         match &self.weight {
             LinearWeight::Float(weight_t) => LinearStorage::Float(weight_t.dtype()),
-            LinearWeight::Quant { quant, .. } => LinearStorage::Quant(*quant),
+            LinearWeight::Quant(q) => LinearStorage::Quant(q.quant()),
         }
     }
 
@@ -69,7 +66,7 @@ impl Linear {
             LinearWeight::Float(weight_t) => {
                 (weight_t.elem_count() * weight_t.dtype().size_in_bytes()) as u64
             }
-            LinearWeight::Quant { w, .. } => w.storage_size_in_bytes() as u64,
+            LinearWeight::Quant(q) => q.bytes(),
         }
     }
 }
@@ -144,9 +141,7 @@ impl Module for Linear {
         let x2 = x.reshape((rows, in_dim))?;
         let y = match &self.weight {
             LinearWeight::Float(weight_t) => x2.matmul(weight_t)?,
-            // candle's quantized matmul reads the rows in place: they must be contiguous
-            // (a reshape of a strided input already copied them).
-            LinearWeight::Quant { w, .. } => x2.contiguous()?.apply_op1_no_bwd(w.as_ref())?,
+            LinearWeight::Quant(q) => q.matmul_t(&x2)?,
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,

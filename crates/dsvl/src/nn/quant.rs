@@ -14,13 +14,10 @@
 //! experts' `down_proj` would otherwise stay in float), else the compute dtype. [`QuantReport`]
 //! counts what each layer became.
 
-mod q4k;
-
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
-use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::{linear_from_weight, Linear, LinearWeight};
@@ -248,7 +245,7 @@ fn dequantize_q8_0(data: &[u8]) -> Vec<f32> {
 /// `weight` `[out, in]` (any float dtype, `in` a multiple of `q.block_size()`) → GGML blocks,
 /// row-major like the source. The blocks are independent, so the rows are split over
 /// candle's CPU threads (`RAYON_NUM_THREADS`, i.e. `--threads`); the result is the same as
-/// `QTensor::quantize` on the whole tensor (`q4_k` through [`q4k`], byte-identical and faster).
+/// `QTensor::quantize` on the whole tensor.
 fn quantize(weight: &Tensor, q: Quant) -> Result<QTensor> {
     let (out_dim, in_dim) = weight.dims2()?;
     if !weight.device().is_cpu() {
@@ -258,24 +255,11 @@ fn quantize(weight: &Tensor, q: Quant) -> Result<QTensor> {
         .to_dtype(DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?;
-    let storage = match q {
-        Quant::Q8_0 => QStorage::Cpu(Box::new(quantize_blocks::<BlockQ8_0>(&values))),
-        Quant::Q4K => {
-            let bytes = quantize_q4k_bytes(&values);
-            // `from_data` reinterprets the bytes as `BlockQ4K` (alignment 2) and asserts the
-            // alignment; the allocator gives more, but check rather than trust it.
-            if bytes
-                .as_ptr()
-                .align_offset(std::mem::align_of::<BlockQ4K>())
-                == 0
-            {
-                QStorage::from_data(Cow::Borrowed(&bytes), &Device::Cpu, GgmlDType::Q4K)?
-            } else {
-                QStorage::Cpu(Box::new(quantize_blocks::<BlockQ4K>(&values)))
-            }
-        }
+    let storage: Box<dyn candle_core::quantized::QuantizedType> = match q {
+        Quant::Q8_0 => Box::new(quantize_blocks::<BlockQ8_0>(&values)),
+        Quant::Q4K => Box::new(quantize_blocks::<BlockQ4K>(&values)),
     };
-    QTensor::new(storage, (out_dim, in_dim))
+    QTensor::new(QStorage::Cpu(storage), (out_dim, in_dim))
 }
 
 /// Blocks per CPU thread when `n_blocks` are split into one contiguous range per thread.
@@ -298,31 +282,6 @@ fn quantize_blocks<T: GgmlType>(values: &[f32]) -> Vec<T> {
         }
     });
     blocks
-}
-
-/// `q4_k` blocks as bytes (the memory layout of `[BlockQ4K]`), over the threads.
-fn quantize_q4k_bytes(values: &[f32]) -> Vec<u8> {
-    let n_blocks = values.len() / q4k::QK_K;
-    let mut bytes = vec![0u8; n_blocks * q4k::BLOCK_BYTES];
-    let per = blocks_per_thread(n_blocks);
-    std::thread::scope(|s| {
-        for (xs, out) in values
-            .chunks(per * q4k::QK_K)
-            .zip(bytes.chunks_mut(per * q4k::BLOCK_BYTES))
-        {
-            s.spawn(move || {
-                for (x, o) in xs
-                    .chunks_exact(q4k::QK_K)
-                    .zip(out.chunks_exact_mut(q4k::BLOCK_BYTES))
-                {
-                    if let Ok(x) = <&[f32; q4k::QK_K]>::try_from(x) {
-                        q4k::quantize_block(x, o);
-                    }
-                }
-            });
-        }
-    });
-    bytes
 }
 
 impl Quant {
@@ -486,8 +445,7 @@ mod tests {
         Ok(())
     }
 
-    /// Parallel row chunks (and for q4_k our transcription of candle's quantizer) give the same
-    /// blocks as candle's one-shot quantizer: Gaussian rows at scales 1e-4..1e2, and constant
+    /// Parallel row chunks give the same blocks as candle's one-shot quantizer: Gaussian rows at scales 1e-4..1e2, and constant
     /// (max == min), all-zero, all-negative, outlier, integer-valued and half-integer rows.
     #[test]
     fn parallel_quantization_matches_candle() -> Result<()> {

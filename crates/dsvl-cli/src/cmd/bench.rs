@@ -180,8 +180,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         prompt_tokens = n;
         runs.push(run);
     }
-    // Read before the bandwidth test, which allocates its own buffer.
+    // Read before the bandwidth test, which allocates its own buffer. The peak includes the
+    // load (mapped checkpoint pages plus the converted weights); the resident size after the
+    // runs is the steady state (weights as used, e.g. quantized blocks and their repacked
+    // tiles, plus the allocator's caches).
     let peak_rss = proc_status_kib("VmHWM").map(|k| k * 1024);
+    let rss_after_runs = proc_status_kib("VmRSS").map(|k| k * 1024);
 
     let threads = a
         .model
@@ -310,6 +314,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             "decode_roofline_pct": pct(long_decode, roof_long),
         })},
         "peak_rss_bytes": peak_rss,
+        "rss_after_runs_bytes": rss_after_runs,
         "memory_bandwidth_gb_s": bandwidth,
         "weight_bytes_per_token": weight_bytes,
         "kv_bytes_per_position": kv_bytes_per_pos,
@@ -844,7 +849,16 @@ fn print_table(r: &Value) {
             },
             "tokens/s",
         ),
-        ("peak resident memory", gib(&r["peak_rss_bytes"]), "GiB"),
+        (
+            "peak resident memory",
+            gib(&r["peak_rss_bytes"]),
+            "GiB (load included)",
+        ),
+        (
+            "resident after the runs",
+            gib(&r["rss_after_runs_bytes"]),
+            "GiB",
+        ),
         (
             "memory bandwidth",
             f(&r["memory_bandwidth_gb_s"], 1),

@@ -3,9 +3,6 @@
 pub mod quant;
 pub mod rowmat;
 
-use std::sync::Arc;
-
-use candle_core::quantized::QTensor;
 use candle_core::{CpuStorage, DType, Module, Result, Storage, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -31,7 +28,7 @@ enum LinearWeight {
     /// transposed view.
     Float(Tensor),
     /// GGML blocks of `[out, in]`, blocks along `in` ([`quant`]).
-    Quant { w: Arc<QTensor>, quant: Quant },
+    Quant(quant::QuantWeight),
 }
 
 impl std::fmt::Debug for Linear {
@@ -49,14 +46,14 @@ impl Linear {
     pub fn out_dim(&self) -> usize {
         match &self.weight {
             LinearWeight::Float(w) => w.dim(0).unwrap_or(0),
-            LinearWeight::Quant { w, .. } => w.shape().dims().first().copied().unwrap_or(0),
+            LinearWeight::Quant(q) => q.dims().0,
         }
     }
 
     pub fn in_dim(&self) -> usize {
         match &self.weight {
             LinearWeight::Float(w) => w.dim(1).unwrap_or(0),
-            LinearWeight::Quant { w, .. } => w.shape().dims().get(1).copied().unwrap_or(0),
+            LinearWeight::Quant(q) => q.dims().1,
         }
     }
 
@@ -64,7 +61,7 @@ impl Linear {
     pub fn storage(&self) -> LinearStorage {
         match &self.weight {
             LinearWeight::Float(w) => LinearStorage::Float(w.dtype()),
-            LinearWeight::Quant { quant, .. } => LinearStorage::Quant(*quant),
+            LinearWeight::Quant(q) => LinearStorage::Quant(q.quant()),
         }
     }
 
@@ -72,7 +69,7 @@ impl Linear {
     pub fn weight_bytes(&self) -> u64 {
         match &self.weight {
             LinearWeight::Float(w) => (w.elem_count() * w.dtype().size_in_bytes()) as u64,
-            LinearWeight::Quant { w, .. } => w.storage_size_in_bytes() as u64,
+            LinearWeight::Quant(q) => q.bytes(),
         }
     }
 }
@@ -110,9 +107,7 @@ impl Module for Linear {
                 Some(y) => y,
                 None => x2.matmul(&w.t()?)?,
             },
-            // candle's quantized matmul reads the rows in place: they must be contiguous
-            // (a reshape of a strided input already copied them).
-            LinearWeight::Quant { w, .. } => x2.contiguous()?.apply_op1_no_bwd(w.as_ref())?,
+            LinearWeight::Quant(q) => q.matmul_t(&x2)?,
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
 use candle_core::quantized::{QStorage, QTensor};
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 use super::{linear_from_weight, Linear, LinearWeight};
 
@@ -124,13 +124,124 @@ pub fn linear_from_weight_quant(weight: &Tensor, quant: Option<Quant>) -> Result
     match quant.and_then(|q| q.for_input_width(in_dim)) {
         None => linear_from_weight(weight),
         Some(q) => Ok(Linear {
-            weight: LinearWeight::Quant {
-                w: Arc::new(quantize(weight, q)?),
-                quant: q,
-            },
+            weight: LinearWeight::Quant(QuantWeight::new(quantize(weight, q)?, q)?),
             bias: None,
         }),
     }
+}
+
+/// Rows from which a layer without a fast many-row kernel dequantizes its weight instead:
+/// above the largest decode batch ([`super::rowmat::MAX_ROWS`]), so that every decode step,
+/// alone or batched, goes through the same quantized kernel.
+const DEQUANT_MIN_ROWS: usize = super::rowmat::MAX_ROWS + 1;
+
+/// A quantized weight `[out, in]` and how to multiply by it.
+#[derive(Clone)]
+pub(super) struct QuantWeight {
+    w: Arc<QTensor>,
+    quant: Quant,
+    /// `(out, in)`.
+    dims: (usize, usize),
+    /// Whether candle has a many-row kernel for this format and shape on this CPU.
+    fast_gemm: bool,
+}
+
+impl QuantWeight {
+    fn new(w: QTensor, quant: Quant) -> Result<Self> {
+        let dims = w.shape().dims2()?;
+        Ok(Self {
+            w: Arc::new(w),
+            quant,
+            dims,
+            fast_gemm: has_fast_gemm(quant, dims.0, dims.1),
+        })
+    }
+
+    pub(super) fn dims(&self) -> (usize, usize) {
+        self.dims
+    }
+    pub(super) fn quant(&self) -> Quant {
+        self.quant
+    }
+    pub(super) fn bytes(&self) -> u64 {
+        self.w.storage_size_in_bytes() as u64
+    }
+
+    /// `x` `[rows, in]` → `x · Wᵀ` `[rows, out]` in `x`'s dtype.
+    ///
+    /// One row (decode) always goes through candle's quantized kernel, which reads the blocks
+    /// (the point of quantizing). Many rows (prefill) do too where candle has a many-row kernel
+    /// (see [`has_fast_gemm`]); elsewhere its many-row path is a dot product per row and per
+    /// column that re-reads the whole weight for every row (`q8_0` prefill on an AVX2 CPU ran
+    /// at 4 tokens/s against 15 in f32), so the weight is dequantized to f32 for the call and
+    /// the product is one float GEMM.
+    pub(super) fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        let rows = x.dim(0)?;
+        if rows >= DEQUANT_MIN_ROWS && !self.fast_gemm {
+            let w = self.dequantize()?;
+            return x.to_dtype(DType::F32)?.matmul(&w.t()?)?.to_dtype(x.dtype());
+        }
+        // candle's quantized matmul reads the rows in place: they must be contiguous (a
+        // reshape of a strided input already copied them).
+        x.contiguous()?.apply_op1_no_bwd(self.w.as_ref())
+    }
+
+    /// f32 `[out, in]`; `q8_0` over the threads (candle's dequantizer is single-threaded).
+    fn dequantize(&self) -> Result<Tensor> {
+        match self.quant {
+            Quant::Q8_0 => {
+                let data = self.w.data()?;
+                let values = dequantize_q8_0(&data);
+                Tensor::from_vec(values, self.dims, &Device::Cpu)
+            }
+            Quant::Q4K => self.w.dequantize(&Device::Cpu),
+        }
+    }
+}
+
+/// Whether candle 0.11 has a many-row kernel for `quant` at `[n, k]` on this CPU: its x86
+/// repacked tiles (`quantized::repack_x86::select`) take `n % 16 == 0`, `k % 256 == 0`, AVX2
+/// for `q4_k` and VNNI (AVX512-VNNI or AVX-VNNI) for `q8_0`. Other architectures: assumed (its
+/// aarch64 kernels are not measured here).
+fn has_fast_gemm(quant: Quant, n: usize, k: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let tiles = n % 16 == 0 && k % 256 == 0;
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        let vnni = (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
+            || (avx2 && is_x86_feature_detected!("avxvnni"));
+        match quant {
+            Quant::Q4K => tiles && avx2,
+            Quant::Q8_0 => tiles && vnni,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (quant, n, k);
+        true
+    }
+}
+
+/// `q8_0` blocks (34 bytes: an f16 scale, then 32 i8) → f32, `value = q · scale` as candle's
+/// `BlockQ8_0::to_float`.
+fn dequantize_q8_0(data: &[u8]) -> Vec<f32> {
+    const BLOCK: usize = 34;
+    let n_blocks = data.len() / BLOCK;
+    let mut out = vec![0f32; n_blocks * 32];
+    let per = blocks_per_thread(n_blocks);
+    std::thread::scope(|s| {
+        for (src, dst) in data.chunks(per * BLOCK).zip(out.chunks_mut(per * 32)) {
+            s.spawn(move || {
+                for (b, y) in src.chunks_exact(BLOCK).zip(dst.chunks_exact_mut(32)) {
+                    let d = half::f16::from_ne_bytes([b[0], b[1]]).to_f32();
+                    for (y, &q) in y.iter_mut().zip(&b[2..]) {
+                        *y = (q as i8) as f32 * d;
+                    }
+                }
+            });
+        }
+    });
+    out
 }
 
 /// `weight` `[out, in]` (any float dtype, `in` a multiple of `q.block_size()`) → GGML blocks,
@@ -153,11 +264,17 @@ fn quantize(weight: &Tensor, q: Quant) -> Result<QTensor> {
     QTensor::new(QStorage::Cpu(storage), (out_dim, in_dim))
 }
 
+/// Blocks per CPU thread when `n_blocks` are split into one contiguous range per thread.
+fn blocks_per_thread(n_blocks: usize) -> usize {
+    let threads = candle_core::utils::get_num_threads().clamp(1, n_blocks.max(1));
+    n_blocks.div_ceil(threads).max(1)
+}
+
+/// candle's quantizer for `T`, over the threads.
 fn quantize_blocks<T: GgmlType>(values: &[f32]) -> Vec<T> {
     let n_blocks = values.len() / T::BLCK_SIZE;
     let mut blocks = vec![T::zeros(); n_blocks];
-    let threads = candle_core::utils::get_num_threads().clamp(1, n_blocks.max(1));
-    let per = n_blocks.div_ceil(threads).max(1);
+    let per = blocks_per_thread(n_blocks);
     std::thread::scope(|s| {
         for (xs, ys) in values
             .chunks(per * T::BLCK_SIZE)
@@ -330,18 +447,40 @@ mod tests {
         Ok(())
     }
 
-    /// Parallel row chunks give the same blocks as candle's one-shot quantizer.
+    /// Parallel row chunks give the same blocks as candle's one-shot quantizer: Gaussian rows at scales 1e-4..1e2, and constant
+    /// (max == min), all-zero, all-negative, outlier, integer-valued and half-integer rows.
     #[test]
     fn parallel_quantization_matches_candle() -> Result<()> {
-        let w = randn((48, 512), 3)?;
-        for q in [Quant::Q8_0, Quant::Q4K] {
-            let ours = quantize(&w, q)?;
-            let theirs = QTensor::quantize(&w, q.ggml())?;
-            assert_eq!(ours.data()?, theirs.data()?, "{q}");
-            assert_eq!(
-                ours.storage_size_in_bytes(),
-                48 * 512 / q.block_size() * q.block_bytes()
-            );
+        let g = randn((42, 512), 3)?;
+        let scales: Vec<f32> = (0..42).map(|i| 10f32.powi(i % 7 - 4)).collect();
+        let scaled = g.broadcast_mul(&Tensor::from_vec(scales, (42, 1), &Device::Cpu)?)?;
+        let mut special = vec![0f32; 8 * 512];
+        for (r, row) in special.chunks_mut(512).enumerate() {
+            for (i, v) in row.iter_mut().enumerate() {
+                let x = i as f32;
+                *v = match r {
+                    0 => 0.0,
+                    1 => 0.3,
+                    2 => -2.0 - x / 7.0,
+                    3 => -(x % 32.0) / 3.0,
+                    4 => f32::from(i == 17) * 1e4,
+                    5 => x % 16.0,
+                    6 => (x * 0.37).sin(),
+                    _ => x % 64.0 + 0.5,
+                };
+            }
+        }
+        let special = Tensor::from_vec(special, (8, 512), &Device::Cpu)?;
+        for w in [g, Tensor::cat(&[&scaled, &special], 0)?] {
+            for q in [Quant::Q8_0, Quant::Q4K] {
+                let ours = quantize(&w, q)?;
+                let theirs = QTensor::quantize(&w, q.ggml())?;
+                assert_eq!(ours.data()?, theirs.data()?, "{q}");
+                assert_eq!(
+                    ours.storage_size_in_bytes(),
+                    w.elem_count() / q.block_size() * q.block_bytes()
+                );
+            }
         }
         Ok(())
     }
@@ -366,10 +505,10 @@ mod tests {
             assert_eq!(l.storage(), LinearStorage::Quant(q));
             assert_eq!(l.out_dim(), out_dim);
             assert_eq!(l.in_dim(), in_dim);
-            let LinearWeight::Quant { w: qw, .. } = &l.weight else {
+            let LinearWeight::Quant(qw) = &l.weight else {
                 panic!("quantized weight expected");
             };
-            let w_hat = qw.dequantize(&Device::Cpu)?;
+            let w_hat = qw.w.dequantize(&Device::Cpu)?;
             let got = l.forward(&x)?;
             assert_eq!(got.dims(), &[rows, out_dim]);
 
@@ -394,6 +533,43 @@ mod tests {
                 e > 1e-4,
                 "{q}: suspiciously exact ({e}); is it quantized at all?"
             );
+        }
+        Ok(())
+    }
+
+    /// Many rows without a many-row kernel: the weight is dequantized (our q8_0 dequantizer
+    /// gives candle's values exactly) and the product is a float GEMM, which agrees with the
+    /// quantized kernel up to the kernel's activation rounding.
+    #[test]
+    fn many_rows_without_a_kernel_dequantize() -> Result<()> {
+        let w = randn((48, 512), 11)?;
+        let x = randn((DEQUANT_MIN_ROWS + 4, 512), 12)?;
+        for q in [Quant::Q8_0, Quant::Q4K] {
+            let slow = QuantWeight {
+                fast_gemm: false,
+                ..QuantWeight::new(quantize(&w, q)?, q)?
+            };
+            let kernel = QuantWeight {
+                fast_gemm: true,
+                ..slow.clone()
+            };
+            let w_hat = slow.w.dequantize(&Device::Cpu)?;
+            assert_eq!(
+                slow.dequantize()?.flatten_all()?.to_vec1::<f32>()?,
+                w_hat.flatten_all()?.to_vec1::<f32>()?,
+                "{q}"
+            );
+            let got = slow.matmul_t(&x)?;
+            let want = x.matmul(&w_hat.t()?)?;
+            assert!(rel_rms(&got, &want)? < 1e-6, "{q}: not the float GEMM");
+            let e = rel_rms(&kernel.matmul_t(&x)?, &got)?;
+            assert!(e < 0.02 && e > 0.0, "{q}: kernel vs dequantized {e}");
+            let y16 = slow.matmul_t(&x.to_dtype(DType::BF16)?)?;
+            assert_eq!(y16.dtype(), DType::BF16);
+            // one row never dequantizes
+            let one = x.narrow(0, 0, 1)?;
+            let (a, b) = (slow.matmul_t(&one)?, kernel.matmul_t(&one)?);
+            assert_eq!(a.to_vec2::<f32>()?, b.to_vec2::<f32>()?);
         }
         Ok(())
     }

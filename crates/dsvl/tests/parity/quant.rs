@@ -20,12 +20,16 @@
 //!
 //! | model, format | measured: top-1, max \|Δ\|/scale, RMS Δ/std | gates: top-1 ≥, max ≤, RMS ≤ |
 //! |---|---|---|
-//! | Llama q8_0 | 0.970, 0.019, 0.018 | 0.93, 0.04, 0.035 |
+//! | Llama q8_0 | 0.960, 0.018, 0.017 | 0.88, 0.04, 0.035 |
 //! | Llama q4_k | 0.758, 0.191, 0.162 | 0.65, 0.30, 0.25 |
 //! | Llama q4_k + lm_head | 0.717, 0.184, 0.178 | 0.60, 0.30, 0.27 |
-//! | DeepSeek-V2 MLA+MoE q8_0 | 0.960, 0.220, 0.057 | 0.90, 0.35, 0.10 |
-//! | DeepSeek-V2 MLA+MoE q4_k | 0.747, 0.290, 0.185 | 0.60, 0.45, 0.28 |
+//! | DeepSeek-V2 MLA+MoE q8_0 | 0.929, 0.217, 0.063 | 0.85, 0.35, 0.10 |
+//! | DeepSeek-V2 MLA+MoE q4_k | 0.758, 0.291, 0.185 | 0.60, 0.45, 0.28 |
 //!
+//! Measured on an AVX2 CPU (AMD EPYC, no VNNI), where the 24-row prefill of a q8_0 layer runs
+//! on dequantized weights and the decode steps on candle's int8 kernel; CPUs with other kernels
+//! round the activations differently, and top-1 agreement over 99 positions moves by a few
+//! hundredths between such variants, hence the margins.
 //! The MoE model's max |Δ| comes from the few positions where an expert choice flips. For scale:
 //! dropping the last layer's MLP of the f32 Llama gives top-1 0.455, max 0.373, RMS 0.356
 //! (`quant_gates_catch_a_dropped_layer`).
@@ -51,7 +55,7 @@ const HIDDEN: usize = 256;
 
 // Gates: about 1.5× the measured deviation and the measured agreement minus ~0.1 (module docs).
 const LLAMA_Q8_0: Gate = Gate {
-    min_top1: 0.93,
+    min_top1: 0.88,
     max_dev: 0.04,
     max_rms: 0.035,
 };
@@ -68,7 +72,7 @@ const LLAMA_Q4_K_HEAD: Gate = Gate {
 /// max |Δ| is set by the few positions where a MoE layer's expert choice flips (isolated
 /// deviations of 2–4 logits; elsewhere ~0.25, as for the Llama).
 const V2_Q8_0: Gate = Gate {
-    min_top1: 0.90,
+    min_top1: 0.85,
     max_dev: 0.35,
     max_rms: 0.10,
 };

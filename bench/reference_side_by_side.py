@@ -288,10 +288,12 @@ def run_reference(model_dir, dtype_name, question, n_images, image_path, decode_
     }
 
 
-def run_dsvl(binary, model_dir, dtype_name, a, out_json):
+def run_dsvl(binary, model_dir, dtype_name, a, out_json, quant=None):
     cmd = [str(binary), "bench", "--model", str(model_dir), "--dtype", dtype_name, "--images", str(a.images),
            "--image", str(a.image), "--prompt-tokens", str(a.prompt_tokens), "--decode-tokens", str(a.decode_tokens),
            "--repeats", str(a.repeats), "--threads", str(a.threads), "--json", str(out_json)]
+    if quant:
+        cmd += ["--quant", quant]
     log("+ " + " ".join(cmd))
     subprocess.run(cmd, check=True)
     return json.loads(Path(out_json).read_text())
@@ -312,6 +314,9 @@ def main():
     p.add_argument("--decode-tokens", type=int, default=32, help="new tokens per run (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=3, help="measured runs, medians reported (default: %(default)s)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads on both sides (default: all cores)")
+    p.add_argument("--quants", default="",
+                   help="also run dsvl with these --quant formats (f32 activations), e.g. q8_0,q4_k; "
+                        "compared with every reference row")
     p.add_argument("--skip-reference", action="store_true", help="only run dsvl (checks the script's plumbing)")
     p.add_argument("--json", type=Path, help="write all rows as JSON to this file")
     a = p.parse_args()
@@ -334,6 +339,10 @@ def main():
                         f"dsvl {d['workload']['prompt_tokens']}")
                 row["reference"] = ref
             rows.append(row)
+        quant_rows = []
+        for q in filter(None, a.quants.split(",")):
+            d = run_dsvl(a.dsvl, a.model, "f32", a, Path(tmp) / f"dsvl-{q}.json", quant=q)
+            quant_rows.append({"quant": q, "dsvl": d})
 
     import platform
     versions = {"python": platform.python_version()}
@@ -359,6 +368,20 @@ def main():
                   f"{fmt(r['vision_ms'] / d['vision_ms'], 2) + 'x':>10} "
                   f"{fmt(r['ttft_ms'] / d['ttft_ms'], 2) + 'x':>10} "
                   f"{fmt(d['decode_tokens_per_s'] / r['decode_tokens_per_s'], 2) + 'x':>13}")
+    for qrow in quant_rows:
+        d = qrow["dsvl"]
+        print(f"{'dsvl f32 + ' + qrow['quant']:<22} {fmt(d['load_ms'] / 1e3):>8} {fmt(d['vision_ms']):>10} "
+              f"{fmt(d['ttft_ms']):>10} {fmt(d['decode_tokens_per_s'], 2):>13} "
+              f"{fmt((d['peak_rss_bytes'] or 0) / 2**30, 2):>13}")
+        for row in rows:
+            r = row.get("reference")
+            if r:
+                print(f"{'  vs transformers ' + row['dtype']:<22} {fmt(r['load_ms'] / d['load_ms'], 2) + 'x':>8} "
+                      f"{fmt(r['vision_ms'] / d['vision_ms'], 2) + 'x':>10} "
+                      f"{fmt(r['ttft_ms'] / d['ttft_ms'], 2) + 'x':>10} "
+                      f"{fmt(d['decode_tokens_per_s'] / r['decode_tokens_per_s'], 2) + 'x':>13}")
+        print(f"{'  roofline':<22} {fmt(d['decode_roofline_tokens_per_s'], 2)} tok/s, "
+              f"{fmt(d['decode_roofline_pct'])} % reached")
     bw = rows[0]["dsvl"].get("memory_bandwidth_gb_s")
     if bw:
         print(f"memory bandwidth {bw:.1f} GB/s; dsvl decode roofline "
@@ -366,7 +389,7 @@ def main():
                           f"({fmt(row['dsvl']['decode_roofline_pct'])} %)" for row in rows))
     if a.json:
         a.json.write_text(json.dumps({"versions": versions, "args": {k: str(v) for k, v in vars(a).items()},
-                                      "rows": rows}, indent=2) + "\n")
+                                      "rows": rows, "quant_rows": quant_rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

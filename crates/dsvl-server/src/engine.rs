@@ -1,19 +1,23 @@
 //! The engine thread (STYLE §3.10): one dedicated OS thread owns generation and takes
 //! [`GenerationRequest`]s from a bounded queue. Each request carries its own event channel;
-//! when the receiver is dropped (client gone) the generate callback returns `Break`, so the slot
-//! frees at the next token. Requests run one after another for now; a scheduler that batches
-//! them only has to replace [`worker`], the request type already carries everything per request.
+//! when the receiver is dropped (client gone) the next token's send fails, so the request ends
+//! and frees its slot and cache at that step.
+//!
+//! Continuous batching: up to `max_running` requests decode together, one batched forward
+//! pass per step ([`Pipeline::decode_batch`]); between steps, waiting requests join (their
+//! vision tower and prefill run then) and finished ones leave. A request's tokens are the same
+//! as when it runs alone: the batched step does, row by row, the arithmetic of a single step.
 
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
 
 use dsvl::config::ModelConfig;
 use dsvl::engine::{
-    Event, FeatureCache, FinishReason, GenerateParams, Outcome, Pipeline, Prepared,
+    Event, FeatureCache, FinishReason, GenerateParams, Outcome, Pipeline, Prepared, Sequence,
 };
 use dsvl::grounding::Grounding;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -66,10 +70,12 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    /// Starts the engine thread with room for `max_queue` waiting requests.
+    /// Starts the engine thread with room for `max_queue` waiting requests, decoding up to
+    /// `max_running` together.
     pub fn spawn(
         pipeline: Arc<Pipeline>,
         max_queue: usize,
+        max_running: usize,
         image_cache_bytes: usize,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
@@ -81,11 +87,8 @@ impl EngineHandle {
             .spawn(move || {
                 // Owned by the engine thread: no lock. A conversation that resends its images
                 // skips the vision tower for them.
-                let mut cache = FeatureCache::new(image_cache_bytes);
-                for job in jobs {
-                    m.queue_depth.fetch_sub(1, Relaxed);
-                    worker(&p, &m, &mut cache, job);
-                }
+                let cache = FeatureCache::new(image_cache_bytes);
+                Scheduler::new(&p, &m, cache, max_running.max(1)).run(&jobs);
             })?;
         Ok(Self {
             queue,
@@ -134,54 +137,227 @@ impl EngineHandle {
     }
 }
 
-/// Runs one request to completion, streaming its events.
-fn worker(
+/// A request between its prefill and its last token.
+struct Running<'p> {
+    seq: Sequence<'p>,
+    job: GenerationRequest,
+    /// When the last token (or the request) was sent: the latency histograms.
+    last: Instant,
+    first: bool,
+}
+
+struct Scheduler<'p> {
+    pipeline: &'p Pipeline,
+    metrics: &'p Metrics,
+    cache: FeatureCache,
+    max_running: usize,
+    running: Vec<Running<'p>>,
+}
+
+impl<'p> Scheduler<'p> {
+    fn new(
+        pipeline: &'p Pipeline,
+        metrics: &'p Metrics,
+        cache: FeatureCache,
+        max_running: usize,
+    ) -> Self {
+        Self {
+            pipeline,
+            metrics,
+            cache,
+            max_running,
+            running: Vec::with_capacity(max_running),
+        }
+    }
+
+    /// Until every request handle is gone and nothing runs: admit, sample, decode.
+    fn run(mut self, jobs: &Receiver<GenerationRequest>) {
+        loop {
+            if !self.admit(jobs) {
+                return;
+            }
+            self.step();
+        }
+    }
+
+    /// Starts waiting requests while there is room: blocks for one when nothing runs. False
+    /// when the queue is closed and nothing runs (the server is shutting down).
+    fn admit(&mut self, jobs: &Receiver<GenerationRequest>) -> bool {
+        while self.running.len() < self.max_running {
+            let job = if self.running.is_empty() {
+                match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => return false,
+                }
+            } else {
+                match jobs.try_recv() {
+                    Ok(job) => job,
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => return true,
+                }
+            };
+            self.metrics.queue_depth.fetch_sub(1, Relaxed);
+            self.start(job);
+        }
+        true
+    }
+
+    /// Vision tower and prefill of a new request; it joins the running set.
+    fn start(&mut self, job: GenerationRequest) {
+        if job.events.is_closed() {
+            return; // the client left while queued
+        }
+        self.metrics
+            .images
+            .fetch_add(job.prepared.n_images as u64, Relaxed);
+        let (pipeline, cache) = (self.pipeline, &mut self.cache);
+        let started = catch_unwind(AssertUnwindSafe(|| {
+            pipeline.start(&job.prepared, &job.params, Some(cache))
+        }));
+        self.metrics
+            .image_cache_hits
+            .store(self.cache.hits, Relaxed);
+        self.metrics
+            .image_cache_misses
+            .store(self.cache.misses, Relaxed);
+        match started {
+            Ok(Ok(seq)) => {
+                self.metrics.running.fetch_add(1, Relaxed);
+                self.running.push(Running {
+                    seq,
+                    last: job.enqueued,
+                    job,
+                    first: true,
+                });
+            }
+            Ok(Err(e)) => {
+                let _ = job.events.send(EngineEvent::Failed(e));
+            }
+            Err(_) => {
+                let _ = job.events.send(EngineEvent::Failed(panicked()));
+            }
+        }
+    }
+
+    /// Samples and sends one token of every running request, ends the finished ones, then one
+    /// batched decode step for the others.
+    fn step(&mut self) {
+        let (pipeline, metrics) = (self.pipeline, self.metrics);
+        let mut next = Vec::with_capacity(self.running.len());
+        let mut still = Vec::with_capacity(self.running.len());
+        for mut r in self.running.drain(..) {
+            let Running {
+                seq,
+                job,
+                last,
+                first,
+            } = &mut r;
+            let stepped = catch_unwind(AssertUnwindSafe(|| {
+                seq.step(|ev| send_event(pipeline, metrics, job, ev, last, first))
+            }));
+            match stepped {
+                Ok(Ok(Some(id))) => {
+                    next.push(id);
+                    still.push(r);
+                }
+                Ok(Ok(None)) => finish(pipeline, metrics, r),
+                Ok(Err(e)) => fail(metrics, r, e),
+                Err(_) => fail(metrics, r, panicked()),
+            }
+        }
+        if still.is_empty() {
+            return;
+        }
+        let decoded = catch_unwind(AssertUnwindSafe(|| {
+            let mut batch: Vec<(&mut Sequence<'p>, u32)> = still
+                .iter_mut()
+                .map(|r| &mut r.seq)
+                .zip(next.iter().copied())
+                .collect();
+            pipeline.decode_batch(&mut batch)
+        }));
+        metrics.decode_steps.fetch_add(1, Relaxed);
+        metrics.decode_rows.fetch_add(still.len() as u64, Relaxed);
+        match decoded {
+            Ok(Ok(())) => self.running = still,
+            // One failure fails the whole step: no sequence's cache is known to be consistent.
+            Ok(Err(e)) => {
+                for r in still {
+                    fail(metrics, r, clone_error(&e));
+                }
+            }
+            Err(_) => {
+                for r in still {
+                    fail(metrics, r, panicked());
+                }
+            }
+        }
+    }
+}
+
+/// Sends one engine event to the request's client; `Break` when the client is gone.
+fn send_event(
     pipeline: &Pipeline,
     metrics: &Metrics,
-    cache: &mut FeatureCache,
-    job: GenerationRequest,
-) {
-    if job.events.is_closed() {
-        return; // the client left while queued
+    job: &GenerationRequest,
+    ev: &Event,
+    last: &mut Instant,
+    first: &mut bool,
+) -> ControlFlow<()> {
+    if let Event::Token(_) = ev {
+        let now = Instant::now();
+        let hist = if *first {
+            &metrics.time_to_first_token
+        } else {
+            &metrics.time_per_output_token
+        };
+        hist.observe(now - *last);
+        (*first, *last) = (false, now);
     }
-    metrics.running.fetch_add(1, Relaxed);
-    metrics
-        .images
-        .fetch_add(job.prepared.n_images as u64, Relaxed);
-    let mut last = job.enqueued;
-    let mut first = true;
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        pipeline.generate_cached(&job.prepared, &job.params, Some(&mut *cache), |ev| {
-            if let Event::Token(_) = ev {
-                let now = Instant::now();
-                let hist = if first {
-                    &metrics.time_to_first_token
-                } else {
-                    &metrics.time_per_output_token
-                };
-                hist.observe(now - last);
-                (first, last) = (false, now);
-            }
-            let out = to_engine_event(pipeline, ev);
-            if job.events.send(out).is_err() {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
+    if job.events.send(to_engine_event(pipeline, ev)).is_err() {
+        ControlFlow::Break(())
+    } else {
+        ControlFlow::Continue(())
+    }
+}
+
+/// Releases the held-back text and reports the outcome.
+fn finish(pipeline: &Pipeline, metrics: &Metrics, r: Running<'_>) {
+    let Running { seq, job, .. } = r;
+    metrics.running.fetch_sub(1, Relaxed);
+    let events = &job.events;
+    let finished = catch_unwind(AssertUnwindSafe(|| {
+        seq.finish(|ev| {
+            let _ = events.send(to_engine_event(pipeline, ev));
+            ControlFlow::Continue(())
         })
     }));
-    let final_event = match result {
+    let final_event = match finished {
         Ok(Ok(outcome)) => done(metrics, &outcome, grounding(pipeline, &job, &outcome)),
         Ok(Err(e)) => EngineEvent::Failed(e),
-        Err(_) => EngineEvent::Failed(dsvl::Error::Unsupported {
-            what: "this request".into(),
-            hint: "the engine panicked while generating; see the server log".into(),
-        }),
+        Err(_) => EngineEvent::Failed(panicked()),
     };
-    metrics.image_cache_hits.store(cache.hits, Relaxed);
-    metrics.image_cache_misses.store(cache.misses, Relaxed);
-    metrics.running.fetch_sub(1, Relaxed);
     let _ = job.events.send(final_event);
+}
+
+fn fail(metrics: &Metrics, r: Running<'_>, e: dsvl::Error) {
+    metrics.running.fetch_sub(1, Relaxed);
+    let _ = r.job.events.send(EngineEvent::Failed(e));
+}
+
+fn panicked() -> dsvl::Error {
+    dsvl::Error::Unsupported {
+        what: "this request".into(),
+        hint: "the engine panicked while generating; see the server log".into(),
+    }
+}
+
+/// The same failure for every request of a failed batch step (the error type is not `Clone`).
+fn clone_error(e: &dsvl::Error) -> dsvl::Error {
+    tracing::error!("batched decode step failed: {e}");
+    dsvl::Error::Unsupported {
+        what: "this request".into(),
+        hint: format!("a batched decode step failed ({e}); see the server log"),
+    }
 }
 
 fn done(metrics: &Metrics, o: &Outcome, grounding: Option<Grounding>) -> EngineEvent {

@@ -68,6 +68,9 @@ pub struct Metrics {
     pub image_cache_misses: AtomicU64,
     pub queue_depth: AtomicI64,
     pub running: AtomicI64,
+    /// Batched decode steps, and the sequences they carried (rows / steps = mean batch size).
+    pub decode_steps: AtomicU64,
+    pub decode_rows: AtomicU64,
     pub time_to_first_token: Histogram,
     pub time_per_output_token: Histogram,
 }
@@ -83,6 +86,8 @@ impl Default for Metrics {
             image_cache_misses: AtomicU64::new(0),
             queue_depth: AtomicI64::new(0),
             running: AtomicI64::new(0),
+            decode_steps: AtomicU64::new(0),
+            decode_rows: AtomicU64::new(0),
             time_to_first_token: Histogram::new(TTFT_BUCKETS),
             time_per_output_token: Histogram::new(TPOT_BUCKETS),
         }
@@ -131,6 +136,16 @@ impl Metrics {
                 "dsvl_image_cache_misses_total",
                 "Images that ran through the vision tower.",
                 &self.image_cache_misses,
+            ),
+            (
+                "dsvl_decode_steps_total",
+                "Decode forward passes (each carries every running sequence).",
+                &self.decode_steps,
+            ),
+            (
+                "dsvl_decode_rows_total",
+                "Sequence-steps decoded; divided by dsvl_decode_steps_total: the mean batch size.",
+                &self.decode_rows,
             ),
         ];
         for (name, help, v) in counters {

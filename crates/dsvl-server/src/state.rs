@@ -28,6 +28,9 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Requests waiting for the engine before new ones get 429.
     pub max_queue: usize,
+    /// Requests decoded together (continuous batching); at most
+    /// [`dsvl::nn::rowmat::MAX_ROWS`], the largest batch that stays batch-invariant.
+    pub max_running: usize,
     /// Largest request body (base64 images included); larger ones get 413.
     pub max_body_bytes: usize,
     pub max_images_per_request: usize,
@@ -65,6 +68,7 @@ impl Default for ServerConfig {
             quant_lm_head: false,
             api_key: None,
             max_queue: 64,
+            max_running: 8,
             max_body_bytes: 32 << 20,
             max_images_per_request: 8,
             max_image_pixels: dsvl::image::DEFAULT_MAX_PIXELS,
@@ -86,6 +90,7 @@ impl Default for ServerConfig {
 pub struct Limits {
     pub api_key: Option<String>,
     pub max_queue: usize,
+    pub max_running: usize,
     pub max_body_bytes: usize,
     pub max_images_per_request: usize,
     pub max_prompt_tokens: Option<usize>,
@@ -99,6 +104,7 @@ impl Limits {
         Self {
             api_key: cfg.api_key.clone(),
             max_queue: cfg.max_queue,
+            max_running: cfg.max_running.clamp(1, dsvl::nn::rowmat::MAX_ROWS),
             max_body_bytes: cfg.max_body_bytes,
             max_images_per_request: cfg.max_images_per_request,
             max_prompt_tokens: cfg.max_prompt_tokens,
@@ -160,6 +166,7 @@ impl AppState {
         let handle = EngineHandle::spawn(
             pipeline,
             self.inner.limits.max_queue,
+            self.inner.limits.max_running,
             self.inner.limits.image_cache_bytes,
             self.inner.metrics.clone(),
         )?;

@@ -39,9 +39,13 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on every route except /health and /ready.
     #[arg(long, env = "DSVL_API_KEY")]
     pub api_key: Option<String>,
-    /// Requests waiting beyond the running one; more get 429 with Retry-After.
+    /// Requests waiting beyond the running ones; more get 429 with Retry-After.
     #[arg(long, default_value_t = 64)]
     pub max_queue: usize,
+    /// Requests decoded together in one batched forward pass per token (continuous batching;
+    /// new requests join between steps). 1 serves one request at a time. At most 32.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub max_running: u16,
     /// Largest request body in bytes (base64 images count).
     #[arg(long, default_value_t = 32 << 20)]
     pub max_body_bytes: usize,
@@ -93,6 +97,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         quant_lm_head: a.quant_lm_head,
         api_key: a.api_key,
         max_queue: a.max_queue,
+        max_running: usize::from(a.max_running),
         max_body_bytes: a.max_body_bytes,
         max_images_per_request: a.max_images,
         max_image_pixels: a.max_image_pixels,

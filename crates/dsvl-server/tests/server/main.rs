@@ -5,10 +5,13 @@
 //!   limits, queueing and cancellation, metrics, the image feature cache.
 //! - `vl2`: the three DeepSeek-VL2 fixture models against the official reference outputs, the
 //!   debug routes and the grounding extension.
+//! - `batching`: 16 concurrent greedy requests equal the same requests run one at a time (v1,
+//!   VL2 MoE with MHA and with MLA), and were decoded together.
 //! - `remote_images`: `http(s)` image URLs fetched from a loopback server.
 //! - `openai_compat`: the official `openai` Python package against a running server
 //!   (`#[ignore]`: needs PyPI once).
 
+mod batching;
 mod harness;
 mod openai_compat;
 mod remote_images;

@@ -546,6 +546,7 @@ async fn full_queue_gets_429_and_a_dropped_stream_frees_the_engine() {
         pipeline(),
         &ServerConfig {
             max_queue: 1,
+            max_running: 1,
             ..Default::default()
         },
     )

@@ -1,16 +1,12 @@
 //! The generation loop: vision → embedding merge → prefill → decode, one token per step (v1 §9–§10).
 
 use std::ops::ControlFlow;
-use std::time::Instant;
 
 use candle_core::Tensor;
 
 use super::{FeatureCache, Pipeline, Prepared};
-use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::sampling::processors::{log_softmax, top_logprobs};
-use crate::sampling::{Sampler, SamplingParams};
-use crate::text::{DecodeStream, StopMatcher};
+use crate::sampling::SamplingParams;
 
 /// Prompt tokens per prefill pass unless [`GenerateParams::prefill_chunk`] says otherwise: one pass
 /// for every prompt that fits the published models' 4096-token context twice over, i.e. chunking
@@ -141,92 +137,11 @@ impl Pipeline {
         cache: Option<&mut FeatureCache>,
         mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
     ) -> Result<Outcome> {
-        let sp = &params.sampling;
-        sp.validate()?;
-        let model = self.model();
-        let tok = self.tokenizer();
-        let mut timings = Timings {
-            preprocess_ms: prepared.preprocess_ms,
-            ..Default::default()
-        };
-
-        let t = Instant::now();
-        let image_embeds = self.image_embeddings(prepared, cache)?;
-        timings.vision_ms = ms(t);
-
-        let t = Instant::now();
-        let embeds = model.input_embeddings(&prepared.ids, tok.image_id(), &image_embeds)?;
-        let mut cache = model.new_cache();
-        let chunk = params.prefill_chunk.unwrap_or(DEFAULT_PREFILL_CHUNK);
-        let mut logits = self.prefill(&embeds, &mut cache, chunk)?.to_vec1::<f32>()?;
-        timings.prefill_ms = ms(t);
-
-        let t = Instant::now();
-        let mut sampler = Sampler::new(sp)?;
-        let skip_special = params
-            .skip_special_tokens
-            .unwrap_or(matches!(self.config(), ModelConfig::V1(_)));
-        let mut stream = DecodeStream::new(|ids: &[u32]| tok.decode(ids, skip_special));
-        let mut stops = StopMatcher::new(&sp.stop)?;
-        let mut ids = Vec::new();
-        let mut text = String::new();
-        let mut finish = FinishReason::Length;
-        for step in 0..sp.max_new_tokens {
-            let id = sampler.sample(&logits, &ids)?;
-            if id == tok.eos_id() && !params.ignore_eos {
-                finish = FinishReason::Stop;
-                break;
-            }
-            ids.push(id);
-            let (logprob, top) = match params.logprobs {
-                Some(k) => {
-                    let lp = log_softmax(&logits);
-                    (lp.get(id as usize).copied(), top_logprobs(&lp, k))
-                }
-                None => (None, Vec::new()),
-            };
-            let delta = stream.push(id)?.unwrap_or_default();
-            let (emit, hit) = stops.push(&delta);
-            text.push_str(&emit);
-            let event = Event::Token(TokenEvent {
-                id,
-                text: emit,
-                token_text: tok.decode(&[id], false)?,
-                logprob,
-                top_logprobs: top,
-            });
-            if on_event(&event).is_break() {
-                finish = FinishReason::Cancelled;
-                break;
-            }
-            if hit.is_some() {
-                finish = FinishReason::Stop;
-                break;
-            }
-            if step + 1 < sp.max_new_tokens {
-                logits = model.decode_step(id, &mut cache)?.to_vec1::<f32>()?;
-            }
+        let mut seq = self.start(prepared, params, cache)?;
+        while let Some(id) = seq.step(&mut on_event)? {
+            seq.decode(id)?;
         }
-        if finish != FinishReason::Cancelled && !stops.is_stopped() {
-            // Release text held back by the UTF-8 window and the stop matcher.
-            let tail = stream.finish()?.unwrap_or_default();
-            let (mut emit, _) = stops.push(&tail);
-            if !stops.is_stopped() {
-                emit.push_str(&stops.flush());
-            }
-            if !emit.is_empty() {
-                text.push_str(&emit);
-                let _ = on_event(&Event::Tail(emit));
-            }
-        }
-        timings.decode_ms = ms(t);
-        Ok(Outcome {
-            ids,
-            text,
-            finish_reason: finish,
-            prompt_tokens: prepared.ids.len(),
-            timings,
-        })
+        seq.finish(on_event)
     }
 }
 
@@ -284,8 +199,4 @@ impl Pipeline {
         }
         Ok(out)
     }
-}
-
-fn ms(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1e3
 }

@@ -3,10 +3,12 @@
 //! [`Pipeline::prepare`] renders the prompt, tokenizes it, expands image tokens and preprocesses
 //! images (all checks that a user can fail happen here, before any model work);
 //! [`Pipeline::generate`] runs vision, prefill and the decode loop, reporting each token through a
-//! callback that can stop generation.
+//! callback that can stop generation. [`Pipeline::start`], [`Sequence::step`] and
+//! [`Pipeline::decode_batch`] are the same loop cut into steps, for decoding many requests together.
 
 mod feature_cache;
 mod generate;
+mod sequence;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -25,7 +27,10 @@ use crate::prompt::vl2::{build_vl2_ids, vl2_cropping, Vl2Turn};
 use crate::weights::Progress;
 
 pub use feature_cache::FeatureCache;
-pub use generate::{Event, FinishReason, GenerateParams, Outcome, Timings, TokenEvent};
+pub use generate::{
+    Event, FinishReason, GenerateParams, Outcome, Timings, TokenEvent, DEFAULT_PREFILL_CHUNK,
+};
+pub use sequence::Sequence;
 
 /// Where an image comes from.
 #[derive(Debug, Clone)]

@@ -25,7 +25,7 @@ pub use config::{AttentionKind, DeepseekV2Spec, MoeSpec, ScoringFunc, TopkMethod
 pub use mla::MlaForm;
 pub use moe::Routing;
 
-use super::llama::{self, causal_mask, qlinear, Logits, Rope, StepCtx};
+use super::llama::{self, causal_mask, qlinear, step_contexts, Logits, Rope, StepCtx};
 use super::KvCache;
 use crate::config::LlamaSpec;
 use crate::nn::{Linear, Quant, QuantPlan, QuantReport, RmsNorm};
@@ -107,6 +107,33 @@ impl DecoderLayer {
             }
         };
         Ok(((h + f)?, routing))
+    }
+
+    /// [`Self::forward`] for one decode position of each of `B` sequences (`x` `[B, 1, D]`):
+    /// attention row by row against each sequence's cache, the feed-forward over all rows.
+    fn forward_rows(
+        &self,
+        x: &Tensor,
+        ctxs: &[StepCtx],
+        caches: &mut [&mut KvCache],
+        l: usize,
+    ) -> Result<Tensor> {
+        let a = self.input_layernorm.forward(x)?;
+        let mut rows = Vec::with_capacity(caches.len());
+        for (r, (ctx, cache)) in ctxs.iter().zip(caches.iter_mut()).enumerate() {
+            let ar = a.narrow(0, r, 1)?;
+            rows.push(match &self.self_attn {
+                SelfAttn::Mha(m) => m.forward(&ar, ctx, cache, l)?,
+                SelfAttn::Mla(m) => m.forward(&ar, ctx, cache, l, MlaForm::Auto)?,
+            });
+        }
+        let h = (x + Tensor::cat(&rows, 0)?)?;
+        let f = self.post_attention_layernorm.forward(&h)?;
+        let f = match &self.mlp {
+            Ffn::Dense(m) => m.forward(&f)?,
+            Ffn::Moe(m) => m.forward(&f)?.0,
+        };
+        h + f
     }
 }
 
@@ -261,6 +288,17 @@ impl DeepseekV2 {
         trace.final_norm = last.squeeze(1)?.to_dtype(DType::F32)?;
         let logits = self.head(&last)?.squeeze(1)?;
         Ok((logits, trace))
+    }
+
+    /// One decode step for each of `B` sequences (see [`crate::llm::Llama::decode_batch`]).
+    pub fn decode_batch(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let ctxs = step_contexts(&self.rope, ids, caches, self.dtype, &self.device)?;
+        let ids = Tensor::from_vec(ids.to_vec(), (ids.len(), 1), &self.device)?;
+        let mut x = self.embed(&ids)?.to_dtype(self.dtype)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            x = layer.forward_rows(&x, &ctxs, caches, l)?;
+        }
+        self.head(&self.norm.forward(&x)?)?.squeeze(1)
     }
 
     /// `lm_head` in the working dtype, logits cast to f32.

@@ -89,15 +89,58 @@ impl Attention {
         cache: &mut KvCache,
         layer: usize,
     ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let split = |y: Tensor, n: usize| -> Result<Tensor> {
+        let (q, k, v) = (
+            self.q_proj.forward(x)?,
+            self.k_proj.forward(x)?,
+            self.v_proj.forward(x)?,
+        );
+        self.o_proj
+            .forward(&self.attend(&q, &k, &v, ctx, cache, layer)?)
+    }
+
+    /// One decode position for each of `B` sequences (`x` is `[B, 1, D]`): the projections
+    /// run over all rows at once, the attention of row `r` against `caches[r]` at its own
+    /// position `ctxs[r]`.
+    pub(crate) fn forward_rows(
+        &self,
+        x: &Tensor,
+        ctxs: &[StepCtx],
+        caches: &mut [&mut KvCache],
+        layer: usize,
+    ) -> Result<Tensor> {
+        let (q, k, v) = (
+            self.q_proj.forward(x)?,
+            self.k_proj.forward(x)?,
+            self.v_proj.forward(x)?,
+        );
+        let mut rows = Vec::with_capacity(caches.len());
+        for (r, (ctx, cache)) in ctxs.iter().zip(caches.iter_mut()).enumerate() {
+            let row = |t: &Tensor| t.narrow(0, r, 1);
+            rows.push(self.attend(&row(&q)?, &row(&k)?, &row(&v)?, ctx, cache, layer)?);
+        }
+        self.o_proj.forward(&Tensor::cat(&rows, 0)?)
+    }
+
+    /// Projected `q`, `k`, `v` (`[b, t, heads·d]`) → attention output `[b, t, heads·d]`
+    /// before `o_proj`, appending the rotated keys and the values to `cache`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        ctx: &StepCtx,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let (b, t, _) = q.dims3()?;
+        let split = |y: &Tensor, n: usize| -> Result<Tensor> {
             y.reshape((b, t, n, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = split(self.q_proj.forward(x)?, self.heads)?;
-        let k = split(self.k_proj.forward(x)?, self.kv_heads)?;
-        let v = split(self.v_proj.forward(x)?, self.kv_heads)?;
+        let q = split(q, self.heads)?;
+        let k = split(k, self.kv_heads)?;
+        let v = split(v, self.kv_heads)?;
         let q = candle_nn::rotary_emb::rope(&q, &ctx.cos, &ctx.sin)?;
         let k = candle_nn::rotary_emb::rope(&k, &ctx.cos, &ctx.sin)?;
         let (k, v) = cache.append(layer, &k, &v)?;
@@ -108,10 +151,8 @@ impl Attention {
         // Eager attention: softmax(q·kᵀ / √d + causal) in f32, cast back, @ v.
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let o = sdpa(&q, &k, &v, Scale::Scores(scale), ctx.mask.as_ref())?;
-        let o = o
-            .transpose(1, 2)?
-            .reshape((b, t, self.heads * self.head_dim))?;
-        self.o_proj.forward(&o)
+        o.transpose(1, 2)?
+            .reshape((b, t, self.heads * self.head_dim))
     }
 
     /// The four projections, in checkpoint order.
@@ -192,6 +233,21 @@ impl DecoderLayer {
         let h = (x + self
             .self_attn
             .forward(&self.input_layernorm.forward(x)?, ctx, cache, i)?)?;
+        &h + self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&h)?)?
+    }
+
+    /// [`Self::forward`] for one decode position of each of `B` sequences.
+    fn forward_rows(
+        &self,
+        x: &Tensor,
+        ctxs: &[StepCtx],
+        caches: &mut [&mut KvCache],
+        i: usize,
+    ) -> Result<Tensor> {
+        let a = self.input_layernorm.forward(x)?;
+        let h = (x + self.self_attn.forward_rows(&a, ctxs, caches, i)?)?;
         &h + self
             .mlp
             .forward(&self.post_attention_layernorm.forward(&h)?)?
@@ -321,6 +377,52 @@ impl Llama {
             Logits::All => Ok(logits),
         }
     }
+}
+
+impl Llama {
+    /// One decode step for each of `B` sequences: token `ids[r]` at position `caches[r].len()`,
+    /// appended to `caches[r]`. f32 logits `[B, vocab]`; row `r` is what a single-sequence
+    /// [`Self::forward`] of `ids[r]` gives (same per-row arithmetic, see [`crate::nn::rowmat`]).
+    pub fn decode_batch(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let ctxs = step_contexts(&self.rope, ids, caches, self.dtype, &self.device)?;
+        let ids = Tensor::from_vec(ids.to_vec(), (ids.len(), 1), &self.device)?;
+        let mut x = self.embed(&ids)?.to_dtype(self.dtype)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward_rows(&x, &ctxs, caches, i)?;
+        }
+        self.lm_head
+            .forward(&self.norm.forward(&x)?)?
+            .to_dtype(DType::F32)?
+            .squeeze(1)
+    }
+}
+
+/// The RoPE tables of each sequence's next position, for a batched decode step.
+pub(crate) fn step_contexts(
+    rope: &Rope,
+    ids: &[u32],
+    caches: &[&mut KvCache],
+    dtype: DType,
+    dev: &Device,
+) -> Result<Vec<StepCtx>> {
+    if ids.len() != caches.len() || ids.is_empty() {
+        candle_core::bail!(
+            "decode_batch: {} tokens for {} caches (need one each, at least one)",
+            ids.len(),
+            caches.len()
+        )
+    }
+    caches
+        .iter()
+        .map(|c| {
+            let (cos, sin) = rope.tables(c.len(), 1, dtype, dev)?;
+            Ok(StepCtx {
+                cos,
+                sin,
+                mask: None,
+            })
+        })
+        .collect()
 }
 
 /// `[t, offset + t]` additive mask: 0 where key ≤ query position, −∞ after it.

@@ -171,6 +171,11 @@ impl DeepseekVl2 {
     }
 
     /// One decode step for token `id`; f32 logits `[vocab]`.
+    /// One decode step for each of several sequences; f32 logits `[B, vocab]`.
+    pub fn decode_batch(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        Ok(self.llm.decode_batch(ids, caches)?)
+    }
+
     pub fn decode_step(&self, id: u32, cache: &mut KvCache) -> Result<Tensor> {
         let ids = Tensor::new(&[id], &self.device)?.unsqueeze(0)?;
         let embeds = self.llm.embed(&ids)?;

@@ -134,6 +134,15 @@ impl Model {
         }
     }
 
+    /// One decode step for each sequence: token `ids[r]` against `caches[r]`; f32 logits
+    /// `[B, vocab]`, row `r` bit for bit what [`Self::decode_step`] gives for it alone.
+    pub fn decode_batch(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        match self {
+            Model::V1(m) => m.decode_batch(ids, caches),
+            Model::V2(m) => m.decode_batch(ids, caches),
+        }
+    }
+
     /// One decode step for token `id`; f32 logits `[vocab]`.
     pub fn decode_step(&self, id: u32, cache: &mut KvCache) -> Result<Tensor> {
         match self {

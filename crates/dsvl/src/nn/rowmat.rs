@@ -139,10 +139,6 @@ mod avx2 {
 
     use half::bf16;
 
-    /// Weights requested this many values ahead of the loads: one core alone does not keep
-    /// enough cache misses in flight to reach the memory bandwidth (measured: 8 → ? GB/s).
-    const PREFETCH_AHEAD: usize = 512;
-
     #[target_feature(enable = "avx2,fma")]
     unsafe fn hsum(v: __m256) -> f32 {
         let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -155,16 +151,10 @@ mod avx2 {
     /// independent chains over 32-value steps (one FMA latency does not bound the loop), the
     /// leftover 8-value steps on the first chain, then `(c0 + c1) + (c2 + c3)`.
     #[inline(always)]
-    unsafe fn fma_chains(
-        xp: *const f32,
-        body: usize,
-        load: impl Fn(usize) -> __m256,
-        prefetch: impl Fn(usize),
-    ) -> __m256 {
+    unsafe fn fma_chains(xp: *const f32, body: usize, load: impl Fn(usize) -> __m256) -> __m256 {
         let mut c = [_mm256_setzero_ps(); 4];
         let mut i = 0;
         while i + 32 <= body {
-            prefetch(i + PREFETCH_AHEAD);
             for (j, cj) in c.iter_mut().enumerate() {
                 let at = i + 8 * j;
                 *cj = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(at)), load(at), *cj);
@@ -184,8 +174,7 @@ mod avx2 {
         let body = k / 8 * 8;
         let (xp, wp) = (x.as_ptr(), w.as_ptr());
         let load = |i: usize| _mm256_loadu_ps(wp.add(i));
-        let prefetch = |i: usize| _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(i) as *const i8);
-        let mut s = hsum(fma_chains(xp, body, load, prefetch));
+        let mut s = hsum(fma_chains(xp, body, load));
         let mut i = body;
         while i < k {
             s = (*xp.add(i)).mul_add(*wp.add(i), s);
@@ -204,8 +193,7 @@ mod avx2 {
             let h = _mm_loadu_si128(wp.add(i) as *const __m128i);
             _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
         };
-        let prefetch = |i: usize| _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(i) as *const i8);
-        let mut s = hsum(fma_chains(xp, body, load, prefetch));
+        let mut s = hsum(fma_chains(xp, body, load));
         let mut i = body;
         while i < k {
             s = (*xp.add(i)).mul_add(bf16::from_bits(*wp.add(i)).to_f32(), s);

@@ -1,5 +1,6 @@
 //! The one parity test binary: each stage module against reference fixtures.
 
+mod batch;
 mod errors;
 mod image;
 mod npy;

@@ -1,0 +1,230 @@
+//! One generation as a state machine, so that many can be decoded together: [`Pipeline::start`]
+//! runs the vision tower and the prefill, [`Sequence::step`] samples the next token and reports
+//! it, [`Pipeline::decode_batch`] computes the next logits of any number of sequences in one
+//! forward pass, and [`Sequence::finish`] releases the held-back text.
+//!
+//! [`Pipeline::generate`] is the one-sequence loop over these calls; the server's scheduler runs
+//! the same calls over all its running requests (continuous batching). A sequence's tokens are
+//! the same either way: every per-row computation of a batched step is the one of a single step
+//! (see [`crate::nn::rowmat`]).
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use super::generate::{
+    Event, FinishReason, GenerateParams, Outcome, Timings, TokenEvent, DEFAULT_PREFILL_CHUNK,
+};
+use super::{FeatureCache, Pipeline, Prepared};
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::llm::KvCache;
+use crate::sampling::processors::{log_softmax, top_logprobs};
+use crate::sampling::Sampler;
+use crate::text::{DecodeStream, StopMatcher};
+
+type DecodeFn<'p> = Box<dyn FnMut(&[u32]) -> Result<String> + 'p>;
+type Detokenizer<'p> = DecodeStream<DecodeFn<'p>>;
+
+/// A request between its prefill and its end: its cache, the logits of its next position and
+/// everything the sampler and the detokenizer carry from token to token.
+pub struct Sequence<'p> {
+    pipeline: &'p Pipeline,
+    params: GenerateParams,
+    cache: KvCache,
+    logits: Vec<f32>,
+    sampler: Sampler,
+    stream: Detokenizer<'p>,
+    stops: StopMatcher,
+    ids: Vec<u32>,
+    text: String,
+    prompt_tokens: usize,
+    timings: Timings,
+    decode_started: Option<Instant>,
+    finish: Option<FinishReason>,
+}
+
+impl Pipeline {
+    /// Runs the vision tower (through `cache` when given) and the prefill of `prepared`: a
+    /// sequence ready for its first [`Sequence::step`].
+    pub fn start(
+        &self,
+        prepared: &Prepared,
+        params: &GenerateParams,
+        cache: Option<&mut FeatureCache>,
+    ) -> Result<Sequence<'_>> {
+        let sp = &params.sampling;
+        sp.validate()?;
+        let sampler = Sampler::new(sp)?;
+        let stops = StopMatcher::new(&sp.stop)?;
+        let model = self.model();
+        let mut timings = Timings {
+            preprocess_ms: prepared.preprocess_ms,
+            ..Default::default()
+        };
+
+        let t = Instant::now();
+        let image_embeds = self.image_embeddings(prepared, cache)?;
+        timings.vision_ms = ms(t);
+
+        let t = Instant::now();
+        let tok = self.tokenizer();
+        let embeds = model.input_embeddings(&prepared.ids, tok.image_id(), &image_embeds)?;
+        let mut kv = model.new_cache();
+        let chunk = params.prefill_chunk.unwrap_or(DEFAULT_PREFILL_CHUNK);
+        let logits = self.prefill(&embeds, &mut kv, chunk)?.to_vec1::<f32>()?;
+        timings.prefill_ms = ms(t);
+
+        let skip_special = params
+            .skip_special_tokens
+            .unwrap_or(matches!(self.config(), ModelConfig::V1(_)));
+        let decode: DecodeFn<'_> = Box::new(move |ids: &[u32]| tok.decode(ids, skip_special));
+        Ok(Sequence {
+            pipeline: self,
+            params: params.clone(),
+            cache: kv,
+            logits,
+            sampler,
+            stream: DecodeStream::new(decode),
+            stops,
+            ids: Vec::new(),
+            text: String::new(),
+            prompt_tokens: prepared.ids.len(),
+            timings,
+            decode_started: None,
+            finish: None,
+        })
+    }
+
+    /// One decode step for each `(sequence, token)`: a single forward pass over all of them,
+    /// each against its own cache; every sequence gets the logits of its next position.
+    pub fn decode_batch(&self, batch: &mut [(&mut Sequence<'_>, u32)]) -> Result<()> {
+        let ids: Vec<u32> = batch.iter().map(|(_, id)| *id).collect();
+        let logits = {
+            let mut caches: Vec<&mut KvCache> =
+                batch.iter_mut().map(|(s, _)| &mut s.cache).collect();
+            self.model().decode_batch(&ids, &mut caches)?
+        };
+        for (row, (seq, _)) in batch.iter_mut().enumerate() {
+            seq.logits = logits.get(row)?.to_vec1::<f32>()?;
+        }
+        Ok(())
+    }
+}
+
+impl<'p> Sequence<'p> {
+    /// Samples the next token from the current logits and reports it through `on_event`.
+    /// Returns the token to feed back (through [`Pipeline::decode_batch`] or
+    /// [`Sequence::decode`]) or `None` when the sequence has ended (EOS, a stop string,
+    /// `max_new_tokens`, or `on_event` returning `Break`): then call [`Sequence::finish`].
+    pub fn step(
+        &mut self,
+        mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<Option<u32>> {
+        if self.finish.is_some() {
+            return Ok(None);
+        }
+        self.decode_started.get_or_insert_with(Instant::now);
+        let max = self.params.sampling.max_new_tokens;
+        if self.ids.len() >= max {
+            self.finish = Some(FinishReason::Length);
+            return Ok(None);
+        }
+        let tok = self.pipeline.tokenizer();
+        let id = self.sampler.sample(&self.logits, &self.ids)?;
+        if id == tok.eos_id() && !self.params.ignore_eos {
+            self.finish = Some(FinishReason::Stop);
+            return Ok(None);
+        }
+        self.ids.push(id);
+        let (logprob, top) = match self.params.logprobs {
+            Some(k) => {
+                let lp = log_softmax(&self.logits);
+                (lp.get(id as usize).copied(), top_logprobs(&lp, k))
+            }
+            None => (None, Vec::new()),
+        };
+        let delta = self.stream.push(id)?.unwrap_or_default();
+        let (emit, hit) = self.stops.push(&delta);
+        self.text.push_str(&emit);
+        let event = Event::Token(TokenEvent {
+            id,
+            text: emit,
+            token_text: tok.decode(&[id], false)?,
+            logprob,
+            top_logprobs: top,
+        });
+        if on_event(&event).is_break() {
+            self.finish = Some(FinishReason::Cancelled);
+            return Ok(None);
+        }
+        if hit.is_some() {
+            self.finish = Some(FinishReason::Stop);
+            return Ok(None);
+        }
+        if self.ids.len() >= max {
+            self.finish = Some(FinishReason::Length);
+            return Ok(None);
+        }
+        Ok(Some(id))
+    }
+
+    /// A decode step for this sequence alone.
+    pub fn decode(&mut self, id: u32) -> Result<()> {
+        self.logits = self
+            .pipeline
+            .model()
+            .decode_step(id, &mut self.cache)?
+            .to_vec1::<f32>()?;
+        Ok(())
+    }
+
+    /// Ends the sequence: releases the text held back by the UTF-8 window and the stop matcher
+    /// (as a last [`Event::Tail`]) unless it was cancelled or stopped by a stop string.
+    pub fn finish(
+        mut self,
+        mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<Outcome> {
+        let finish = self.finish.unwrap_or(FinishReason::Length);
+        if finish != FinishReason::Cancelled && !self.stops.is_stopped() {
+            let tail = self.stream.finish()?.unwrap_or_default();
+            let (mut emit, _) = self.stops.push(&tail);
+            if !self.stops.is_stopped() {
+                emit.push_str(&self.stops.flush());
+            }
+            if !emit.is_empty() {
+                self.text.push_str(&emit);
+                let _ = on_event(&Event::Tail(emit));
+            }
+        }
+        self.timings.decode_ms = self.decode_started.map_or(0.0, ms);
+        Ok(Outcome {
+            ids: self.ids,
+            text: self.text,
+            finish_reason: finish,
+            prompt_tokens: self.prompt_tokens,
+            timings: self.timings,
+        })
+    }
+
+    /// f32 logits of the next position (what the next [`Sequence::step`] samples from).
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+
+    /// Tokens generated so far.
+    pub fn generated(&self) -> &[u32] {
+        &self.ids
+    }
+
+    pub fn params(&self) -> &GenerateParams {
+        &self.params
+    }
+
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}

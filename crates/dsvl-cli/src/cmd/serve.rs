@@ -80,9 +80,11 @@ pub struct ServeArgs {
     /// the vision tower.
     #[arg(long, default_value_t = 512)]
     pub image_cache_mb: usize,
-    /// Model name reported by /v1/models and in responses.
-    #[arg(long, default_value = "deepseek-vl")]
-    pub served_model_name: String,
+    /// Model name reported by /v1/models and in responses; requests naming another model get
+    /// 404. Default: the --model argument as given for a Hub id (`deepseek-ai/deepseek-vl2-tiny`),
+    /// the folder's name for a local directory.
+    #[arg(long)]
+    pub served_model_name: Option<String>,
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
@@ -107,9 +109,26 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         max_remote_image_bytes: a.max_remote_image_bytes,
         remote_image_timeout: std::time::Duration::from_secs(a.remote_image_timeout),
         allowed_remote_hosts: a.allowed_remote_hosts,
-        model_name: a.served_model_name,
+        model_name: a
+            .served_model_name
+            .unwrap_or_else(|| default_model_name(&a.model)),
         image_cache_bytes: a.image_cache_mb << 20,
         ..Default::default()
     };
     tokio::runtime::Runtime::new()?.block_on(dsvl_server::serve(cfg))
+}
+
+/// The name a model is served under by default: a local folder's name, else the Hub id.
+fn default_model_name(model: &str) -> String {
+    let path = std::path::Path::new(model);
+    if path.is_dir() {
+        if let Some(name) = path
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        {
+            return name;
+        }
+    }
+    model.trim_end_matches('/').to_string()
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 /// `POST /v1/chat/completions`.
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
-    /// Accepted and echoed back as ours: the server serves one model.
+    /// The served model's name (`--served-model-name`), or absent; any other name is a 404.
     pub model: Option<String>,
     pub messages: Vec<WireMessage>,
     pub max_tokens: Option<u64>,

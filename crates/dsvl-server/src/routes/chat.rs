@@ -26,6 +26,17 @@ pub async fn chat_completions(
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let engine = s.engine()?.clone();
+    if let Some(m) = req.model.as_deref() {
+        if m != s.model_name() {
+            return Err(ApiError::not_found(format!(
+                "model `{m}`: this server serves `{}` (GET /v1/models lists it; \
+                 `dsvl serve --served-model-name NAME` changes it)",
+                s.model_name()
+            ))
+            .with_param("model")
+            .with_code("model_not_found"));
+        }
+    }
     if !engine.has_room() {
         return Err(ApiError::overloaded(s.limits().max_queue));
     }

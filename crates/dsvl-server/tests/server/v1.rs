@@ -55,7 +55,7 @@ pub fn single_image_messages() -> Value {
 
 #[tokio::test]
 async fn greedy_single_image_matches_the_reference() {
-    let body = json!({"model": "x", "messages": single_image_messages(), "temperature": 0, "max_tokens": 32});
+    let body = json!({"model": "deepseek-vl", "messages": single_image_messages(), "temperature": 0, "max_tokens": 32});
     let r = post(app(), "/v1/chat/completions", &body).await;
     let j = r.json();
     assert_eq!(r.status, StatusCode::OK, "{j}");

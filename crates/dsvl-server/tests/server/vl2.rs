@@ -108,7 +108,7 @@ impl Case {
     /// The reference's greedy request: `max_tokens` = its step count, EOS does not stop it.
     fn request(&self, extra: Value) -> Value {
         let mut body = json!({
-            "model": "deepseek-vl2", "messages": self.messages, "temperature": 0,
+            "model": "deepseek-vl", "messages": self.messages, "temperature": 0,
             "max_tokens": self.max_new_tokens, "ignore_eos": true,
         });
         for (k, v) in extra.as_object().expect("object").iter() {

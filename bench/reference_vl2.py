@@ -56,7 +56,7 @@ def run_reference(a, question):
 
     def one(n_new):
         t0 = time.perf_counter()
-        conv = [{"role": "<|User|>", "content": f"<image>\n{question}", "images": [str(a.image)]},
+        conv = [{"role": "<|User|>", "content": f"<image>{question}", "images": [str(a.image)]},
                 {"role": "<|Assistant|>", "content": ""}]
         imgs = off.load_pil_images(conv)
         with contextlib.redirect_stdout(io.StringIO()):

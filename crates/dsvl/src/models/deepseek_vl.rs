@@ -155,7 +155,9 @@ impl DeepseekVl {
         let ids_t = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
         let text = self.llm.embed(&ids_t)?;
         match image_embeds {
-            Some(img) => merge_image_embeddings(&text, ids, image_token_id, img),
+            Some(img) => {
+                merge_image_embeddings(&text, ids, image_token_id, img, "<image_placeholder>")
+            }
             None => Ok(text),
         }
     }

@@ -161,7 +161,7 @@ impl DeepseekVl2 {
             return Ok(text);
         }
         let rows = Tensor::cat(images, 0)?.unsqueeze(0)?;
-        merge_image_embeddings(&text, ids, image_token_id, &rows)
+        merge_image_embeddings(&text, ids, image_token_id, &rows, "<image>")
     }
 
     /// Runs `embeds` `[1, T, hidden]` through the LM, appending to `cache`; f32 logits `[vocab]`.

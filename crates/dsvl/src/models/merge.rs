@@ -7,12 +7,13 @@ use crate::error::{Error, Result};
 
 /// `text`: `[1, T, D]` token embeddings; `ids`: the T ids; `images`: `[N, tokens, D]`.
 /// Every position whose id is `image_id` takes the next image row. The number of such positions
-/// must be exactly `N × tokens`.
+/// must be exactly `N × tokens`; `marker` names the prompt marker in the error otherwise.
 pub fn merge_image_embeddings(
     text: &Tensor,
     ids: &[u32],
     image_id: u32,
     images: &Tensor,
+    marker: &str,
 ) -> Result<Tensor> {
     let (n, per, d) = images.dims3()?;
     let slots = ids.iter().filter(|&&i| i == image_id).count();
@@ -20,7 +21,7 @@ pub fn merge_image_embeddings(
         return Err(Error::ImageCountMismatch {
             markers: slots / per.max(1),
             images: n,
-            marker: "<image_placeholder>".into(),
+            marker: marker.into(),
         });
     }
     let rows = images.reshape((n * per, d))?.to_dtype(text.dtype())?;

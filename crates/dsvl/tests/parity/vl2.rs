@@ -15,8 +15,8 @@ use serde::Deserialize;
 use crate::npy;
 use crate::tol::{assert_close, F32_STAGE};
 
-/// Our own fixtures (`tools/fixtures/gen_v2.py`) when present, else the shared set; the
-/// `DSVL_VL2_FIXTURES` variable overrides both. A missing folder fails the test.
+/// The VL2 fixture root: `$DSVL_VL2_FIXTURES`, else our own (`tools/fixtures/gen_v2.py`) when
+/// present, else the shared set. A missing folder fails the test (see [`vl2_fixtures_checked`]).
 pub fn vl2_fixtures() -> PathBuf {
     if let Some(dir) = std::env::var_os("DSVL_VL2_FIXTURES") {
         return PathBuf::from(dir);
@@ -27,6 +27,19 @@ pub fn vl2_fixtures() -> PathBuf {
         return own;
     }
     manifest.join("../../../shared/fixtures/vl2")
+}
+
+/// [`vl2_fixtures`], failing with what to do when it has no `cases/` and `ref/` (never a silent
+/// skip).
+pub fn vl2_fixtures_checked() -> anyhow::Result<PathBuf> {
+    let dir = vl2_fixtures();
+    anyhow::ensure!(
+        dir.join("cases").is_dir() && dir.join("ref").is_dir(),
+        "DeepSeek-VL2 fixtures not found at {} (no cases/ and ref/ there); set DSVL_VL2_FIXTURES \
+         to a fixture set or regenerate ours with tools/fixtures/gen_v2.py",
+        dir.display()
+    );
+    Ok(dir)
 }
 
 #[derive(Deserialize)]

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use candle_core::{DType, Device, Tensor};
 use dsvl::llm::deepseek_v2::{AttentionKind, MlaForm, ScoringFunc, Trace};
 use dsvl::llm::llama::Logits;
@@ -23,32 +23,8 @@ use crate::tol::{assert_close, diff, F32_STAGE};
 /// Log-prob gate for an f32 implementation (fixtures README §8: "within about 1e-3").
 const LOGPROB_TOL: f32 = 1e-3;
 
-/// The VL2 fixture root: `$DSVL_VL2_FIXTURES`, else our own `tests/fixtures/v2`, else the shared
-/// reference set next to the workspace. Missing fixtures fail the test; they are never skipped.
-pub fn fixtures() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("DSVL_VL2_FIXTURES") {
-        let dir = PathBuf::from(dir);
-        ensure!(
-            dir.join("ref").is_dir(),
-            "DSVL_VL2_FIXTURES={} has no ref/ folder; point it at a DeepSeek-VL2 fixture set",
-            dir.display()
-        );
-        return Ok(dir);
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let own = manifest.join("tests/fixtures/v2");
-    if own.is_dir() {
-        return Ok(own);
-    }
-    let shared = manifest.join("../../../shared/fixtures/vl2");
-    if shared.join("ref").is_dir() {
-        return Ok(shared);
-    }
-    bail!(
-        "DeepSeek-VL2 fixtures not found: set DSVL_VL2_FIXTURES, or provide {} or {}",
-        own.display(),
-        shared.display()
-    )
+fn fixtures() -> anyhow::Result<PathBuf> {
+    crate::vl2::vl2_fixtures_checked()
 }
 
 #[derive(Deserialize)]

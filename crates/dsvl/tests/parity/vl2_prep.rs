@@ -14,27 +14,8 @@ use dsvl::Error;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-/// The VL2 fixture root: `$DSVL_VL2_FIXTURES`, else our own `tests/fixtures/v2` when it exists, else the shared
-/// reference set next to the workspace. A missing directory fails the test (never a silent skip).
 fn fixtures() -> anyhow::Result<PathBuf> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = match std::env::var_os("DSVL_VL2_FIXTURES") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            let ours = manifest.join("tests/fixtures/v2");
-            if ours.is_dir() {
-                ours
-            } else {
-                manifest.join("../../../shared/fixtures/vl2")
-            }
-        }
-    };
-    ensure!(
-        dir.join("cases").is_dir() && dir.join("ref").is_dir(),
-        "VL2 fixtures not found at {} (no cases/ and ref/ there); set DSVL_VL2_FIXTURES to the fixture directory",
-        dir.display()
-    );
-    Ok(dir)
+    crate::vl2::vl2_fixtures_checked()
 }
 
 #[derive(Deserialize)]

@@ -137,6 +137,10 @@ impl EngineHandle {
     }
 }
 
+/// Prompt tokens prefilled between two decode steps while other requests are running (one
+/// request is always admitted, whatever its length).
+const PREFILL_TOKENS_PER_STEP: usize = 4096;
+
 /// A request between its prefill and its last token.
 struct Running<'p> {
     seq: Sequence<'p>,
@@ -181,9 +185,15 @@ impl<'p> Scheduler<'p> {
     }
 
     /// Starts waiting requests while there is room: blocks for one when nothing runs. False
-    /// when the queue is closed and nothing runs (the server is shutting down).
+    /// when the queue is closed and nothing runs (the server is shutting down). While others
+    /// are decoding, admission stops once [`PREFILL_TOKENS_PER_STEP`] prompt tokens were
+    /// prefilled, so a burst of long prompts delays the running streams by a bounded time.
     fn admit(&mut self, jobs: &Receiver<GenerationRequest>) -> bool {
+        let mut prefilled = 0;
         while self.running.len() < self.max_running {
+            if prefilled >= PREFILL_TOKENS_PER_STEP && !self.running.is_empty() {
+                return true;
+            }
             let job = if self.running.is_empty() {
                 match jobs.recv() {
                     Ok(job) => job,
@@ -196,6 +206,7 @@ impl<'p> Scheduler<'p> {
                 }
             };
             self.metrics.queue_depth.fetch_sub(1, Relaxed);
+            prefilled += job.prepared.ids.len();
             self.start(job);
         }
         true

@@ -50,12 +50,6 @@ fn answer(r: &Reply) -> Value {
     json!({"choices": j["choices"], "usage": j["usage"]})
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
-}
-
 async fn batch_invariance(model: PathBuf, images: &[String]) {
     let pipeline = load_pipeline(&model);
     let bodies: Vec<Value> = (0..REQUESTS).map(|i| request(i, images)).collect();

@@ -144,3 +144,39 @@ pub fn sse_chunks(body: &[u8]) -> Vec<Value> {
         .map(|d| serde_json::from_str(d).expect("chunk JSON"))
         .collect()
 }
+
+/// One HTTP/1.1 request over a fresh loopback connection (`Connection: close`), the whole
+/// response read: `(status, body)`. `body` is sent as is (it may be invalid JSON on purpose).
+pub async fn http_raw(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    s.write_all(body.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    (status, body.to_string())
+}
+
+/// The value of the Prometheus sample `name` (with its labels) in a `/metrics` body.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+}

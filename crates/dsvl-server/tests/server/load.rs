@@ -25,28 +25,6 @@ fn request_head(addr: SocketAddr, body_len: usize) -> String {
     )
 }
 
-/// One request, the whole response: `(status, body)`.
-async fn exchange(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let head = if method == "POST" {
-        request_head(addr, body.len())
-    } else {
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-    };
-    s.write_all(head.as_bytes()).await.expect("write");
-    s.write_all(body.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.expect("read");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    (status, body.to_string())
-}
-
 /// A streaming request whose client hangs up as soon as the first SSE event arrives.
 async fn hang_up_after_first_chunk(addr: SocketAddr, body: &str) -> u16 {
     let mut s = TcpStream::connect(addr).await.expect("connect");
@@ -152,12 +130,6 @@ fn bad_input(k: usize) -> (&'static str, String, u16) {
     }
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
-}
-
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kb: f64 = status
@@ -194,7 +166,7 @@ async fn sixty_four_clients_with_bad_inputs_and_hang_ups() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut loading_503 = 0.0;
     loop {
-        match exchange(addr, "GET", "/health", "").await.0 {
+        match http_raw(addr, "GET", "/health", "").await.0 {
             200 => break,
             503 => loading_503 += 1.0,
             other => panic!("/health answered {other} while loading"),
@@ -229,7 +201,7 @@ async fn sixty_four_clients_with_bad_inputs_and_hang_ups() {
                 if hang_up {
                     (hang_up_after_first_chunk(addr, &body).await, String::new())
                 } else {
-                    exchange(addr, "POST", "/v1/chat/completions", &body).await
+                    http_raw(addr, "POST", "/v1/chat/completions", &body).await
                 }
             })
         })
@@ -283,7 +255,7 @@ async fn sixty_four_clients_with_bad_inputs_and_hang_ups() {
     let mut m = String::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        m = exchange(addr, "GET", "/metrics", "").await.1;
+        m = http_raw(addr, "GET", "/metrics", "").await.1;
         if metric(&m, "dsvl_running_sequences") == 0.0 && metric(&m, "dsvl_queue_depth") == 0.0 {
             break;
         }
@@ -309,7 +281,7 @@ async fn sixty_four_clients_with_bad_inputs_and_hang_ups() {
     );
 
     // Still serving.
-    let (status, body) = exchange(addr, "POST", "/v1/chat/completions", &valid).await;
+    let (status, body) = http_raw(addr, "POST", "/v1/chat/completions", &valid).await;
     assert_eq!(status, 200, "{body}");
 
     let peak = peak_rss_mib();

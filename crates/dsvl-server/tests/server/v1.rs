@@ -608,10 +608,8 @@ async fn full_queue_gets_429_and_a_dropped_stream_frees_the_engine() {
 
 mod socket {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpListener;
 
-    /// A minimal HTTP/1.1 client: one request per connection, `Connection: close`.
     async fn http(
         addr: std::net::SocketAddr,
         method: &str,
@@ -619,30 +617,7 @@ mod socket {
         body: Option<&Value>,
     ) -> (u16, String) {
         let body = body.map(Value::to_string).unwrap_or_default();
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).await.expect("write");
-        s.write_all(body.as_bytes()).await.expect("write");
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.expect("read");
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .expect("status line");
-        (status, body.to_string())
-    }
-
-    fn metric(text: &str, name: &str) -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+        http_raw(addr, method, path, &body).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,11 +89,7 @@ impl Attention {
         cache: &mut KvCache,
         layer: usize,
     ) -> Result<Tensor> {
-        let (q, k, v) = (
-            self.q_proj.forward(x)?,
-            self.k_proj.forward(x)?,
-            self.v_proj.forward(x)?,
-        );
+        let (q, k, v) = self.qkv(x)?;
         self.o_proj
             .forward(&self.attend(&q, &k, &v, ctx, cache, layer)?)
     }
@@ -108,17 +104,21 @@ impl Attention {
         caches: &mut [&mut KvCache],
         layer: usize,
     ) -> Result<Tensor> {
-        let (q, k, v) = (
-            self.q_proj.forward(x)?,
-            self.k_proj.forward(x)?,
-            self.v_proj.forward(x)?,
-        );
+        let (q, k, v) = self.qkv(x)?;
         let mut rows = Vec::with_capacity(caches.len());
         for (r, (ctx, cache)) in ctxs.iter().zip(caches.iter_mut()).enumerate() {
             let row = |t: &Tensor| t.narrow(0, r, 1);
             rows.push(self.attend(&row(&q)?, &row(&k)?, &row(&v)?, ctx, cache, layer)?);
         }
         self.o_proj.forward(&Tensor::cat(&rows, 0)?)
+    }
+
+    fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        Ok((
+            self.q_proj.forward(x)?,
+            self.k_proj.forward(x)?,
+            self.v_proj.forward(x)?,
+        ))
     }
 
     /// Projected `q`, `k`, `v` (`[b, t, heads·d]`) → attention output `[b, t, heads·d]`

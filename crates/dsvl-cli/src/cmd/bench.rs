@@ -181,9 +181,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         runs.push(run);
     }
     // Read before the bandwidth test, which allocates its own buffer. The peak includes the
-    // load (mapped checkpoint pages plus the converted weights); the resident size after the
-    // runs is the steady state (weights as used, e.g. quantized blocks and their repacked
-    // tiles, plus the allocator's caches).
+    // load (the weights kept plus the tensor being converted); the resident size after the
+    // runs is the steady state (weights, caches, what the allocator keeps).
     let peak_rss = proc_status_kib("VmHWM").map(|k| k * 1024);
     let rss_after_runs = proc_status_kib("VmRSS").map(|k| k * 1024);
 

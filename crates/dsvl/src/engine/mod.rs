@@ -32,19 +32,6 @@ pub use generate::{
 };
 pub use sequence::Sequence;
 
-/// Gives the memory that loading freed (dtype conversions, quantization inputs, many large
-/// temporaries) back to the OS. glibc keeps freed heap memory mapped, and after a load that
-/// allocates and frees gigabytes in varied sizes it would otherwise stay in the resident set
-/// for the life of the process.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointers.
-        let released = unsafe { libc::malloc_trim(0) };
-        tracing::debug!(released = released != 0, "malloc_trim after load");
-    }
-}
-
 /// Where an image comes from.
 #[derive(Debug, Clone)]
 pub enum ImageSource {
@@ -220,7 +207,7 @@ impl Pipeline {
             quant,
             opts.progress.clone(),
         )?;
-        release_freed_memory();
+        crate::memory::release_freed();
         Ok(Self {
             config,
             model,

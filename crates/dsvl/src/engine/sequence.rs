@@ -73,6 +73,9 @@ impl Pipeline {
         let chunk = params.prefill_chunk.unwrap_or(DEFAULT_PREFILL_CHUNK);
         let logits = self.prefill(&embeds, &mut kv, chunk)?.to_vec1::<f32>()?;
         timings.prefill_ms = ms(t);
+        // The vision tower and the prefill free hundreds of MB of temporaries that glibc would
+        // otherwise keep (in every worker thread's arena) for the life of the process.
+        crate::memory::release_freed();
 
         let skip_special = params
             .skip_special_tokens
@@ -209,19 +212,6 @@ impl<'p> Sequence<'p> {
     /// f32 logits of the next position (what the next [`Sequence::step`] samples from).
     pub fn logits(&self) -> &[f32] {
         &self.logits
-    }
-
-    /// Tokens generated so far.
-    pub fn generated(&self) -> &[u32] {
-        &self.ids
-    }
-
-    pub fn params(&self) -> &GenerateParams {
-        &self.params
-    }
-
-    pub fn prompt_tokens(&self) -> usize {
-        self.prompt_tokens
     }
 }
 

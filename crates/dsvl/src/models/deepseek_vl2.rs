@@ -93,11 +93,25 @@ impl DeepseekVl2 {
     pub fn vision_stages(&self, tiles: &Tensor) -> Result<Vl2VisionStages> {
         let _span = tracing::debug_span!("vision", tiles = tiles.dim(0).unwrap_or(0)).entered();
         let x = tiles.to_dtype(self.dtype)?.to_device(&self.device)?;
-        let vision_out = self.vision.forward(&x)?;
-        let projector_out = self.projector.forward(&vision_out)?;
+        // Tiles are independent through the tower and the projector. On the CPU they go through
+        // one at a time: a tile's rows already fill the GEMMs, and the attention scores of all
+        // tiles at once (T × heads × 729² floats, several times over in the softmax) would set
+        // the process's peak memory.
+        let per_pass = if self.device.is_cpu() {
+            1
+        } else {
+            x.dim(0)?.max(1)
+        };
+        let (mut vision_out, mut projector_out) = (Vec::new(), Vec::new());
+        for start in (0..x.dim(0)?).step_by(per_pass) {
+            let len = per_pass.min(x.dim(0)? - start);
+            let v = self.vision.forward(&x.narrow(0, start, len)?)?;
+            projector_out.push(self.projector.forward(&v)?);
+            vision_out.push(v);
+        }
         Ok(Vl2VisionStages {
-            vision_out,
-            projector_out,
+            vision_out: Tensor::cat(&vision_out, 0)?,
+            projector_out: Tensor::cat(&projector_out, 0)?,
         })
     }
 

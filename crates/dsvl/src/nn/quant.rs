@@ -1,12 +1,13 @@
 //! Load-time weight quantization of linear layers (issue #4 item 4): GGML `q8_0` and `q4_k`
-//! blocks through candle's quantized matmul, so a decode step reads 8.5 or 4.5 bits per weight
-//! instead of 32 (f32) or 16 (bf16).
+//! blocks multiplied with candle's block dot products, so a decode step reads 8.5 or 4.5 bits
+//! per weight instead of 32 (f32) or 16 (bf16).
 //!
 //! A weight `[out, in]` is cut into blocks along `in` (the dot-product dimension): 32 values per
 //! `q8_0` block (one f16 scale, 32 i8), 256 per `q4_k` super-block (f16 scale and min, 8 six-bit
-//! sub-scales and mins, 256 four-bit values). At matmul time candle quantizes the activation rows
-//! to 8 bits as well (`q8_0` or `q8_K` blocks) and accumulates integer dot products, so the
-//! output differs from the float matmul by the weight rounding plus the activation rounding.
+//! sub-scales and mins, 256 four-bit values). A decode step quantizes the activation rows to 8
+//! bits as well (`q8_0` or `q8_K` blocks) and accumulates integer dot products, so the output
+//! differs from the float matmul by the weight rounding plus the activation rounding; a prefill
+//! multiplies the dequantized weight in f32 (weight rounding only).
 //!
 //! A layer whose `in` is not a multiple of the block size cannot be stored in that format. Such
 //! a layer falls back, never fails: `q4_k` → `q8_0` when `in` is a multiple of 32 (DeepSeek-VL2
@@ -16,11 +17,10 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
-use candle_core::quantized::{QStorage, QTensor};
+use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ8_0, GgmlType};
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::{linear_from_weight, Linear, LinearWeight};
+use super::{linear_from_weight, rowmat, Linear, LinearWeight};
 
 /// A GGML block format for linear weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -124,36 +124,57 @@ pub fn linear_from_weight_quant(weight: &Tensor, quant: Option<Quant>) -> Result
     match quant.and_then(|q| q.for_input_width(in_dim)) {
         None => linear_from_weight(weight),
         Some(q) => Ok(Linear {
-            weight: LinearWeight::Quant(QuantWeight::new(quantize(weight, q)?, q)?),
+            weight: LinearWeight::Quant(QuantWeight::quantize(weight, q)?),
             bias: None,
         }),
     }
 }
 
-/// Rows from which a layer without a fast many-row kernel dequantizes its weight instead:
-/// above the largest decode batch ([`super::rowmat::MAX_ROWS`]), so that every decode step,
-/// alone or batched, goes through the same quantized kernel.
-const DEQUANT_MIN_ROWS: usize = super::rowmat::MAX_ROWS + 1;
+/// GGML blocks of a weight `[out, in]`, row-major: each output row is `in / block_size`
+/// consecutive blocks.
+enum Blocks {
+    Q8_0(Vec<BlockQ8_0>),
+    Q4K(Vec<BlockQ4K>),
+}
 
 /// A quantized weight `[out, in]` and how to multiply by it.
+///
+/// The blocks are the only copy of the weight. candle's own quantized matmul (`QTensor`) is not
+/// used: on x86 it builds a second, expanded copy of every `q4_k` weight (and, with VNNI, of every
+/// `q8_0` weight) the first time the weight is used, 6 bits per weight on top of the 4.5 stored,
+/// which more than doubles the resident size of a `q4_k` model after its first request and makes
+/// every decode step read the expanded copy.
 #[derive(Clone)]
 pub(super) struct QuantWeight {
-    w: Arc<QTensor>,
+    blocks: Arc<Blocks>,
     quant: Quant,
     /// `(out, in)`.
     dims: (usize, usize),
-    /// Whether candle has a many-row kernel for this format and shape on this CPU.
-    fast_gemm: bool,
 }
 
 impl QuantWeight {
-    fn new(w: QTensor, quant: Quant) -> Result<Self> {
-        let dims = w.shape().dims2()?;
+    /// `weight` `[out, in]` (any float dtype, `in` a multiple of `quant.block_size()`).
+    fn quantize(weight: &Tensor, quant: Quant) -> Result<Self> {
+        let dims = weight.dims2()?;
+        if dims.1 % quant.block_size() != 0 {
+            candle_core::bail!(
+                "{quant} needs an input width that is a multiple of {}, got {}",
+                quant.block_size(),
+                dims.1
+            );
+        }
+        let values = weight
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let blocks = match quant {
+            Quant::Q8_0 => Blocks::Q8_0(quantize_blocks(&values)),
+            Quant::Q4K => Blocks::Q4K(quantize_blocks(&values)),
+        };
         Ok(Self {
-            w: Arc::new(w),
+            blocks: Arc::new(blocks),
             quant,
             dims,
-            fast_gemm: has_fast_gemm(quant, dims.0, dims.1),
         })
     }
 
@@ -164,104 +185,63 @@ impl QuantWeight {
         self.quant
     }
     pub(super) fn bytes(&self) -> u64 {
-        self.w.storage_size_in_bytes() as u64
+        let blocks = match &*self.blocks {
+            Blocks::Q8_0(b) => b.len(),
+            Blocks::Q4K(b) => b.len(),
+        };
+        (blocks * self.quant.block_bytes()) as u64
     }
 
-    /// `x` `[rows, in]` → `x · Wᵀ` `[rows, out]` in `x`'s dtype.
+    /// `x` `[rows, in]` → `x · Wᵀ` `[rows, out]` in `x`'s dtype, computed on the CPU.
     ///
-    /// One row (decode) always goes through candle's quantized kernel, which reads the blocks
-    /// (the point of quantizing). Many rows (prefill) do too where candle has a many-row kernel
-    /// (see [`has_fast_gemm`]); elsewhere its many-row path is a dot product per row and per
-    /// column that re-reads the whole weight for every row (`q8_0` prefill on an AVX2 CPU ran
-    /// at 4 tokens/s against 15 in f32), so the weight is dequantized to f32 for the call and
-    /// the product is one float GEMM.
+    /// Up to [`rowmat::MAX_ROWS`] rows (decode steps, alone or batched): each row is quantized
+    /// to 8-bit blocks and dotted with the weight blocks in integer arithmetic (candle's
+    /// `k_quants::matmul`, AVX2/NEON dot products), reading the weight once per call. Every
+    /// output element depends only on its own row and weight row, so a sequence gets the same
+    /// values alone or batched. More rows (prefill): the weight is dequantized to f32 for the
+    /// call and the product is one float GEMM, which reuses each weight many times and beats
+    /// a dot product per row and column (measured: `q8_0` prefill 4 → 15 tokens/s at the 1.3B
+    /// shape on an AVX2 CPU).
     pub(super) fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
-        let rows = x.dim(0)?;
-        if rows >= DEQUANT_MIN_ROWS && !self.fast_gemm {
-            let w = self.dequantize()?;
-            return x.to_dtype(DType::F32)?.matmul(&w.t()?)?.to_dtype(x.dtype());
+        let (rows, k) = x.dims2()?;
+        let (n, in_dim) = self.dims;
+        if k != in_dim {
+            candle_core::bail!("quantized linear expects {in_dim} inputs, got {k}");
         }
-        // candle's quantized matmul reads the rows in place: they must be contiguous (a
-        // reshape of a strided input already copied them).
-        x.contiguous()?.apply_op1_no_bwd(self.w.as_ref())
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        if rows > rowmat::MAX_ROWS {
+            return x.matmul(&self.dequantize()?.t()?)?.to_dtype(dtype);
+        }
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut y = vec![0f32; rows * n];
+        match &*self.blocks {
+            Blocks::Q8_0(w) => k_quants::matmul((rows, k, n), &xs, w, &mut y)?,
+            Blocks::Q4K(w) => k_quants::matmul((rows, k, n), &xs, w, &mut y)?,
+        }
+        Tensor::from_vec(y, (rows, n), x.device())?.to_dtype(dtype)
     }
 
-    /// f32 `[out, in]`; `q8_0` over the threads (candle's dequantizer is single-threaded).
+    /// The weight as f32 `[out, in]`, dequantized over the threads.
     fn dequantize(&self) -> Result<Tensor> {
-        match self.quant {
-            Quant::Q8_0 => {
-                let data = self.w.data()?;
-                let values = dequantize_q8_0(&data);
-                Tensor::from_vec(values, self.dims, &Device::Cpu)
-            }
-            Quant::Q4K => self.w.dequantize(&Device::Cpu),
-        }
+        let values = match &*self.blocks {
+            Blocks::Q8_0(b) => dequantize_blocks(b),
+            Blocks::Q4K(b) => dequantize_blocks(b),
+        };
+        Tensor::from_vec(values, self.dims, &Device::Cpu)
     }
 }
 
-/// Whether candle 0.11 has a many-row kernel for `quant` at `[n, k]` on this CPU: its x86
-/// repacked tiles (`quantized::repack_x86::select`) take `n % 16 == 0`, `k % 256 == 0`, AVX2
-/// for `q4_k` and VNNI (AVX512-VNNI or AVX-VNNI) for `q8_0`. Other architectures: assumed (its
-/// aarch64 kernels are not measured here).
-fn has_fast_gemm(quant: Quant, n: usize, k: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let tiles = n % 16 == 0 && k % 256 == 0;
-        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-        let vnni = (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
-            || (avx2 && is_x86_feature_detected!("avxvnni"));
-        match quant {
-            Quant::Q4K => tiles && avx2,
-            Quant::Q8_0 => tiles && vnni,
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (quant, n, k);
-        true
-    }
-}
-
-/// `q8_0` blocks (34 bytes: an f16 scale, then 32 i8) → f32, `value = q · scale` as candle's
-/// `BlockQ8_0::to_float`.
-fn dequantize_q8_0(data: &[u8]) -> Vec<f32> {
-    const BLOCK: usize = 34;
-    let n_blocks = data.len() / BLOCK;
-    let mut out = vec![0f32; n_blocks * 32];
-    let per = blocks_per_thread(n_blocks);
+/// candle's dequantizer for `T`, over the threads (candle runs it on one).
+fn dequantize_blocks<T: GgmlType>(blocks: &[T]) -> Vec<f32> {
+    let mut out = vec![0f32; blocks.len() * T::BLCK_SIZE];
+    let per = blocks_per_thread(blocks.len());
     std::thread::scope(|s| {
-        for (src, dst) in data.chunks(per * BLOCK).zip(out.chunks_mut(per * 32)) {
-            s.spawn(move || {
-                for (b, y) in src.chunks_exact(BLOCK).zip(dst.chunks_exact_mut(32)) {
-                    let d = half::f16::from_ne_bytes([b[0], b[1]]).to_f32();
-                    for (y, &q) in y.iter_mut().zip(&b[2..]) {
-                        *y = (q as i8) as f32 * d;
-                    }
-                }
-            });
+        for (xs, ys) in blocks.chunks(per).zip(out.chunks_mut(per * T::BLCK_SIZE)) {
+            s.spawn(move || T::to_float(xs, ys));
         }
     });
     out
-}
-
-/// `weight` `[out, in]` (any float dtype, `in` a multiple of `q.block_size()`) → GGML blocks,
-/// row-major like the source. The blocks are independent, so the rows are split over
-/// candle's CPU threads (`RAYON_NUM_THREADS`, i.e. `--threads`); the result is the same as
-/// `QTensor::quantize` on the whole tensor.
-fn quantize(weight: &Tensor, q: Quant) -> Result<QTensor> {
-    let (out_dim, in_dim) = weight.dims2()?;
-    if !weight.device().is_cpu() {
-        return QTensor::quantize(weight, q.ggml());
-    }
-    let values = weight
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let storage: Box<dyn candle_core::quantized::QuantizedType> = match q {
-        Quant::Q8_0 => Box::new(quantize_blocks::<BlockQ8_0>(&values)),
-        Quant::Q4K => Box::new(quantize_blocks::<BlockQ4K>(&values)),
-    };
-    QTensor::new(QStorage::Cpu(storage), (out_dim, in_dim))
 }
 
 /// Blocks per CPU thread when `n_blocks` are split into one contiguous range per thread.
@@ -270,7 +250,7 @@ fn blocks_per_thread(n_blocks: usize) -> usize {
     n_blocks.div_ceil(threads).max(1)
 }
 
-/// candle's quantizer for `T`, over the threads.
+/// candle's quantizer for `T`, over the threads; the same blocks as `QTensor::quantize`.
 fn quantize_blocks<T: GgmlType>(values: &[f32]) -> Vec<T> {
     let n_blocks = values.len() / T::BLCK_SIZE;
     let mut blocks = vec![T::zeros(); n_blocks];
@@ -286,6 +266,7 @@ fn quantize_blocks<T: GgmlType>(values: &[f32]) -> Vec<T> {
     blocks
 }
 
+#[cfg(test)]
 impl Quant {
     fn ggml(self) -> candle_core::quantized::GgmlDType {
         match self {
@@ -389,6 +370,7 @@ impl std::fmt::Display for QuantReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::quantized::QTensor;
     use candle_core::{Device, Module, D};
 
     fn randn(shape: (usize, usize), seed: u64) -> Result<Tensor> {
@@ -473,13 +455,21 @@ mod tests {
         let special = Tensor::from_vec(special, (8, 512), &Device::Cpu)?;
         for w in [g, Tensor::cat(&[&scaled, &special], 0)?] {
             for q in [Quant::Q8_0, Quant::Q4K] {
-                let ours = quantize(&w, q)?;
+                let ours = QuantWeight::quantize(&w, q)?;
                 let theirs = QTensor::quantize(&w, q.ggml())?;
-                assert_eq!(ours.data()?, theirs.data()?, "{q}");
                 assert_eq!(
-                    ours.storage_size_in_bytes(),
+                    ours.dequantize()?.flatten_all()?.to_vec1::<f32>()?,
+                    theirs
+                        .dequantize(&Device::Cpu)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
+                    "{q}"
+                );
+                assert_eq!(
+                    ours.bytes() as usize,
                     w.elem_count() / q.block_size() * q.block_bytes()
                 );
+                assert_eq!(ours.bytes() as usize, theirs.storage_size_in_bytes());
             }
         }
         Ok(())
@@ -508,7 +498,7 @@ mod tests {
             let LinearWeight::Quant(qw) = &l.weight else {
                 panic!("quantized weight expected");
             };
-            let w_hat = qw.w.dequantize(&Device::Cpu)?;
+            let w_hat = qw.dequantize()?;
             let got = l.forward(&x)?;
             assert_eq!(got.dims(), &[rows, out_dim]);
 
@@ -537,39 +527,36 @@ mod tests {
         Ok(())
     }
 
-    /// Many rows without a many-row kernel: the weight is dequantized (our q8_0 dequantizer
-    /// gives candle's values exactly) and the product is a float GEMM, which agrees with the
-    /// quantized kernel up to the kernel's activation rounding.
+    /// Many rows: the weight is dequantized and the product is a float GEMM, which agrees with
+    /// the few-row integer kernel up to the kernel's activation rounding. Few rows: each row's
+    /// output is the same bit for bit whether it comes alone or with others (batch invariance).
     #[test]
-    fn many_rows_without_a_kernel_dequantize() -> Result<()> {
+    fn many_rows_dequantize_and_few_rows_are_row_independent() -> Result<()> {
         let w = randn((48, 512), 11)?;
-        let x = randn((DEQUANT_MIN_ROWS + 4, 512), 12)?;
+        let many = rowmat::MAX_ROWS + 4;
+        let x = randn((many, 512), 12)?;
         for q in [Quant::Q8_0, Quant::Q4K] {
-            let slow = QuantWeight {
-                fast_gemm: false,
-                ..QuantWeight::new(quantize(&w, q)?, q)?
-            };
-            let kernel = QuantWeight {
-                fast_gemm: true,
-                ..slow.clone()
-            };
-            let w_hat = slow.w.dequantize(&Device::Cpu)?;
-            assert_eq!(
-                slow.dequantize()?.flatten_all()?.to_vec1::<f32>()?,
-                w_hat.flatten_all()?.to_vec1::<f32>()?,
-                "{q}"
-            );
-            let got = slow.matmul_t(&x)?;
+            let qw = QuantWeight::quantize(&w, q)?;
+            let w_hat = qw.dequantize()?;
+            let got = qw.matmul_t(&x)?;
             let want = x.matmul(&w_hat.t()?)?;
             assert!(rel_rms(&got, &want)? < 1e-6, "{q}: not the float GEMM");
-            let e = rel_rms(&kernel.matmul_t(&x)?, &got)?;
+            let few = Tensor::cat(
+                &[
+                    qw.matmul_t(&x.narrow(0, 0, rowmat::MAX_ROWS)?)?,
+                    qw.matmul_t(&x.narrow(0, rowmat::MAX_ROWS, 4)?)?,
+                ],
+                0,
+            )?;
+            let e = rel_rms(&few, &got)?;
             assert!(e < 0.02 && e > 0.0, "{q}: kernel vs dequantized {e}");
-            let y16 = slow.matmul_t(&x.to_dtype(DType::BF16)?)?;
+            let y16 = qw.matmul_t(&x.to_dtype(DType::BF16)?)?;
             assert_eq!(y16.dtype(), DType::BF16);
-            // one row never dequantizes
-            let one = x.narrow(0, 0, 1)?;
-            let (a, b) = (slow.matmul_t(&one)?, kernel.matmul_t(&one)?);
-            assert_eq!(a.to_vec2::<f32>()?, b.to_vec2::<f32>()?);
+            let batch = few.narrow(0, 0, rowmat::MAX_ROWS)?.to_vec2::<f32>()?;
+            for (r, want) in batch.iter().enumerate() {
+                let alone = qw.matmul_t(&x.narrow(0, r, 1)?)?.to_vec2::<f32>()?;
+                assert_eq!(&alone[0], want, "{q}: row {r} alone differs from batched");
+            }
         }
         Ok(())
     }

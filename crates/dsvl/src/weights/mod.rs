@@ -44,8 +44,12 @@ pub struct Checkpoint {
 struct LoadState {
     used: HashSet<String>,
     loaded_bytes: u64,
+    since_trim: u64,
     first_error: Option<Error>,
 }
+
+/// Checkpoint bytes read between two returns of freed memory to the OS during a load.
+const TRIM_EVERY_BYTES: u64 = 256 << 20;
 
 /// Lists the safetensors files of a model directory: the index's shards, or `model.safetensors`.
 pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -222,9 +226,18 @@ impl Checkpoint {
         } else {
             shard.st.load(name, &Device::Cpu).map_err(|e| st_err(&e))?
         };
+        release_mapped_pages(view.data());
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.used.insert(name.to_string());
         state.loaded_bytes += bytes;
+        state.since_trim += bytes;
+        if state.since_trim >= TRIM_EVERY_BYTES {
+            // What the model constructors converted and freed so far (dtype conversions,
+            // quantization inputs) goes back to the OS as the load goes, so the load's peak stays
+            // near what the model keeps instead of growing with the checkpoint.
+            state.since_trim = 0;
+            crate::memory::release_freed();
+        }
         if let Some(cb) = &self.progress {
             cb(state.loaded_bytes, self.total_bytes);
         }
@@ -281,6 +294,36 @@ impl Checkpoint {
         };
         Ok(t.to_dtype(dtype)?.to_device(dev)?)
     }
+}
+
+/// Drops the mapped file pages of a tensor that has just been copied out, so that the process's
+/// resident memory during a load is what the model keeps plus one tensor, not also every byte of
+/// the checkpoint read so far (the pages stay in the kernel's page cache, and a later read of the
+/// same bytes faults them back in unchanged).
+fn release_mapped_pages(data: &[u8]) {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let Ok(page) = usize::try_from(page) else {
+            return;
+        };
+        if page == 0 {
+            return;
+        }
+        let start = (data.as_ptr() as usize).div_ceil(page) * page;
+        let end = (data.as_ptr() as usize + data.len()) / page * page;
+        if end > start {
+            // SAFETY: [start, end) lies inside a read-only file mapping that outlives this call;
+            // MADV_DONTNEED on such a mapping only unmaps the pages, and any later access reads
+            // the same file contents again. Failure is harmless, so the result is ignored.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = data;
 }
 
 struct Backend(Arc<Checkpoint>);

@@ -20,16 +20,16 @@
 //!
 //! | model, format | measured: top-1, max \|Δ\|/scale, RMS Δ/std | gates: top-1 ≥, max ≤, RMS ≤ |
 //! |---|---|---|
-//! | Llama q8_0 | 0.960, 0.018, 0.017 | 0.88, 0.04, 0.035 |
-//! | Llama q4_k | 0.758, 0.191, 0.162 | 0.65, 0.30, 0.25 |
-//! | Llama q4_k + lm_head | 0.717, 0.184, 0.178 | 0.60, 0.30, 0.27 |
-//! | DeepSeek-V2 MLA+MoE q8_0 | 0.929, 0.217, 0.063 | 0.85, 0.35, 0.10 |
-//! | DeepSeek-V2 MLA+MoE q4_k | 0.758, 0.291, 0.185 | 0.60, 0.45, 0.28 |
+//! | Llama q8_0 | 0.970, 0.019, 0.018 | 0.88, 0.04, 0.035 |
+//! | Llama q4_k | 0.758, 0.187, 0.161 | 0.65, 0.30, 0.25 |
+//! | Llama q4_k + lm_head | 0.717, 0.185, 0.178 | 0.60, 0.30, 0.27 |
+//! | DeepSeek-V2 MLA+MoE q8_0 | 0.960, 0.220, 0.057 | 0.85, 0.35, 0.10 |
+//! | DeepSeek-V2 MLA+MoE q4_k | 0.737, 0.295, 0.185 | 0.60, 0.45, 0.28 |
 //!
-//! Measured on an AVX2 CPU (AMD EPYC, no VNNI), where the 24-row prefill of a q8_0 layer runs
-//! on dequantized weights and the decode steps on candle's int8 kernel; CPUs with other kernels
-//! round the activations differently, and top-1 agreement over 99 positions moves by a few
-//! hundredths between such variants, hence the margins.
+//! Measured on an AVX2 CPU (AMD EPYC, no VNNI). The 24-row prefill and the decode steps both
+//! take the few-row integer kernel (activations rounded to 8-bit blocks); CPUs with other
+//! kernels (NEON) round the activations differently, and top-1 agreement over 99 positions
+//! moves by a few hundredths between such variants, hence the margins.
 //! The MoE model's max |Δ| comes from the few positions where an expert choice flips. For scale:
 //! dropping the last layer's MLP of the f32 Llama gives top-1 0.455, max 0.373, RMS 0.356
 //! (`quant_gates_catch_a_dropped_layer`).
@@ -277,6 +277,8 @@ trait Lm {
     fn logits(&self, ids: &[u32], cache: &mut KvCache) -> anyhow::Result<Vec<f32>>;
     fn cache(&self) -> KvCache;
     fn report(&self) -> QuantReport;
+    /// One decode step for several sequences at once: f32 logits `[B, vocab]`.
+    fn decode_batch(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> anyhow::Result<Tensor>;
 }
 
 fn ids_tensor(ids: &[u32]) -> anyhow::Result<Tensor> {
@@ -297,6 +299,9 @@ impl Lm for Llama {
     fn report(&self) -> QuantReport {
         self.quant_report()
     }
+    fn decode_batch(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> anyhow::Result<Tensor> {
+        Ok(Self::decode_batch(self, ids, caches)?)
+    }
 }
 
 impl Lm for DeepseekV2 {
@@ -312,6 +317,9 @@ impl Lm for DeepseekV2 {
     }
     fn report(&self) -> QuantReport {
         self.quant_report()
+    }
+    fn decode_batch(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> anyhow::Result<Tensor> {
+        Ok(Self::decode_batch(self, ids, caches)?)
     }
 }
 
@@ -663,6 +671,52 @@ fn quant_fixtures_fall_back_to_float_bit_for_bit() -> anyhow::Result<()> {
         }
         assert_eq!(greedy[0], greedy[1], "{}", dir.display());
         assert_eq!(greedy[0], greedy[2], "{}", dir.display());
+    }
+    Ok(())
+}
+
+/// Quantized models are batch-invariant too (the server's continuous batching): three
+/// sequences with prompts of different lengths, decoded together with `decode_batch`, get bit
+/// for bit the logits of decoding each alone, for both formats, with `lm_head` quantized, on the
+/// Llama and on the DeepSeek-V2 MLA+MoE model.
+#[test]
+fn quantized_batched_decode_equals_alone() -> anyhow::Result<()> {
+    let prompts: [&[u32]; 3] = [&[5, 17, 3], &[9; 11], &[40, 2, 33, 7, 1, 8, 21]];
+    let steps: [&[u32]; 4] = [&[1, 2, 3], &[60, 61, 62], &[4, 4, 4], &[30, 20, 10]];
+    for quant in [Quant::Q8_0, Quant::Q4K] {
+        let models = [
+            ("llama", llama(1, plan(quant, true))?),
+            ("deepseek-v2", deepseek_v2(1, plan(quant, true))?),
+        ];
+        for (name, lm) in models {
+            assert!(
+                lm.report().quantized() > 0,
+                "{name} {quant}: nothing quantized"
+            );
+            let mut alone: Vec<KvCache> = prompts.iter().map(|_| lm.cache()).collect();
+            let mut batched: Vec<KvCache> = prompts.iter().map(|_| lm.cache()).collect();
+            for (i, p) in prompts.iter().enumerate() {
+                let a = lm.logits(p, &mut alone[i])?;
+                let b = lm.logits(p, &mut batched[i])?;
+                assert_eq!(a, b, "{name} {quant}: prefill is not deterministic");
+            }
+            for (step, ids) in steps.iter().enumerate() {
+                let mut refs: Vec<&mut KvCache> = batched.iter_mut().collect();
+                let together = lm.decode_batch(ids, &mut refs)?.to_vec2::<f32>()?;
+                for (i, id) in ids.iter().enumerate() {
+                    let one = lm.logits(&[*id], &mut alone[i])?;
+                    let same = one.len() == together[i].len()
+                        && one
+                            .iter()
+                            .zip(&together[i])
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{name} {quant}: sequence {i}, step {step}: batched differs"
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -18,6 +18,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ8_0, GgmlType};
+use candle_core::quantized::{QStorage, QTensor, QuantizedType};
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::{linear_from_weight, rowmat, Linear, LinearWeight};
@@ -198,10 +199,10 @@ impl QuantWeight {
     /// to 8-bit blocks and dotted with the weight blocks in integer arithmetic (candle's
     /// `k_quants::matmul`, AVX2/NEON dot products), reading the weight once per call. Every
     /// output element depends only on its own row and weight row, so a sequence gets the same
-    /// values alone or batched. More rows (prefill): the weight is dequantized to f32 for the
-    /// call and the product is one float GEMM, which reuses each weight many times and beats
-    /// a dot product per row and column (measured: `q8_0` prefill 4 → 15 tokens/s at the 1.3B
-    /// shape on an AVX2 CPU).
+    /// values alone or batched. More rows (prefill): candle's tiled int8 GEMM where it has one
+    /// ([`has_fast_gemm`]), on a copy made for the call, else the weight dequantized to f32 and
+    /// one float GEMM, which reuses each weight many times and beats a dot product per row and
+    /// column.
     pub(super) fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         let (rows, k) = x.dims2()?;
         let (n, in_dim) = self.dims;
@@ -211,6 +212,16 @@ impl QuantWeight {
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
         if rows > rowmat::MAX_ROWS {
+            if has_fast_gemm(self.quant, n, k) {
+                // candle's tiled int8 GEMM, on a copy of the blocks that lives for this call
+                // only: the expanded tiles it builds go with it.
+                let copy: Box<dyn QuantizedType> = match &*self.blocks {
+                    Blocks::Q8_0(b) => Box::new(b.clone()),
+                    Blocks::Q4K(b) => Box::new(b.clone()),
+                };
+                let w = QTensor::new(QStorage::Cpu(copy), self.dims)?;
+                return x.contiguous()?.apply_op1_no_bwd(&w)?.to_dtype(dtype);
+            }
             return x.matmul(&self.dequantize()?.t()?)?.to_dtype(dtype);
         }
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
@@ -229,6 +240,36 @@ impl QuantWeight {
             Blocks::Q4K(b) => dequantize_blocks(b),
         };
         Tensor::from_vec(values, self.dims, &Device::Cpu)
+    }
+}
+
+/// Whether candle 0.11 has a tiled many-row kernel for `quant` at `[n, k]` on this CPU: its x86
+/// repacked tiles (`quantized::repack_x86::select`) take `n % 16 == 0`, `k % 256 == 0`, AVX2 for
+/// `q4_k` and VNNI (AVX512-VNNI or AVX-VNNI) for `q8_0`; on aarch64 it has packed kernels for
+/// both. Elsewhere its many-row path is a dot product per row and column that re-reads the
+/// whole weight for every row (`q8_0` prefill on an AVX2 CPU ran at 4 tokens/s against 15 in
+/// f32), and the dequantized GEMM is faster.
+fn has_fast_gemm(quant: Quant, n: usize, k: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let tiles = n % 16 == 0 && k % 256 == 0;
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        let vnni = (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
+            || (avx2 && is_x86_feature_detected!("avxvnni"));
+        match quant {
+            Quant::Q4K => tiles && avx2,
+            Quant::Q8_0 => tiles && vnni,
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let _ = (quant, n, k);
+        true
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = (quant, n, k);
+        false
     }
 }
 
@@ -370,7 +411,6 @@ impl std::fmt::Display for QuantReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::QTensor;
     use candle_core::{Device, Module, D};
 
     fn randn(shape: (usize, usize), seed: u64) -> Result<Tensor> {
@@ -527,8 +567,9 @@ mod tests {
         Ok(())
     }
 
-    /// Many rows: the weight is dequantized and the product is a float GEMM, which agrees with
-    /// the few-row integer kernel up to the kernel's activation rounding. Few rows: each row's
+    /// Many rows: candle's tiled kernel (activation rounding) or, without one on this CPU, a
+    /// float GEMM on the dequantized weight; the few-row integer kernel agrees with both up to
+    /// its activation rounding. Few rows: each row's
     /// output is the same bit for bit whether it comes alone or with others (batch invariance).
     #[test]
     fn many_rows_dequantize_and_few_rows_are_row_independent() -> Result<()> {
@@ -540,7 +581,12 @@ mod tests {
             let w_hat = qw.dequantize()?;
             let got = qw.matmul_t(&x)?;
             let want = x.matmul(&w_hat.t()?)?;
-            assert!(rel_rms(&got, &want)? < 1e-6, "{q}: not the float GEMM");
+            let e = rel_rms(&got, &want)?;
+            if has_fast_gemm(q, 48, 512) {
+                assert!(e < 0.02 && e > 0.0, "{q}: tiled kernel vs dequantized {e}");
+            } else {
+                assert!(e < 1e-6, "{q}: not the float GEMM ({e})");
+            }
             let few = Tensor::cat(
                 &[
                     qw.matmul_t(&x.narrow(0, 0, rowmat::MAX_ROWS)?)?,

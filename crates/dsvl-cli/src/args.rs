@@ -25,6 +25,12 @@ pub struct Cli {
     /// Log more (-v: debug timings, -vv: trace). Logs go to stderr.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Write a timeline of the run to FILE in Chrome's trace format (open it in
+    /// https://ui.perfetto.dev or chrome://tracing): the load, image preprocessing, each vision
+    /// pass, each prefill chunk and decode step, and every decoder layer and MoE block inside
+    /// them. Written when the command ends; independent of -v.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub trace_chrome: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -5,15 +5,24 @@ mod cmd;
 mod model_path;
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 
 use args::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // Flushes the Chrome trace when dropped, after the command has run.
+    let _trace = match init_logging(cli.verbose, cli.trace_chrome.as_deref()) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -44,7 +53,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn init_logging(verbose: u8) {
+/// Logs to stderr at the level `-v` asks for (or `DSVL_LOG`), and with `--trace-chrome` every
+/// span of the engine to a Chrome trace file, whose guard must live until the command ends.
+fn init_logging(
+    verbose: u8,
+    trace_chrome: Option<&Path>,
+) -> anyhow::Result<Option<tracing_chrome::FlushGuard>> {
+    use tracing_subscriber::prelude::*;
+
     let default = match verbose {
         0 => "warn,dsvl=info",
         1 => "info,dsvl=debug",
@@ -52,10 +68,32 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("DSVL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
+        .with_filter(filter);
+    let (chrome, guard) = match trace_chrome {
+        None => (None, None),
+        Some(path) => {
+            let file = std::fs::File::create(path).with_context(|| {
+                format!(
+                    "cannot create the --trace-chrome file {}; check that its folder exists and \
+                     is writable",
+                    path.display()
+                )
+            })?;
+            let (layer, guard) = tracing_chrome::ChromeLayerBuilder::new()
+                .writer(std::io::BufWriter::new(file))
+                .include_args(true)
+                .build();
+            let spans = tracing_subscriber::EnvFilter::new("dsvl=trace,dsvl_server=debug");
+            (Some(layer.with_filter(spans)), Some(guard))
+        }
+    };
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(chrome)
         .init();
+    Ok(guard)
 }

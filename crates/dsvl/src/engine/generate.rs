@@ -162,6 +162,7 @@ impl Pipeline {
         let mut start = 0;
         loop {
             let n = chunk.min(t - start);
+            let _span = tracing::debug_span!("prefill_chunk", start, tokens = n).entered();
             let logits = self
                 .model()
                 .forward_embeds(&embeds.narrow(1, start, n)?, cache)?;

@@ -234,6 +234,7 @@ impl Pipeline {
         messages: &[ChatMessage],
         max_new_tokens: usize,
     ) -> Result<Prepared> {
+        let _span = tracing::debug_span!("prepare", messages = messages.len()).entered();
         let t0 = Instant::now();
         let mut prepared = match &self.config {
             ModelConfig::V1(spec) => self.prepare_v1(spec, system, messages)?,

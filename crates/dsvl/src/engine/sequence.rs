@@ -101,6 +101,7 @@ impl Pipeline {
     /// One decode step for each `(sequence, token)`: a single forward pass over all of them,
     /// each against its own cache; every sequence gets the logits of its next position.
     pub fn decode_batch(&self, batch: &mut [(&mut Sequence<'_>, u32)]) -> Result<()> {
+        let _span = tracing::debug_span!("decode_batch", rows = batch.len()).entered();
         let ids: Vec<u32> = batch.iter().map(|(_, id)| *id).collect();
         let logits = {
             let mut caches: Vec<&mut KvCache> =
@@ -173,6 +174,7 @@ impl<'p> Sequence<'p> {
 
     /// A decode step for this sequence alone.
     pub fn decode(&mut self, id: u32) -> Result<()> {
+        let _span = tracing::debug_span!("decode_step", position = self.cache.len()).entered();
         self.logits = self
             .pipeline
             .model()

@@ -92,6 +92,7 @@ impl DecoderLayer {
         l: usize,
         form: MlaForm,
     ) -> Result<(Tensor, Option<Routing>)> {
+        let _span = tracing::trace_span!("layer", l).entered();
         let a = self.input_layernorm.forward(x)?;
         let a = match &self.self_attn {
             SelfAttn::Mha(m) => m.forward(&a, ctx, cache, l)?,
@@ -118,6 +119,7 @@ impl DecoderLayer {
         caches: &mut [&mut KvCache],
         l: usize,
     ) -> Result<Tensor> {
+        let _span = tracing::trace_span!("layer", l, rows = caches.len()).entered();
         let a = self.input_layernorm.forward(x)?;
         let mut rows = Vec::with_capacity(caches.len());
         for (r, (ctx, cache)) in ctxs.iter().zip(caches.iter_mut()).enumerate() {

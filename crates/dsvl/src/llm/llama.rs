@@ -230,6 +230,7 @@ impl DecoderLayer {
     }
 
     fn forward(&self, x: &Tensor, ctx: &StepCtx, cache: &mut KvCache, i: usize) -> Result<Tensor> {
+        let _span = tracing::trace_span!("layer", i).entered();
         let h = (x + self
             .self_attn
             .forward(&self.input_layernorm.forward(x)?, ctx, cache, i)?)?;
@@ -246,6 +247,7 @@ impl DecoderLayer {
         caches: &mut [&mut KvCache],
         i: usize,
     ) -> Result<Tensor> {
+        let _span = tracing::trace_span!("layer", i, rows = caches.len()).entered();
         let a = self.input_layernorm.forward(x)?;
         let h = (x + self.self_attn.forward_rows(&a, ctxs, caches, i)?)?;
         &h + self

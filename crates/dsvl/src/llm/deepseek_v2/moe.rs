@@ -264,6 +264,7 @@ impl Moe {
     pub(super) fn forward(&self, x: &Tensor) -> Result<(Tensor, Routing)> {
         let (b, t, d) = x.dims3()?;
         let n = b * t;
+        let _span = tracing::trace_span!("moe", tokens = n).entered();
         let dev = x.device();
         let xs = x.reshape((n, d))?;
         // ref: logits = F.linear(h.float(), gate.weight.float())  — the one host read per layer.

@@ -76,9 +76,11 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = dsvl::image::DEFAULT_MAX_PIXELS)]
     pub max_image_pixels: u64,
     /// Quantize the language model's linear layers at load time: q8_0 (8.5 bits per weight,
-    /// close to the float model) or q4_k (4.5 bits, faster decode, larger accuracy cost). Layers
-    /// whose width does not fit the block stay in q8_0 or float; embeddings, norms, the MoE
-    /// router, lm_head and the vision towers stay in --dtype. Default: no quantization.
+    /// close to the float model) or q4_k (4.5 bits, faster decode, larger accuracy cost). Under
+    /// q4_k, layers whose input width is not a multiple of 256 are zero-padded to one (or stay
+    /// q8_0 when that is smaller); widths that are not a multiple of 32 stay float. Embeddings,
+    /// norms, the MoE router, lm_head and the vision towers stay in --dtype. Default: no
+    /// quantization.
     #[arg(long, value_enum)]
     pub quant: Option<QuantArg>,
     /// With --quant, quantize lm_head too (smaller and faster, but it is where most of the

@@ -9,11 +9,12 @@
 //! differs from the float matmul by the weight rounding plus the activation rounding; a prefill
 //! multiplies the dequantized weight in f32 (weight rounding only).
 //!
-//! A layer whose `in` is not a multiple of the block size cannot be stored in that format. Such
-//! a layer falls back, never fails: `q4_k` → `q8_0` when `in` is a multiple of 32 (DeepSeek-VL2
-//! tiny and small have expert widths 896 and 1408, which are not multiples of 256, so their
-//! experts' `down_proj` would otherwise stay in float), else the compute dtype. [`QuantReport`]
-//! counts what each layer became.
+//! A layer whose `in` is not a multiple of 32 fits no block format and stays in the compute
+//! dtype (never fails). Under `q4_k`, an `in` that is a multiple of 32 but not of 256 is stored
+//! with its rows zero-padded to whole super-blocks when that is still smaller than `q8_0`
+//! (DeepSeek-VL2 tiny's and small's expert widths 896 and 1408: 1024 and 1536 stored, 12–14 %
+//! more than unpadded q4_k, 40 % less than q8_0), else as `q8_0`. [`QuantReport`] counts what
+//! each layer became.
 
 use std::sync::Arc;
 
@@ -63,12 +64,30 @@ impl Quant {
         }
     }
 
-    /// What a layer with input width `in_dim` is stored as when `self` is asked for: `self`
-    /// if its blocks fit, else `q8_0` if those fit, else `None` (the compute dtype).
+    /// What a layer with input width `in_dim` is stored as when `self` is asked for, or `None`
+    /// (the compute dtype). Widths that are not a multiple of 32 fit no format. `q4_k` takes a
+    /// width that is not a multiple of 256 by padding each row with zeros up to one (see
+    /// [`Quant::stored_width`]) when that still stores fewer bytes than `q8_0`, which covers
+    /// DeepSeek-VL2's expert widths 896 (tiny) and 1408 (small); otherwise it falls back to
+    /// `q8_0`.
     pub fn for_input_width(self, in_dim: usize) -> Option<Quant> {
-        [self, Quant::Q8_0]
-            .into_iter()
-            .find(|q| in_dim > 0 && in_dim % q.block_size() == 0)
+        if in_dim == 0 || in_dim % Quant::Q8_0.block_size() != 0 {
+            return None;
+        }
+        let bytes = |q: Quant| q.stored_width(in_dim) / q.block_size() * q.block_bytes();
+        match self {
+            Quant::Q4K if bytes(Quant::Q4K) < bytes(Quant::Q8_0) => Some(Quant::Q4K),
+            _ => Some(Quant::Q8_0),
+        }
+    }
+
+    /// The row width a layer of input width `in_dim` is stored with: `in_dim` rounded up to
+    /// whole blocks. The extra weights are zero, and so are the inputs they meet (the input
+    /// rows are padded the same way at matmul time), so they add nothing to the products; each
+    /// block's scale comes from its own values, so the real weights round exactly as they
+    /// would in an unpadded row.
+    pub fn stored_width(self, in_dim: usize) -> usize {
+        in_dim.next_multiple_of(self.block_size())
     }
 }
 
@@ -138,7 +157,8 @@ enum Blocks {
     Q4K(Vec<BlockQ4K>),
 }
 
-/// A quantized weight `[out, in]` and how to multiply by it.
+/// A quantized weight `[out, in]` (stored `[out, quant.stored_width(in)]`, zero-padded) and
+/// how to multiply by it.
 ///
 /// The blocks are the only copy of the weight. candle's own quantized matmul (`QTensor`) is not
 /// used: on x86 it builds a second, expanded copy of every `q4_k` weight (and, with VNNI, of every
@@ -151,23 +171,21 @@ pub(super) struct QuantWeight {
     quant: Quant,
     /// `(out, in)`.
     dims: (usize, usize),
+    /// Row width as stored: `in` rounded up to whole blocks.
+    stored_in: usize,
 }
 
 impl QuantWeight {
-    /// `weight` `[out, in]` (any float dtype, `in` a multiple of `quant.block_size()`).
+    /// `weight` `[out, in]` (any float dtype), rows zero-padded to whole blocks.
     fn quantize(weight: &Tensor, quant: Quant) -> Result<Self> {
         let dims = weight.dims2()?;
-        if dims.1 % quant.block_size() != 0 {
-            candle_core::bail!(
-                "{quant} needs an input width that is a multiple of {}, got {}",
-                quant.block_size(),
-                dims.1
-            );
-        }
-        let values = weight
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let stored_in = quant.stored_width(dims.1);
+        let weight = weight.to_dtype(DType::F32)?;
+        let weight = match stored_in - dims.1 {
+            0 => weight,
+            pad => weight.pad_with_zeros(1, 0, pad)?,
+        };
+        let values = weight.flatten_all()?.to_vec1::<f32>()?;
         let blocks = match quant {
             Quant::Q8_0 => Blocks::Q8_0(quantize_blocks(&values)),
             Quant::Q4K => Blocks::Q4K(quantize_blocks(&values)),
@@ -176,7 +194,13 @@ impl QuantWeight {
             blocks: Arc::new(blocks),
             quant,
             dims,
+            stored_in,
         })
+    }
+
+    /// Whether the rows are stored zero-padded.
+    pub(super) fn padded(&self) -> bool {
+        self.stored_in != self.dims.1
     }
 
     pub(super) fn dims(&self) -> (usize, usize) {
@@ -211,6 +235,10 @@ impl QuantWeight {
         }
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
+        let (x, k) = match self.stored_in - k {
+            0 => (x, k),
+            pad => (x.pad_with_zeros(1, 0, pad)?, self.stored_in),
+        };
         if rows > rowmat::MAX_ROWS {
             if has_fast_gemm(self.quant, n, k) {
                 // candle's tiled int8 GEMM, on a copy of the blocks that lives for this call
@@ -219,7 +247,7 @@ impl QuantWeight {
                     Blocks::Q8_0(b) => Box::new(b.clone()),
                     Blocks::Q4K(b) => Box::new(b.clone()),
                 };
-                let w = QTensor::new(QStorage::Cpu(copy), self.dims)?;
+                let w = QTensor::new(QStorage::Cpu(copy), (n, k))?;
                 return x.contiguous()?.apply_op1_no_bwd(&w)?.to_dtype(dtype);
             }
             return x.matmul(&self.dequantize()?.t()?)?.to_dtype(dtype);
@@ -233,13 +261,13 @@ impl QuantWeight {
         Tensor::from_vec(y, (rows, n), x.device())?.to_dtype(dtype)
     }
 
-    /// The weight as f32 `[out, in]`, dequantized over the threads.
+    /// The weight as stored, f32 `[out, stored_in]`, dequantized over the threads.
     fn dequantize(&self) -> Result<Tensor> {
         let values = match &*self.blocks {
             Blocks::Q8_0(b) => dequantize_blocks(b),
             Blocks::Q4K(b) => dequantize_blocks(b),
         };
-        Tensor::from_vec(values, self.dims, &Device::Cpu)
+        Tensor::from_vec(values, (self.dims.0, self.stored_in), &Device::Cpu)
     }
 }
 
@@ -328,9 +356,11 @@ pub struct QuantReport {
     pub q4k: usize,
     /// Kept in the compute dtype (not targeted by the plan, or no block format fits).
     pub float: usize,
-    /// Targeted by the plan but stored in another format because the input width is not a
-    /// multiple of the block size (`q4_k` → `q8_0` or float, `q8_0` → float).
+    /// Targeted by the plan but stored in another format because the input width does not fit
+    /// its blocks (`q4_k` → `q8_0` or float, `q8_0` → float; see [`Quant::for_input_width`]).
     pub fallbacks: usize,
+    /// Stored with zero-padded rows ([`Quant::stored_width`]).
+    pub padded: usize,
     /// Bytes of all linear weights as stored.
     pub bytes: u64,
 }
@@ -357,6 +387,9 @@ impl QuantReport {
             if stored != LinearStorage::Quant(q) {
                 self.fallbacks += 1;
             }
+        }
+        if let LinearWeight::Quant(q) = &linear.weight {
+            self.padded += usize::from(q.padded());
         }
     }
 
@@ -394,6 +427,9 @@ impl std::fmt::Display for QuantReport {
             parts.push(format!("{} float", self.float));
         }
         write!(f, "{}", parts.join(", "))?;
+        if self.padded > 0 {
+            write!(f, "; {} with rows zero-padded to whole blocks", self.padded)?;
+        }
         if self.fallbacks > 0 {
             write!(
                 f,
@@ -443,10 +479,17 @@ mod tests {
     #[test]
     fn fallback_follows_the_block_sizes() {
         assert_eq!(Quant::Q4K.for_input_width(2048), Some(Quant::Q4K));
-        // DeepSeek-VL2 tiny/small expert widths
-        assert_eq!(Quant::Q4K.for_input_width(896), Some(Quant::Q8_0));
-        assert_eq!(Quant::Q4K.for_input_width(1408), Some(Quant::Q8_0));
+        // DeepSeek-VL2 tiny/small expert widths: q4_k padded to 1024 / 1536 is still smaller
+        assert_eq!(Quant::Q4K.for_input_width(896), Some(Quant::Q4K));
+        assert_eq!(Quant::Q4K.stored_width(896), 1024);
+        assert_eq!(Quant::Q4K.for_input_width(1408), Some(Quant::Q4K));
+        assert_eq!(Quant::Q4K.stored_width(1408), 1536);
         assert_eq!(Quant::Q8_0.for_input_width(1408), Some(Quant::Q8_0));
+        assert_eq!(Quant::Q8_0.stored_width(1408), 1408);
+        // padding one 256-block for 32 values costs more than q8_0 (144 vs 34 bytes)
+        assert_eq!(Quant::Q4K.for_input_width(32), Some(Quant::Q8_0));
+        assert_eq!(Quant::Q4K.for_input_width(128), Some(Quant::Q8_0));
+        assert_eq!(Quant::Q4K.for_input_width(160), Some(Quant::Q4K));
         // the tiny fixtures' hidden size
         assert_eq!(Quant::Q4K.for_input_width(8), None);
         assert_eq!(Quant::Q8_0.for_input_width(8), None);
@@ -526,43 +569,61 @@ mod tests {
     ///    Gaussian, whatever the rounding search).
     #[test]
     fn quantized_linear_matches_float_within_bounds() -> Result<()> {
-        let (out_dim, in_dim, rows) = (96, 768, 5);
-        let w = randn((out_dim, in_dim), 4)?;
-        let x = randn((rows, in_dim), 5)?;
-        let float = linear_from_weight(&w)?.forward(&x)?;
-        for (q, rel_gate) in [(Quant::Q8_0, 0.015f32), (Quant::Q4K, 0.10)] {
-            let l = linear_from_weight_quant(&w, Some(q))?;
-            assert_eq!(l.storage(), LinearStorage::Quant(q));
-            assert_eq!(l.out_dim(), out_dim);
-            assert_eq!(l.in_dim(), in_dim);
-            let LinearWeight::Quant(qw) = &l.weight else {
-                panic!("quantized weight expected");
-            };
-            let w_hat = qw.dequantize()?;
-            let got = l.forward(&x)?;
-            assert_eq!(got.dims(), &[rows, out_dim]);
+        // 896: q4_k rows zero-padded to 1024 (DeepSeek-VL2 tiny's expert width)
+        for (out_dim, in_dim, rows) in [(96, 768, 5), (64, 896, 3)] {
+            let w = randn((out_dim, in_dim), 4)?;
+            let x = randn((rows, in_dim), 5)?;
+            let float = linear_from_weight(&w)?.forward(&x)?;
+            for (q, rel_gate) in [(Quant::Q8_0, 0.015f32), (Quant::Q4K, 0.10)] {
+                let l = linear_from_weight_quant(&w, Some(q))?;
+                assert_eq!(l.storage(), LinearStorage::Quant(q));
+                assert_eq!(l.out_dim(), out_dim);
+                assert_eq!(l.in_dim(), in_dim);
+                let LinearWeight::Quant(qw) = &l.weight else {
+                    panic!("quantized weight expected");
+                };
+                let stored = q.stored_width(in_dim);
+                assert_eq!(qw.padded(), stored != in_dim);
+                assert_eq!(
+                    l.weight_bytes() as usize,
+                    out_dim * stored / q.block_size() * q.block_bytes()
+                );
+                let w_full = qw.dequantize()?;
+                assert_eq!(w_full.dims(), &[out_dim, stored]);
+                if stored > in_dim {
+                    let tail = w_full.narrow(1, in_dim, stored - in_dim)?;
+                    let max = tail.abs()?.max_all()?.to_scalar::<f32>()?;
+                    assert_eq!(max, 0.0, "{q}: the padding must stay zero");
+                }
+                let w_hat = w_full.narrow(1, 0, in_dim)?.contiguous()?;
+                let got = l.forward(&x)?;
+                assert_eq!(got.dims(), &[rows, out_dim]);
 
-            // 1. activation rounding only, bounded per output element
-            let want = x.matmul(&w_hat.t()?)?;
-            let step = (x.abs()?.max_keepdim(D::Minus1)? / 127.0)?; // [rows, 1]
-            let w_abs = w_hat.abs()?.sum_keepdim(D::Minus1)?.t()?; // [1, out]
-            let bound = (step.broadcast_mul(&w_abs)? * 0.6)?;
-            let slack = (x.abs()?.matmul(&w_hat.abs()?.t()?)? * 1e-5)?;
-            let excess = ((got.clone() - &want)?.abs()? - (bound + slack)?)?
-                .max_all()?
-                .to_scalar::<f32>()?;
-            assert!(
-                excess <= 0.0,
-                "{q}: activation rounding exceeds its bound by {excess}"
-            );
+                // 1. activation rounding only, bounded per output element
+                let want = x.matmul(&w_hat.t()?)?;
+                let step = (x.abs()?.max_keepdim(D::Minus1)? / 127.0)?; // [rows, 1]
+                let w_abs = w_hat.abs()?.sum_keepdim(D::Minus1)?.t()?; // [1, out]
+                let bound = (step.broadcast_mul(&w_abs)? * 0.6)?;
+                let slack = (x.abs()?.matmul(&w_hat.abs()?.t()?)? * 1e-5)?;
+                let excess = ((got.clone() - &want)?.abs()? - (bound + slack)?)?
+                    .max_all()?
+                    .to_scalar::<f32>()?;
+                assert!(
+                    excess <= 0.0,
+                    "{q} {in_dim}: activation rounding exceeds its bound by {excess}"
+                );
 
-            // 2. against the float weights
-            let e = rel_rms(&got, &float)?;
-            assert!(e < rel_gate, "{q}: relative RMS error {e} ≥ {rel_gate}");
-            assert!(
-                e > 1e-4,
-                "{q}: suspiciously exact ({e}); is it quantized at all?"
-            );
+                // 2. against the float weights
+                let e = rel_rms(&got, &float)?;
+                assert!(
+                    e < rel_gate,
+                    "{q} {in_dim}: relative RMS error {e} ≥ {rel_gate}"
+                );
+                assert!(
+                    e > 1e-4,
+                    "{q}: suspiciously exact ({e}); is it quantized at all?"
+                );
+            }
         }
         Ok(())
     }
@@ -573,16 +634,17 @@ mod tests {
     /// output is the same bit for bit whether it comes alone or with others (batch invariance).
     #[test]
     fn many_rows_dequantize_and_few_rows_are_row_independent() -> Result<()> {
-        let w = randn((48, 512), 11)?;
         let many = rowmat::MAX_ROWS + 4;
-        let x = randn((many, 512), 12)?;
-        for q in [Quant::Q8_0, Quant::Q4K] {
+        // 896: q4_k rows zero-padded to 1024
+        for (q, width) in [(Quant::Q8_0, 512), (Quant::Q4K, 512), (Quant::Q4K, 896)] {
+            let w = randn((48, width), 11)?;
+            let x = randn((many, width), 12)?;
             let qw = QuantWeight::quantize(&w, q)?;
-            let w_hat = qw.dequantize()?;
+            let w_hat = qw.dequantize()?.narrow(1, 0, width)?.contiguous()?;
             let got = qw.matmul_t(&x)?;
             let want = x.matmul(&w_hat.t()?)?;
             let e = rel_rms(&got, &want)?;
-            if has_fast_gemm(q, 48, 512) {
+            if has_fast_gemm(q, 48, q.stored_width(width)) {
                 assert!(e < 0.02 && e > 0.0, "{q}: tiled kernel vs dequantized {e}");
             } else {
                 assert!(e < 1e-6, "{q}: not the float GEMM ({e})");
@@ -595,7 +657,12 @@ mod tests {
                 0,
             )?;
             let e = rel_rms(&few, &got)?;
-            assert!(e < 0.02 && e > 0.0, "{q}: kernel vs dequantized {e}");
+            assert!(e < 0.02, "{q}: few-row kernel vs many-row path {e}");
+            let e = rel_rms(&few, &want)?;
+            assert!(
+                e < 0.02 && e > 0.0,
+                "{q}: few-row kernel vs dequantized {e}"
+            );
             let y16 = qw.matmul_t(&x.to_dtype(DType::BF16)?)?;
             assert_eq!(y16.dtype(), DType::BF16);
             let batch = few.narrow(0, 0, rowmat::MAX_ROWS)?.to_vec2::<f32>()?;
@@ -635,20 +702,23 @@ mod tests {
         let wide = linear_from_weight_quant(&randn((16, 512), 8)?, plan.layers())?;
         let mid = linear_from_weight_quant(&randn((16, 96), 9)?, plan.layers())?;
         let head = linear_from_weight_quant(&randn((16, 512), 10)?, plan.head())?;
+        let padded = linear_from_weight_quant(&randn((16, 896), 11)?, plan.layers())?;
         r.add(&wide, plan.layers());
         r.add(&mid, plan.layers());
         r.add(&head, plan.head());
+        r.add(&padded, plan.layers());
         assert_eq!(
-            (r.linears, r.q4k, r.q8_0, r.float, r.fallbacks),
-            (3, 1, 1, 1, 1)
+            (r.linears, r.q4k, r.q8_0, r.float, r.fallbacks, r.padded),
+            (4, 2, 1, 1, 1, 1)
         );
-        let q4k_bytes = 16 * 2 * 144;
+        let q4k_bytes = 16 * 2 * 144 + 16 * 4 * 144;
         let q8_bytes = 16 * 3 * 34;
         assert_eq!(r.bytes, (q4k_bytes + q8_bytes + 16 * 512 * 4) as u64);
         let text = r.to_string();
         assert!(
             text.starts_with(
-                "q4_k: 2 of 3 linear layers quantized (1 q4_k, 1 q8_0, 1 float; 1 fell back"
+                "q4_k: 3 of 4 linear layers quantized (2 q4_k, 1 q8_0, 1 float; 1 with rows \
+                 zero-padded to whole blocks; 1 fell back"
             ),
             "{text}"
         );

@@ -52,7 +52,12 @@ pub(super) struct Mla {
     kv_a_layernorm: RmsNorm,
     /// `kv_b_proj.weight` `[H·(nope + v), kv_lora]` viewed as `[H, nope + v, kv_lora]`: rows
     /// `..nope` of each head are W_UK (→ k_nope), the rest W_UV (→ v). Kept once; the absorbed
-    /// and expanded forms read strided views of it.
+    /// and expanded forms read strided views of it. A bf16 model keeps it widened to f32:
+    /// candle multiplies bf16 by widening both operands' whole storage to f32 on every call,
+    /// which for this weight cost two full conversions per layer and decode step (tens of MB
+    /// per layer at the released shapes); the products are the same, since a widened bf16 value
+    /// is exact in f32 and the inputs and results are rounded to bf16 as before
+    /// ([`per_head_matmul`]).
     kv_b: Tensor,
     /// `[H·v] -> [D]`
     o_proj: Linear,
@@ -86,6 +91,10 @@ impl Mla {
             .pp("kv_b_proj")
             .get((h * (dn + dv), dc), "weight")?
             .reshape((h, dn + dv, dc))?;
+        let kv_b = match kv_b.dtype() {
+            DType::BF16 => kv_b.to_dtype(DType::F32)?,
+            _ => kv_b,
+        };
         Ok(Self {
             q_proj: qlinear(d, h * (dn + dr), quant, vb.pp("q_proj"))?,
             kv_a_proj_with_mqa: qlinear(d, dc + dr, quant, vb.pp("kv_a_proj_with_mqa"))?,
@@ -177,8 +186,11 @@ impl Mla {
         };
         let o = if expanded {
             // [k_nope | v] for every cached position: c · W_UKVᵀ per head.
-            let c_h = c.unsqueeze(1)?.broadcast_as((b, h, big_t, dc))?;
-            let kv = per_head_matmul(&c_h, &self.kv_b.t()?)?; // [B, H, T, dn + dv]
+            let c_h = c
+                .to_dtype(self.kv_b.dtype())?
+                .unsqueeze(1)?
+                .broadcast_as((b, h, big_t, dc))?;
+            let kv = per_head_matmul(&c_h, &self.kv_b.t()?)?.to_dtype(c.dtype())?; // [B, H, T, dn + dv]
             let k_nope_t = kv.narrow(3, 0, dn)?.t()?;
             let v = kv.narrow(3, dn, dv)?;
             let outs = blocks
@@ -226,9 +238,14 @@ impl Mla {
     }
 }
 
-/// `x` `[B, H, m, k]` times per-head `w` `[H, k, n]` → `[B, H, m, n]`. Strided views (the
-/// `kv_b` halves, a broadcast latent) go to the GEMM as they are when B = 1.
+/// `x` `[B, H, m, k]` times per-head `w` `[H, k, n]` → `[B, H, m, n]` in `x`'s dtype. Strided
+/// views (the `kv_b` halves, a broadcast latent) go to the GEMM as they are when B = 1. A bf16
+/// `x` against the f32 `kv_b` is widened and the product rounded back to bf16: the same values
+/// as candle's bf16 matmul, which widens both sides.
 fn per_head_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if x.dtype() != w.dtype() {
+        return per_head_matmul(&x.to_dtype(w.dtype())?, w)?.to_dtype(x.dtype());
+    }
     let (b, h, m, k) = x.dims4()?;
     if b == 1 {
         return x.squeeze(0)?.matmul(w)?.unsqueeze(0);
@@ -405,6 +422,38 @@ mod tests {
         assert!(real.expanded_is_cheaper(1000, 1000));
         assert!(real.expanded_is_cheaper(300, 300));
         assert!(!real.expanded_is_cheaper(16, 3000));
+        Ok(())
+    }
+
+    /// A bf16 model keeps `kv_b` in f32: its per-head products are bit for bit what candle's
+    /// bf16 matmul gives on the bf16 weight (strided halves, B = 1 and B = 2), and a bf16 MLA
+    /// loads it as f32.
+    #[test]
+    fn bf16_kv_b_in_f32_gives_the_bf16_products() -> Result<()> {
+        let dev = Device::Cpu;
+        let w16 = Tensor::randn(0f32, 0.5, (3, 11, 10), &dev)?.to_dtype(DType::BF16)?;
+        let w32 = w16.to_dtype(DType::F32)?;
+        for b in [1, 2] {
+            let q = Tensor::randn(0f32, 1.0, (b, 3, 2, 6), &dev)?.to_dtype(DType::BF16)?;
+            let o = Tensor::randn(0f32, 1.0, (b, 3, 2, 10), &dev)?.to_dtype(DType::BF16)?;
+            let pairs = [
+                (&q, w16.narrow(1, 0, 6)?, w32.narrow(1, 0, 6)?),
+                (&o, w16.narrow(1, 6, 5)?.t()?, w32.narrow(1, 6, 5)?.t()?),
+            ];
+            for (x, old, new) in pairs {
+                let want = per_head_matmul(x, &old)?;
+                let got = per_head_matmul(x, &new)?;
+                assert_eq!(got.dtype(), DType::BF16);
+                let (want, got) = (
+                    want.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+                    got.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+                );
+                assert_eq!(want, got, "B = {b}");
+            }
+        }
+        let vb = VarBuilder::from_tensors(weights(&dev)?, DType::BF16, &dev);
+        let m = Mla::new(&spec(), None, vb)?;
+        assert_eq!(m.kv_b.dtype(), DType::F32);
         Ok(())
     }
 }

@@ -4,7 +4,7 @@
 /// mapped (in every thread's arena), and after work that allocates and frees gigabytes in varied
 /// sizes (a load's dtype conversions and quantization inputs, a vision tower's activations) it
 /// would otherwise stay in the resident set for the life of the process. Costs a walk over the
-/// allocator's free lists (milliseconds).
+/// allocator's free lists.
 pub(crate) fn release_freed() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

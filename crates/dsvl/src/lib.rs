@@ -13,7 +13,7 @@ pub mod error;
 pub mod grounding;
 pub mod image;
 pub mod llm;
-mod memory;
+pub mod memory;
 pub mod models;
 pub mod nn;
 pub mod projector;

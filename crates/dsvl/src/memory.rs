@@ -12,17 +12,27 @@ pub(crate) fn release_freed() {
         let released = unsafe { libc::malloc_trim(0) };
         tracing::trace!(
             released = released != 0,
-            anon_mib = ?status_mib("RssAnon:"),
-            peak_mib = ?status_mib("VmHWM:"),
+            anon_kib = ?status_kib("RssAnon"),
+            peak_kib = ?status_kib("VmHWM"),
             "malloc_trim"
         );
     }
 }
 
-/// A `/proc/self/status` memory line (e.g. `VmRSS:`) in MiB; `None` where there is no procfs.
-#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
-pub(crate) fn status_mib(key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(key))?;
-    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? / 1024)
+/// A `/proc/self/status` field in kB (e.g. `VmHWM`, the peak resident set); `None` where there
+/// is no procfs.
+pub fn status_kib(field: &str) -> Option<u64> {
+    proc_kib("/proc/self/status", field)
+}
+
+/// A `/proc/meminfo` field in kB (e.g. `MemAvailable`); `None` where there is no procfs.
+pub fn meminfo_kib(field: &str) -> Option<u64> {
+    proc_kib("/proc/meminfo", field)
+}
+
+fn proc_kib(path: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
 }

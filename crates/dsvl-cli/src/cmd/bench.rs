@@ -143,7 +143,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     let pipeline = load_pipeline(&a.model)?;
     let load_ms = ms(t);
-    let rss_after_load = proc_status_kib("VmRSS").map(|k| k * 1024);
+    let rss_after_load = dsvl::memory::status_kib("VmRSS").map(|k| k * 1024);
     let config = pipeline.config().clone();
     let facts = LlmFacts::of(&config);
 
@@ -183,8 +183,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     // Read before the bandwidth test, which allocates its own buffer. The peak includes the
     // load (the weights kept plus the tensor being converted); the resident size after the
     // runs is the steady state (weights, caches, what the allocator keeps).
-    let peak_rss = proc_status_kib("VmHWM").map(|k| k * 1024);
-    let rss_after_runs = proc_status_kib("VmRSS").map(|k| k * 1024);
+    let peak_rss = dsvl::memory::status_kib("VmHWM").map(|k| k * 1024);
+    let rss_after_runs = dsvl::memory::status_kib("VmRSS").map(|k| k * 1024);
 
     let threads = a
         .model
@@ -256,7 +256,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             "cpu": cpu_model(),
             "logical_cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
             "threads": threads,
-            "mem_total_bytes": proc_meminfo_kib("MemTotal").map(|k| k * 1024),
+            "mem_total_bytes": dsvl::memory::meminfo_kib("MemTotal").map(|k| k * 1024),
         },
         "model": {
             "dir": config.dir().display().to_string(),
@@ -747,21 +747,6 @@ fn ms(t: Instant) -> f64 {
 }
 
 /// A `/proc/self/status` field in KiB (Linux); `None` elsewhere.
-fn proc_status_kib(field: &str) -> Option<u64> {
-    proc_field("/proc/self/status", field)
-}
-
-fn proc_meminfo_kib(field: &str) -> Option<u64> {
-    proc_field("/proc/meminfo", field)
-}
-
-fn proc_field(path: &str, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-}
-
 fn cpu_model() -> Option<String> {
     let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     text.lines()

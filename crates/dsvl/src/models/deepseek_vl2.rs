@@ -95,17 +95,15 @@ impl DeepseekVl2 {
         let x = tiles.to_dtype(self.dtype)?.to_device(&self.device)?;
         // Tiles are independent through the tower and the projector. On the CPU they go through
         // one at a time: a tile's rows already fill the GEMMs, and the attention scores of all
-        // tiles at once (T × heads × 729² floats, several times over in the softmax) would set
-        // the process's peak memory.
-        let per_pass = if self.device.is_cpu() {
-            1
-        } else {
-            x.dim(0)?.max(1)
+        // tiles at once (T × heads × 729² floats, several times over in the softmax) are held
+        // only one tile at a time.
+        let passes = match self.device.is_cpu() {
+            true => x.chunk(x.dim(0)?.max(1), 0)?,
+            false => vec![x],
         };
         let (mut vision_out, mut projector_out) = (Vec::new(), Vec::new());
-        for start in (0..x.dim(0)?).step_by(per_pass) {
-            let len = per_pass.min(x.dim(0)? - start);
-            let v = self.vision.forward(&x.narrow(0, start, len)?)?;
+        for tiles in &passes {
+            let v = self.vision.forward(tiles)?;
             projector_out.push(self.projector.forward(&v)?);
             vision_out.push(v);
         }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use dsvl::device::DeviceChoice;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,8 +68,13 @@ pub struct ModelArgs {
     #[arg(short, long)]
     pub model: String,
     /// Compute dtype. f32 is exact to the reference on CPU; bf16/f16 halve the memory.
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    pub dtype: DtypeArg,
+    /// Default: f32 on the CPU, bf16 on a GPU.
+    #[arg(long, value_enum)]
+    pub dtype: Option<DtypeArg>,
+    /// Where to run: auto (a GPU when this build has CUDA and the machine one, else the CPU),
+    /// cpu, cuda or cuda:N. The choice is printed on stderr.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceChoice,
     /// CPU threads for tensor maths (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -179,6 +185,21 @@ pub enum DtypeArg {
     F32,
     Bf16,
     F16,
+}
+
+/// `--device` values, parsed by the library so the CLI and the error text agree.
+pub fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse()
+}
+
+/// `--dtype` as given, else the device's default: f32 on the CPU (exact to the reference),
+/// bf16 on a GPU.
+pub fn dtype_for(arg: Option<DtypeArg>, device: &candle_core::Device) -> candle_core::DType {
+    match arg {
+        Some(d) => d.dtype(),
+        None if device.is_cpu() => candle_core::DType::F32,
+        None => candle_core::DType::BF16,
+    }
 }
 
 impl DtypeArg {

@@ -79,6 +79,7 @@ mod tests {
             ids,
             finish_reason: FinishReason::Stop,
             prompt_tokens: 10,
+            reused_prompt_tokens: 0,
             timings: Timings::default(),
         }
     }

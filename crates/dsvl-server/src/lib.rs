@@ -114,6 +114,7 @@ async fn load_in_background(
     let loaded = tokio::task::spawn_blocking(move || {
         let opts = LoadOptions {
             dtype: cfg.dtype,
+            device: cfg.device.clone(),
             quant: cfg.quant,
             quant_lm_head: cfg.quant_lm_head,
             max_image_pixels: cfg.max_image_pixels,

@@ -20,6 +20,8 @@ pub struct ServerConfig {
     pub model_dir: PathBuf,
     /// Compute dtype of the loaded model.
     pub dtype: DType,
+    /// Where the model runs.
+    pub device: candle_core::Device,
     /// Quantize the language model's linear layers at load time (`--quant`).
     pub quant: Option<dsvl::nn::Quant>,
     /// With `quant`, quantize lm_head too.
@@ -64,6 +66,7 @@ impl Default for ServerConfig {
             port: 8080,
             model_dir: PathBuf::new(),
             dtype: DType::F32,
+            device: candle_core::Device::Cpu,
             quant: None,
             quant_lm_head: false,
             api_key: None,

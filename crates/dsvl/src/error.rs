@@ -97,6 +97,11 @@ pub enum Error {
     #[error("invalid sampling parameter: {0}")]
     Sampling(String),
 
+    // ---- devices -----------------------------------------------------------------------------
+    /// The requested device cannot be used; the message says why and what to do.
+    #[error("{0}")]
+    Device(String),
+
     // ---- tensor maths ------------------------------------------------------------------------
     #[error("tensor op failed: {0}")]
     Tensor(#[from] candle_core::Error),

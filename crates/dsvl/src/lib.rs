@@ -8,6 +8,7 @@
 //! `grounding` turns DeepSeek-VL2 `<|ref|>/<|det|>` answers into boxes and draws them.
 
 pub mod config;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod grounding;

@@ -20,7 +20,7 @@ use std::time::Instant;
 use anyhow::{ensure, Context};
 use dsvl::config::{LlamaSpec, ModelConfig, VisionSpec};
 use dsvl::engine::{
-    ChatMessage, Event, FeatureCache, GenerateParams, ImageSource, Pipeline, Prepared,
+    ChatMessage, Conversation, Event, GenerateParams, ImageSource, Pipeline, Prepared,
 };
 use dsvl::llm::deepseek_v2::{AttentionKind, DeepseekV2Spec, ScoringFunc};
 use dsvl::prompt::template::Role;
@@ -35,7 +35,8 @@ use crate::args::ModelArgs;
     about = "Measure load, vision, prefill and decode speed on a fixed workload",
     long_about = "Measure load, vision, prefill and decode speed on a fixed workload: one generated chart \
         image and a question of about 40 tokens, answered greedily for a fixed number of tokens (EOS ignored), \
-        then a second turn about the same image. Prints medians over --repeats runs (after one warm-up run), \
+        then a second turn about the same image in the same conversation (cached image features and \
+        prefix keys/values). Prints medians over --repeats runs (after one warm-up run), \
         the peak resident memory, the machine's measured memory bandwidth and the decode roofline \
         (bandwidth / weight bytes read per token).\n\n\
         Any model folder works; for the real shapes without downloading, make one with \
@@ -107,6 +108,7 @@ struct Run {
     decode_tok_s: f64,
     second_ttft_ms: Option<f64>,
     second_vision_ms: Option<f64>,
+    second_reused_tokens: Option<usize>,
     long_prefill_tok_s: Option<f64>,
     long_decode_tok_s: Option<f64>,
 }
@@ -208,6 +210,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let decode_tok_s = med(&|r| Some(r.decode_tok_s));
     let second_ttft = med(&|r| r.second_ttft_ms);
     let second_vision = med(&|r| r.second_vision_ms);
+    let second_reused = runs.iter().find_map(|r| r.second_reused_tokens);
     let long_prefill = med(&|r| r.long_prefill_tok_s);
     let long_decode = med(&|r| r.long_decode_tok_s);
 
@@ -303,7 +306,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         "second_turn": if a.no_second_turn { Value::Null } else { json!({
             "ttft_ms": second_ttft,
             "vision_ms": second_vision,
-            "note": "image feature cache hit; the whole conversation is prefilled again (no prefix KV cache yet)",
+            "reused_prompt_tokens": second_reused,
+            "note": "the same conversation continued: image feature cache hit, and the prefix shared with the first turn (its prompt) is not prefilled again",
         })},
         "long_context": if a.long_context == 0 { Value::Null } else { json!({
             "context": a.long_context,
@@ -355,9 +359,9 @@ fn one_run(
         skip_special_tokens: None,
         prefill_chunk: None,
     };
-    let mut cache = FeatureCache::new(256 << 20);
+    let mut conversation = Conversation::new(256 << 20);
     let prepared = pipeline.prepare(None, turn1, decode_tokens)?;
-    let (outcome, tok_s) = timed_generate(pipeline, &prepared, &params, Some(&mut cache))?;
+    let (outcome, tok_s) = timed_generate(pipeline, &prepared, &params, &mut conversation)?;
     ensure!(
         outcome.ids.len() == decode_tokens,
         "generated {} tokens instead of {decode_tokens}",
@@ -382,11 +386,12 @@ fn one_run(
             ..params.clone()
         };
         let prepared2 = pipeline.prepare(None, turn2, 1)?;
-        let out2 = pipeline.generate_cached(&prepared2, &one, Some(&mut cache), |_| {
+        let out2 = pipeline.generate_in(&mut conversation, &prepared2, &one, |_| {
             ControlFlow::Continue(())
         })?;
         run.second_ttft_ms = Some(out2.timings.time_to_first_token_ms());
         run.second_vision_ms = Some(out2.timings.vision_ms);
+        run.second_reused_tokens = Some(out2.reused_prompt_tokens);
     }
     if let Some(ids) = long_ids {
         let (prefill, decode) = long_context_run(pipeline, ids, decode_tokens)?;
@@ -401,10 +406,10 @@ fn timed_generate(
     pipeline: &Pipeline,
     prepared: &Prepared,
     params: &GenerateParams,
-    cache: Option<&mut FeatureCache>,
+    conversation: &mut Conversation,
 ) -> anyhow::Result<(dsvl::engine::Outcome, f64)> {
     let mut stamps: Vec<Instant> = Vec::new();
-    let outcome = pipeline.generate_cached(prepared, params, cache, |ev| {
+    let outcome = pipeline.generate_in(conversation, prepared, params, |ev| {
         if let Event::Token(_) = ev {
             stamps.push(Instant::now());
         }
@@ -813,7 +818,7 @@ fn print_table(r: &Value) {
             } else {
                 f(&r["second_turn"]["ttft_ms"], 1)
             },
-            "ms (image feature cache hit; conversation re-prefilled)",
+            "ms (same conversation: image features cached, first turn's prompt not prefilled again)",
         ),
         (
             "long-context prefill",

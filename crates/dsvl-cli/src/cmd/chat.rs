@@ -4,7 +4,7 @@ use std::io::{BufRead, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use dsvl::engine::{ChatMessage, FeatureCache, ImageSource};
+use dsvl::engine::{ChatMessage, Conversation, ImageSource};
 use dsvl::prompt::template::Role;
 
 use super::{generate_params, load_pipeline};
@@ -24,8 +24,9 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     let mut system = a.sampling.system.clone();
     let mut history: Vec<ChatMessage> = Vec::new();
     let mut pending: Vec<ImageSource> = Vec::new();
-    // Every turn resends the conversation's images; their embeddings are computed once.
-    let mut features = FeatureCache::new(CHAT_FEATURE_CACHE_BYTES);
+    // Every turn resends the conversation's images and history: their embeddings are computed
+    // once, and the prefix shared with the previous turn is not prefilled again.
+    let mut conversation = Conversation::new(CHAT_FEATURE_CACHE_BYTES);
     eprintln!("{HELP}");
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
@@ -46,7 +47,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
                 "clear" => {
                     history.clear();
                     pending.clear();
-                    features = FeatureCache::new(CHAT_FEATURE_CACHE_BYTES);
+                    conversation.clear();
                     eprintln!("(conversation cleared)");
                 }
                 "system" => {
@@ -88,7 +89,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
                     continue;
                 }
             };
-        let outcome = pipeline.generate_cached(&prepared, &params, Some(&mut features), |ev| {
+        let outcome = pipeline.generate_in(&mut conversation, &prepared, &params, |ev| {
             let _ = out.write_all(ev.text().as_bytes());
             let _ = out.flush();
             ControlFlow::Continue(())

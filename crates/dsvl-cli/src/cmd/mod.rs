@@ -38,13 +38,15 @@ pub fn load_pipeline(m: &ModelArgs) -> anyhow::Result<Pipeline> {
             bar.set_position(done);
         }) as dsvl::weights::Progress
     });
+    let device = select_device(m.device)?;
+    let dtype = crate::args::dtype_for(m.dtype, &device);
     let opts = LoadOptions {
-        dtype: m.dtype.dtype(),
+        dtype,
+        device,
         progress,
         max_image_pixels: m.max_image_pixels,
         quant: m.quant.map(|q| q.quant()),
         quant_lm_head: m.quant_lm_head,
-        ..Default::default()
     };
     let t = Instant::now();
     let pipeline = Pipeline::load(&dir, &opts)
@@ -60,13 +62,21 @@ pub fn load_pipeline(m: &ModelArgs) -> anyhow::Result<Pipeline> {
         "loaded {} {} ({layout}, {:?}) in {:.1}s",
         pipeline.config().family(),
         dir.display(),
-        m.dtype,
+        dtype,
         t.elapsed().as_secs_f64()
     );
     if m.quant.is_some() {
         tracing::info!("language model {}", pipeline.model().quant_report());
     }
     Ok(pipeline)
+}
+
+/// Resolves `--device` and says on stderr which device runs the model (and, for `auto` without
+/// a usable GPU, why not).
+pub fn select_device(choice: dsvl::device::DeviceChoice) -> anyhow::Result<candle_core::Device> {
+    let selected = dsvl::device::select(choice)?;
+    eprintln!("device: {}", selected.description);
+    Ok(selected.device)
 }
 
 /// `--threads`: candle's CPU kernels size their thread pools from RAYON_NUM_THREADS at first use,

@@ -199,16 +199,18 @@ pub fn report_timings(o: &Outcome) {
     } else {
         0.0
     };
+    let prefilled = o.prompt_tokens - o.reused_prompt_tokens;
     let prefill_rate = if t.prefill_ms > 0.0 {
-        o.prompt_tokens as f64 / (t.prefill_ms / 1e3)
+        prefilled as f64 / (t.prefill_ms / 1e3)
     } else {
         0.0
     };
     tracing::debug!(
-        "preprocess {:.0} ms, vision {:.0} ms, prefill {} tokens in {:.0} ms ({:.1} tok/s), decode {} tokens in {:.0} ms ({:.2} tok/s), finish: {}",
+        "preprocess {:.0} ms, vision {:.0} ms, prefill {} tokens ({} reused from the previous turn) in {:.0} ms ({:.1} tok/s), decode {} tokens in {:.0} ms ({:.2} tok/s), finish: {}",
         t.preprocess_ms,
         t.vision_ms,
-        o.prompt_tokens,
+        prefilled,
+        o.reused_prompt_tokens,
         t.prefill_ms,
         prefill_rate,
         o.completion_tokens(),

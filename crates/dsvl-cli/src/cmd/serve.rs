@@ -24,9 +24,12 @@ pub struct ServeArgs {
     pub host: String,
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Compute dtype.
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    pub dtype: DtypeArg,
+    /// Compute dtype (default: f32 on the CPU, bf16 on a GPU).
+    #[arg(long, value_enum)]
+    pub dtype: Option<DtypeArg>,
+    /// Where to run: auto, cpu, cuda or cuda:N (as for `dsvl run`).
+    #[arg(long, default_value = "auto", value_parser = crate::args::parse_device)]
+    pub device: dsvl::device::DeviceChoice,
     /// CPU threads for tensor maths (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -90,11 +93,13 @@ pub struct ServeArgs {
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     super::apply_threads(a.threads)?;
     let model_dir = resolve_model(&a.model, true)?;
+    let device = super::select_device(a.device)?;
     let cfg = ServerConfig {
         host: a.host,
         port: a.port,
         model_dir,
-        dtype: a.dtype.dtype(),
+        dtype: crate::args::dtype_for(a.dtype, &device),
+        device,
         quant: a.quant.map(|q| q.quant()),
         quant_lm_head: a.quant_lm_head,
         api_key: a.api_key,

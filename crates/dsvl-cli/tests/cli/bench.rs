@@ -85,6 +85,12 @@ fn bench_writes_every_figure() {
         positive(&j, &[field]);
     }
     positive(&j, &["second_turn", "ttft_ms"]);
+    // The second turn continues the first: at least the first prompt is not prefilled again.
+    let reused = positive(&j, &["second_turn", "reused_prompt_tokens"]);
+    assert!(
+        reused >= positive(&j, &["workload", "prompt_tokens"]) - 1.0,
+        "second turn reused only {reused} positions"
+    );
     positive(&j, &["long_context", "decode_tokens_per_s"]);
     // 576 image tokens + system prompt + question.
     assert!(positive(&j, &["workload", "prompt_tokens"]) > 600.0);

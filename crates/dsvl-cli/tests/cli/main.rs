@@ -150,6 +150,54 @@ fn user_errors_exit_non_zero_with_a_message() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("temperature"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("panicked"));
+
+    let o = dsvl(&[
+        "run",
+        "--model",
+        &model("siglip-tiny"),
+        "--device",
+        "metal",
+        "hi",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("use auto, cpu, cuda or cuda:N"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn device_choice_is_reported_and_cuda_needs_a_cuda_build() {
+    let o = dsvl(&[
+        "run",
+        "--model",
+        &model("siglip-tiny"),
+        "--device",
+        "cpu",
+        "--max-tokens",
+        "2",
+        "hi",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("device: cpu"), "{}", stderr(&o));
+    if !cfg!(feature = "cuda") {
+        let o = dsvl(&[
+            "run",
+            "--model",
+            &model("siglip-tiny"),
+            "--device",
+            "cuda",
+            "hi",
+        ]);
+        assert!(!o.status.success());
+        let err = stderr(&o);
+        assert!(
+            err.contains("built without CUDA support") && err.contains("build-cuda.sh"),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }
 
 /// A loopback server in the Hub's URL layout (`/api/models/{repo}/revision/main`,

@@ -36,6 +36,10 @@ impl FeatureCache {
         self.entries.len()
     }
 
+    pub fn capacity_bytes(&self) -> usize {
+        self.capacity_bytes
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

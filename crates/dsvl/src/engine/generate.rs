@@ -107,6 +107,9 @@ pub struct Outcome {
     pub text: String,
     pub finish_reason: FinishReason,
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values came from the previous turn of the same
+    /// [`Conversation`] instead of the prefill (0 without one).
+    pub reused_prompt_tokens: usize,
     pub timings: Timings,
 }
 
@@ -143,6 +146,94 @@ impl Pipeline {
         }
         seq.finish(on_event)
     }
+
+    /// [`Pipeline::generate`] as the next turn of `conversation`: images it has seen skip the
+    /// vision tower, and the longest prefix the prompt shares with what the previous turn left
+    /// in the cache (its prompt and answer) is not prefilled again, so a follow-up question
+    /// costs about its own tokens. The answer is what a fresh prefill gives, up to float
+    /// rounding (as with a chunked prefill).
+    pub fn generate_in(
+        &self,
+        conversation: &mut Conversation,
+        prepared: &Prepared,
+        params: &GenerateParams,
+        mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<Outcome> {
+        // A first turn starts from an empty prefix, so that its positions are tracked too.
+        let prefix = conversation.prefix.take().unwrap_or_else(|| Prefix {
+            kv: self.model().new_cache(),
+            positions: Vec::new(),
+        });
+        let mut seq = self.start_from(
+            prepared,
+            params,
+            Some(&mut conversation.features),
+            Some(prefix),
+        )?;
+        while let Some(id) = seq.step(&mut on_event)? {
+            seq.decode(id)?;
+        }
+        let (outcome, prefix) = seq.finish_keeping_prefix(on_event)?;
+        conversation.prefix = Some(prefix);
+        Ok(outcome)
+    }
+}
+
+/// What one conversation keeps between its turns: the embeddings of the images it has seen and
+/// the keys/values of its last turn (prompt and answer), for [`Pipeline::generate_in`].
+#[derive(Debug)]
+pub struct Conversation {
+    pub features: FeatureCache,
+    prefix: Option<Prefix>,
+}
+
+impl Conversation {
+    /// `feature_bytes` bounds the image embeddings kept.
+    pub fn new(feature_bytes: usize) -> Self {
+        Self {
+            features: FeatureCache::new(feature_bytes),
+            prefix: None,
+        }
+    }
+
+    /// Forgets the cached keys/values and images (a new conversation).
+    pub fn clear(&mut self) {
+        self.features = FeatureCache::new(self.features.capacity_bytes());
+        self.prefix = None;
+    }
+
+    /// Positions whose keys/values are held for the next turn.
+    pub fn cached_tokens(&self) -> usize {
+        self.prefix.as_ref().map_or(0, |p| p.positions.len())
+    }
+}
+
+/// A sequence's cache and what each of its positions holds: a text token's id, or an image
+/// row (see [`position_keys`]).
+#[derive(Debug)]
+pub(super) struct Prefix {
+    pub kv: crate::llm::KvCache,
+    pub positions: Vec<u64>,
+}
+
+/// One key per prompt position: the token id for text; for the image positions (filled in order
+/// from `images`, `(rows, key)` each) a hash of the image's pixel key and the row, with the top
+/// bit set so it never equals a token id. Equal keys mean equal input embeddings.
+pub(super) fn position_keys(ids: &[u32], image_id: u32, images: &[(usize, u64)]) -> Vec<u64> {
+    let mut rows = images
+        .iter()
+        .flat_map(|&(n, key)| (0..n).map(move |row| (key, row as u64)));
+    ids.iter()
+        .map(
+            |&id| match (id == image_id).then(|| rows.next()).flatten() {
+                Some((key, row)) => {
+                    let h = key ^ row.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    (h.rotate_left(17) ^ (h >> 29)) | 1 << 63
+                }
+                None => u64::from(id),
+            },
+        )
+        .collect()
 }
 
 impl Pipeline {
@@ -178,16 +269,35 @@ impl Pipeline {
     pub fn image_embeddings(
         &self,
         prepared: &Prepared,
-        mut cache: Option<&mut FeatureCache>,
+        cache: Option<&mut FeatureCache>,
     ) -> Result<Vec<Tensor>> {
+        Ok(self
+            .keyed_image_embeddings(prepared, cache, false)?
+            .into_iter()
+            .map(|(emb, _)| emb)
+            .collect())
+    }
+
+    /// [`Self::image_embeddings`] with each image's [`FeatureCache::key`] (computed when there
+    /// is a cache or `want_keys`, else 0).
+    pub(super) fn keyed_image_embeddings(
+        &self,
+        prepared: &Prepared,
+        mut cache: Option<&mut FeatureCache>,
+        want_keys: bool,
+    ) -> Result<Vec<(Tensor, u64)>> {
         let model = self.model();
         let mut out = Vec::with_capacity(prepared.n_images);
         for super::ImageInput { pixels, grid } in prepared.image_inputs()? {
+            let key = if cache.is_some() || want_keys {
+                FeatureCache::key(&pixels)?
+            } else {
+                0
+            };
             let Some(cache) = cache.as_deref_mut() else {
-                out.push(model.encode_image(&pixels, grid)?);
+                out.push((model.encode_image(&pixels, grid)?, key));
                 continue;
             };
-            let key = FeatureCache::key(&pixels)?;
             let emb = match cache.get(key) {
                 Some(e) => e,
                 None => {
@@ -196,7 +306,7 @@ impl Pipeline {
                     e
                 }
             };
-            out.push(emb);
+            out.push((emb, key));
         }
         Ok(out)
     }

@@ -28,7 +28,8 @@ use crate::weights::Progress;
 
 pub use feature_cache::FeatureCache;
 pub use generate::{
-    Event, FinishReason, GenerateParams, Outcome, Timings, TokenEvent, DEFAULT_PREFILL_CHUNK,
+    Conversation, Event, FinishReason, GenerateParams, Outcome, Timings, TokenEvent,
+    DEFAULT_PREFILL_CHUNK,
 };
 pub use sequence::Sequence;
 
@@ -194,6 +195,12 @@ impl Pipeline {
     /// Loads the model directory `dir`: config, tokenizer, then the weights.
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let _span = tracing::info_span!("load", path = %dir.display()).entered();
+        if opts.quant.is_some() && !opts.device.is_cpu() {
+            return Err(crate::Error::Unsupported {
+                what: "--quant on a GPU".into(),
+                hint: "quantized weights run on the CPU only; on a GPU use --dtype bf16".into(),
+            });
+        }
         let config = ModelConfig::from_dir(dir)?;
         let tokenizer = load_tokenizer(&config)?;
         let quant = QuantPlan {

@@ -11,8 +11,11 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
+use candle_core::Tensor;
+
 use super::generate::{
-    Event, FinishReason, GenerateParams, Outcome, Timings, TokenEvent, DEFAULT_PREFILL_CHUNK,
+    position_keys, Event, FinishReason, GenerateParams, Outcome, Prefix, Timings, TokenEvent,
+    DEFAULT_PREFILL_CHUNK,
 };
 use super::{FeatureCache, Pipeline, Prepared};
 use crate::config::ModelConfig;
@@ -31,6 +34,11 @@ pub struct Sequence<'p> {
     pipeline: &'p Pipeline,
     params: GenerateParams,
     cache: KvCache,
+    /// What each cached position holds ([`position_keys`]), kept only for a [`Conversation`]
+    /// (empty otherwise).
+    ///
+    /// [`Conversation`]: super::Conversation
+    positions: Option<Vec<u64>>,
     logits: Vec<f32>,
     sampler: Sampler,
     stream: Detokenizer<'p>,
@@ -38,6 +46,7 @@ pub struct Sequence<'p> {
     ids: Vec<u32>,
     text: String,
     prompt_tokens: usize,
+    reused_prompt_tokens: usize,
     timings: Timings,
     decode_started: Option<Instant>,
     finish: Option<FinishReason>,
@@ -52,6 +61,19 @@ impl Pipeline {
         params: &GenerateParams,
         cache: Option<&mut FeatureCache>,
     ) -> Result<Sequence<'_>> {
+        self.start_from(prepared, params, cache, None)
+    }
+
+    /// [`Pipeline::start`] continuing from `prefix`, the cache a previous sequence of the same
+    /// conversation left: the positions the new prompt shares with it (at most all but the last
+    /// prompt token, whose logits are needed) are kept, the rest is prefilled.
+    pub(super) fn start_from(
+        &self,
+        prepared: &Prepared,
+        params: &GenerateParams,
+        cache: Option<&mut FeatureCache>,
+        prefix: Option<Prefix>,
+    ) -> Result<Sequence<'_>> {
         let sp = &params.sampling;
         sp.validate()?;
         let sampler = Sampler::new(sp)?;
@@ -63,13 +85,39 @@ impl Pipeline {
         };
 
         let t = Instant::now();
-        let image_embeds = self.image_embeddings(prepared, cache)?;
+        let keep_positions = prefix.is_some();
+        let keyed = self.keyed_image_embeddings(prepared, cache, keep_positions)?;
         timings.vision_ms = ms(t);
 
         let t = Instant::now();
         let tok = self.tokenizer();
+        let positions = keep_positions.then(|| {
+            let images: Vec<(usize, u64)> = keyed
+                .iter()
+                .map(|(emb, key)| (emb.dim(0).unwrap_or(0), *key))
+                .collect();
+            position_keys(&prepared.ids, tok.image_id(), &images)
+        });
+        let image_embeds: Vec<Tensor> = keyed.into_iter().map(|(emb, _)| emb).collect();
         let embeds = model.input_embeddings(&prepared.ids, tok.image_id(), &image_embeds)?;
-        let mut kv = model.new_cache();
+        let (mut kv, reused) = match (prefix, &positions) {
+            (Some(mut prefix), Some(new)) => {
+                let shared = prefix
+                    .positions
+                    .iter()
+                    .zip(new)
+                    .take_while(|(a, b)| a == b)
+                    .count()
+                    .min(new.len().saturating_sub(1));
+                prefix.kv.truncate(shared);
+                (prefix.kv, shared)
+            }
+            _ => (model.new_cache(), 0),
+        };
+        let embeds = match reused {
+            0 => embeds,
+            n => embeds.narrow(1, n, embeds.dim(1)? - n)?,
+        };
         let chunk = params.prefill_chunk.unwrap_or(DEFAULT_PREFILL_CHUNK);
         let logits = self.prefill(&embeds, &mut kv, chunk)?.to_vec1::<f32>()?;
         timings.prefill_ms = ms(t);
@@ -85,6 +133,7 @@ impl Pipeline {
             pipeline: self,
             params: params.clone(),
             cache: kv,
+            positions,
             logits,
             sampler,
             stream: DecodeStream::new(decode),
@@ -92,6 +141,7 @@ impl Pipeline {
             ids: Vec::new(),
             text: String::new(),
             prompt_tokens: prepared.ids.len(),
+            reused_prompt_tokens: reused,
             timings,
             decode_started: None,
             finish: None,
@@ -108,8 +158,11 @@ impl Pipeline {
                 batch.iter_mut().map(|(s, _)| &mut s.cache).collect();
             self.model().decode_batch(&ids, &mut caches)?
         };
-        for (row, (seq, _)) in batch.iter_mut().enumerate() {
+        for (row, (seq, id)) in batch.iter_mut().enumerate() {
             seq.logits = logits.get(row)?.to_vec1::<f32>()?;
+            if let Some(p) = seq.positions.as_mut() {
+                p.push(u64::from(*id));
+            }
         }
         Ok(())
     }
@@ -180,15 +233,23 @@ impl<'p> Sequence<'p> {
             .model()
             .decode_step(id, &mut self.cache)?
             .to_vec1::<f32>()?;
+        if let Some(p) = self.positions.as_mut() {
+            p.push(u64::from(id));
+        }
         Ok(())
     }
 
     /// Ends the sequence: releases the text held back by the UTF-8 window and the stop matcher
     /// (as a last [`Event::Tail`]) unless it was cancelled or stopped by a stop string.
-    pub fn finish(
+    pub fn finish(self, on_event: impl FnMut(&Event) -> ControlFlow<()>) -> Result<Outcome> {
+        Ok(self.finish_keeping_prefix(on_event)?.0)
+    }
+
+    /// [`Sequence::finish`], also returning the cache and its position keys for the next turn.
+    pub(super) fn finish_keeping_prefix(
         mut self,
         mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
-    ) -> Result<Outcome> {
+    ) -> Result<(Outcome, Prefix)> {
         let finish = self.finish.unwrap_or(FinishReason::Length);
         if finish != FinishReason::Cancelled && !self.stops.is_stopped() {
             let tail = self.stream.finish()?.unwrap_or_default();
@@ -202,13 +263,19 @@ impl<'p> Sequence<'p> {
             }
         }
         self.timings.decode_ms = self.decode_started.map_or(0.0, ms);
-        Ok(Outcome {
+        let outcome = Outcome {
             ids: self.ids,
             text: self.text,
             finish_reason: finish,
             prompt_tokens: self.prompt_tokens,
+            reused_prompt_tokens: self.reused_prompt_tokens,
             timings: self.timings,
-        })
+        };
+        let prefix = Prefix {
+            kv: self.cache,
+            positions: self.positions.unwrap_or_default(),
+        };
+        Ok((outcome, prefix))
     }
 
     /// f32 logits of the next position (what the next [`Sequence::step`] samples from).

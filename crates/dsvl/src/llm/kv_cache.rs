@@ -68,6 +68,14 @@ impl KvCache {
         Ok((Buffer::append(ks, k)?, Buffer::append(vs, v)?))
     }
 
+    /// Forgets every position from `len` on (a shorter cache is left as it is); the next
+    /// append writes at `len`.
+    pub fn truncate(&mut self, len: usize) {
+        for buf in self.layers.iter_mut().flat_map(|(k, v)| [k, v]).flatten() {
+            buf.len = buf.len.min(len);
+        }
+    }
+
     pub fn clear(&mut self) {
         for l in &mut self.layers {
             *l = (None, None);

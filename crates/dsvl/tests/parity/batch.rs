@@ -119,6 +119,7 @@ fn check(p: &Pipeline, image: ImageSource, what: &str) {
 fn load(dir: std::path::PathBuf, dtype: DType) -> Pipeline {
     let opts = LoadOptions {
         dtype,
+        device: crate::test_device(),
         ..Default::default()
     };
     Pipeline::load(&dir, &opts).expect("fixture model loads")

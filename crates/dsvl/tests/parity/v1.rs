@@ -55,6 +55,7 @@ fn load_case(name: &str) -> anyhow::Result<Loaded> {
 pub fn load_model(model: &str, dtype: DType) -> anyhow::Result<Pipeline> {
     let opts = LoadOptions {
         dtype,
+        device: crate::test_device(),
         ..Default::default()
     };
     Ok(Pipeline::load(

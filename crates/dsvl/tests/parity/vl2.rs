@@ -133,6 +133,7 @@ fn load(name: &str) -> anyhow::Result<(CaseInput, Reference)> {
 pub fn load_vl2_model(model: &str, dtype: DType) -> anyhow::Result<Pipeline> {
     let opts = LoadOptions {
         dtype,
+        device: crate::test_device(),
         ..Default::default()
     };
     Ok(Pipeline::load(

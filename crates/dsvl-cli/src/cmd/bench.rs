@@ -196,10 +196,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let bandwidth =
         (a.bandwidth_mib > 0).then(|| memory_bandwidth_gb_s(a.bandwidth_mib << 20, threads));
 
-    let dtype_bytes = pipeline.model().dtype().size_in_bytes();
     // As stored: quantized layers count their blocks, the MoE router its f32 copy.
     let weight_bytes = pipeline.model().decode_weight_bytes();
-    let kv_bytes_per_pos = facts.kv_values_per_position * dtype_bytes as u64;
+    let kv_dtype =
+        dsvl::llm::KvCache::stored_dtype(pipeline.model().dtype(), pipeline.model().device());
+    let kv_bytes_per_pos = facts.kv_values_per_position * kv_dtype.size_in_bytes() as u64;
     let quant = pipeline.model().quant_report();
 
     let med = |f: &dyn Fn(&Run) -> Option<f64>| median(runs.iter().filter_map(f).collect());

@@ -210,7 +210,7 @@ impl DeepseekV2 {
     /// A cache for one sequence: MHA caches rotated K and V per head; MLA caches the latent
     /// `[B, 1, T, kv_lora]` and the rotated rope key `[B, 1, T, rope]` (v2 §8.3).
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.layers.len())
+        KvCache::for_model(self.layers.len(), self.dtype, &self.device)
     }
 
     /// How the linear layers are stored (a fused gate/up pair counts as one linear).

@@ -1,8 +1,14 @@
 //! Per-sequence key/value cache: one growable `[B, H, cap, D]` buffer per layer and per K/V.
 //! Appends write in place (`slice_set`); capacity doubles when full, so a long generation costs
 //! O(log n) re-allocations instead of one concatenation per token.
+//!
+//! A bf16 model on the CPU keeps its cache in f32 ([`KvCache::for_model`]): candle's CPU matmul
+//! has no bf16 kernel and widens the whole storage of both operands on every call, which for the
+//! cache meant re-widening every cached position of every layer at every decode step. The f32
+//! cache holds the same bf16-rounded values, widened once when appended; attention multiplies it
+//! with [`crate::nn::matmul_mixed`], which gives the bf16 products bit for bit.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 const MIN_CAPACITY: usize = 256;
 
@@ -39,12 +45,49 @@ impl Buffer {
 #[derive(Debug, Clone)]
 pub struct KvCache {
     layers: Vec<(Option<Buffer>, Option<Buffer>)>,
+    /// Keys and values are stored in this dtype when set, else in the dtype they come in.
+    store: Option<DType>,
 }
 
 impl KvCache {
+    /// A cache that stores keys and values in the dtype they come in.
     pub fn new(num_layers: usize) -> Self {
         Self {
             layers: vec![(None, None); num_layers],
+            store: None,
+        }
+    }
+
+    /// A cache that stores keys and values in `dtype` (exactly, when it is wider).
+    pub fn storing(num_layers: usize, dtype: DType) -> Self {
+        Self {
+            store: Some(dtype),
+            ..Self::new(num_layers)
+        }
+    }
+
+    /// The cache for a model computing in `dtype` on `device`: f32 storage for bf16 on the CPU
+    /// (see the module notes), the model's dtype otherwise.
+    pub fn for_model(num_layers: usize, dtype: DType, device: &Device) -> Self {
+        match Self::stored_dtype(dtype, device) {
+            stored if stored == dtype => Self::new(num_layers),
+            stored => Self::storing(num_layers, stored),
+        }
+    }
+
+    /// This (empty) cache with another storage policy: `Some(dtype)` stores in `dtype`, `None`
+    /// in the dtype keys and values come in.
+    pub fn with_storage(mut self, store: Option<DType>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// The dtype [`KvCache::for_model`] stores a model's keys and values in.
+    pub fn stored_dtype(dtype: DType, device: &Device) -> DType {
+        if dtype == DType::BF16 && device.is_cpu() {
+            DType::F32
+        } else {
+            dtype
         }
     }
 
@@ -65,7 +108,13 @@ impl KvCache {
         let Some((ks, vs)) = self.layers.get_mut(i) else {
             candle_core::bail!("kv cache has no layer {i}")
         };
-        Ok((Buffer::append(ks, k)?, Buffer::append(vs, v)?))
+        match self.store {
+            Some(dtype) => Ok((
+                Buffer::append(ks, &k.to_dtype(dtype)?)?,
+                Buffer::append(vs, &v.to_dtype(dtype)?)?,
+            )),
+            None => Ok((Buffer::append(ks, k)?, Buffer::append(vs, v)?)),
+        }
     }
 
     /// Forgets every position from `len` on (a shorter cache is left as it is); the next

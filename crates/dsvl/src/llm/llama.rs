@@ -323,7 +323,7 @@ impl Llama {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.layers.len())
+        KvCache::for_model(self.layers.len(), self.dtype, &self.device)
     }
 
     /// How the linear layers are stored.

@@ -218,15 +218,29 @@ pub fn sdpa(
 ) -> Result<Tensor> {
     let dtype = q.dtype();
     let scores = match scale {
-        Scale::Scores(s) => (q.matmul(&k.t()?)? * s)?,
-        Scale::Query(s) => (q * s)?.matmul(&k.t()?)?,
+        Scale::Scores(s) => (matmul_mixed(q, &k.t()?)? * s)?,
+        Scale::Query(s) => matmul_mixed(&(q * s)?, &k.t()?)?,
     };
     let scores = match bias {
         Some(b) => scores.broadcast_add(b)?,
         None => scores,
     };
     let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
-    probs.matmul(v)
+    matmul_mixed(&probs, v)
+}
+
+/// `a·b` where one side may be f32 and the other bf16 (an f32 KV cache under a bf16 model,
+/// [`crate::llm::KvCache::for_model`]): multiplied in f32 and rounded to bf16 — what candle's
+/// bf16 matmul computes (it widens both sides), without widening the f32 side again.
+pub fn matmul_mixed(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    match (a.dtype(), b.dtype()) {
+        (x, y) if x == y => a.matmul(b),
+        (DType::F32, narrow) | (narrow, DType::F32) => a
+            .to_dtype(DType::F32)?
+            .matmul(&b.to_dtype(DType::F32)?)?
+            .to_dtype(narrow),
+        (x, y) => candle_core::bail!("matmul of {x:?} with {y:?}"),
+    }
 }
 
 /// Numerically careful RMSNorm (v1 §13.11): normalise in f32, cast back, then multiply by the weight.

@@ -142,3 +142,41 @@ fn batched_decode_equals_alone_vl2_moe() {
         check(&p, image.clone(), model);
     }
 }
+
+/// A bf16 model on the CPU keeps its KV cache in f32 (`KvCache::for_model`); its logits must be
+/// bit for bit those of a bf16 cache: v1 Llama, VL2 MHA and MLA (both forms are used: the
+/// prefill picks the expanded one, decode steps the absorbed one).
+#[test]
+fn f32_kv_cache_of_a_bf16_model_changes_no_bit() {
+    let models = [
+        fixtures().join("models/siglip-tiny"),
+        vl2_fixtures().join("models/vl2-tiny-random"),
+        vl2_fixtures().join("models/vl2-small-random"),
+    ];
+    for dir in models {
+        let p = load(dir.clone(), DType::BF16);
+        let model = p.model();
+        if !model.device().is_cpu() {
+            return; // the f32 cache is a CPU policy
+        }
+        let msg = vec![ChatMessage::new(Role::User, "Count to five, slowly.")];
+        let prep = p.prepare(None, &msg, 4).expect("prepare");
+        let embeds = model
+            .input_embeddings(&prep.ids, p.tokenizer().image_id(), &[])
+            .expect("embeddings");
+        let mut wide = model.new_cache();
+        let mut narrow = model.new_cache().with_storage(None);
+        let bits = |t: candle_core::Tensor| -> Vec<u32> {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v.into_iter().map(f32::to_bits).collect()
+        };
+        let a = bits(model.forward_embeds(&embeds, &mut wide).expect("prefill"));
+        let b = bits(model.forward_embeds(&embeds, &mut narrow).expect("prefill"));
+        assert_eq!(a, b, "{}: prefill logits", dir.display());
+        for (step, id) in [17u32, 5, 99].into_iter().enumerate() {
+            let a = bits(model.decode_step(id, &mut wide).expect("decode"));
+            let b = bits(model.decode_step(id, &mut narrow).expect("decode"));
+            assert_eq!(a, b, "{}: decode step {step}", dir.display());
+        }
+    }
+}

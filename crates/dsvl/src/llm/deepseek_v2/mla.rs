@@ -28,7 +28,7 @@ use super::config::{AttentionKind, DeepseekV2Spec};
 use crate::llm::llama::qlinear;
 use crate::llm::llama::StepCtx;
 use crate::llm::KvCache;
-use crate::nn::{Linear, Quant, RmsNorm};
+use crate::nn::{matmul_mixed, Linear, Quant, RmsNorm};
 
 /// Which MLA form to compute (see the module docs). `Auto` picks the cheaper one per call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,9 +179,7 @@ impl Mla {
         };
         // q_pe·k_peᵀ: the rope key is shared by all heads, so heads fold into rows, one GEMM.
         let pe_scores = |r0: usize, n: usize| -> Result<Tensor> {
-            q_pe.narrow(2, r0, n)?
-                .reshape((b, h * n, dr))?
-                .matmul(&k_pe.t()?)?
+            matmul_mixed(&q_pe.narrow(2, r0, n)?.reshape((b, h * n, dr))?, &k_pe.t()?)?
                 .reshape((b, h, n, big_t))
         };
         let o = if expanded {
@@ -190,7 +188,7 @@ impl Mla {
                 .to_dtype(self.kv_b.dtype())?
                 .unsqueeze(1)?
                 .broadcast_as((b, h, big_t, dc))?;
-            let kv = per_head_matmul(&c_h, &self.kv_b.t()?)?.to_dtype(c.dtype())?; // [B, H, T, dn + dv]
+            let kv = per_head_matmul(&c_h, &self.kv_b.t()?)?.to_dtype(x.dtype())?; // [B, H, T, dn + dv]
             let k_nope_t = kv.narrow(3, 0, dn)?.t()?;
             let v = kv.narrow(3, dn, dv)?;
             let outs = blocks
@@ -206,16 +204,12 @@ impl Mla {
             let q_lat = per_head_matmul(&q_nope, &self.kv_b.narrow(1, 0, dn)?)?; // [B, H, t, dc]
             let outs = blocks
                 .map(|(r0, n)| {
-                    let nope = q_lat
-                        .narrow(2, r0, n)?
-                        .reshape((b, h * n, dc))?
-                        .matmul(&c.t()?)?
-                        .reshape((b, h, n, big_t))?;
+                    let nope =
+                        matmul_mixed(&q_lat.narrow(2, r0, n)?.reshape((b, h * n, dc))?, &c.t()?)?
+                            .reshape((b, h, n, big_t))?;
                     let p = self.probs((pe_scores(r0, n)? + nope)?, mask(r0, n)?)?;
                     // ref: einsum('bhql,blc->bhqc', p, c)
-                    p.reshape((b, h * n, big_t))?
-                        .matmul(&c)?
-                        .reshape((b, h, n, dc))
+                    matmul_mixed(&p.reshape((b, h * n, big_t))?, &c)?.reshape((b, h, n, dc))
                 })
                 .collect::<Result<Vec<_>>>()?;
             let o_lat = Tensor::cat(&outs, 2)?;

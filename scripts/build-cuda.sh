@@ -6,6 +6,8 @@
 #
 #   scripts/build-cuda.sh                 # -> target/cuda/release/dsvl (stripped)
 #   CUDA_COMPUTE_CAP=80 scripts/build-cuda.sh   # A100; default 90 (H100/H200)
+#   scripts/build-cuda.sh --tests         # also the parity test binary -> target/cuda/parity
+#                                         # (run it with DSVL_TEST_DEVICE=cuda from crates/dsvl)
 #
 # Toolkit: the `nvcc` on PATH (or $CUDA_HOME/bin/nvcc) when there is one; otherwise nvcc 13.0 and
 # the CUDA 13 libraries from PyPI, installed into a virtualenv outside the repository
@@ -87,13 +89,25 @@ say "cargo build --release --features cuda (first build compiles candle's CUDA k
 (cd "$root" && cargo build --release --locked -p dsvl-cli --features cuda)
 
 # 4. Drop the stub dependencies; dsvl opens the real libraries at run time.
-bin="$target_dir/release/dsvl"
-for so in "${needed[@]}"; do patchelf --remove-needed "$so" "$bin"; done
-strip "$bin"
-if readelf -d "$bin" | grep -E 'NEEDED.*(cuda|cublas|curand|nvrtc)'; then
-    say "the binary still depends on a CUDA library"; exit 1
+unstub() {
+    local bin="$1"
+    for so in "${needed[@]}"; do patchelf --remove-needed "$so" "$bin"; done
+    strip "$bin"
+    if readelf -d "$bin" | grep -E 'NEEDED.*(cuda|cublas|curand|nvrtc)'; then
+        say "$bin still depends on a CUDA library"; exit 1
+    fi
+    if readelf -d "$bin" | grep -q 'BIND_NOW\|FLAGS.*NOW'; then
+        say "$bin binds symbols at start (BIND_NOW): it would not start without the driver"; exit 1
+    fi
+    say "built $bin ($(du -h "$bin" | cut -f1))"
+}
+unstub "$target_dir/release/dsvl"
+
+if [ "${1:-}" = "--tests" ]; then
+    say "building the parity test binary with CUDA"
+    test_bin="$(cd "$root" && cargo test --release --locked -p dsvl --test parity --features dsvl/cuda --no-run \
+        --message-format=json 2>/dev/null | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)"
+    [ -x "$test_bin" ] || { say "the parity test binary did not build (run the cargo command above to see why)"; exit 1; }
+    cp "$test_bin" "$target_dir/parity"
+    unstub "$target_dir/parity"
 fi
-if readelf -d "$bin" | grep -q 'BIND_NOW\|FLAGS.*NOW'; then
-    say "the binary binds symbols at start (BIND_NOW): it would not start without the driver"; exit 1
-fi
-say "built $bin ($(du -h "$bin" | cut -f1))"

@@ -17,7 +17,8 @@ use std::time::Instant;
 
 use dsvl::config::ModelConfig;
 use dsvl::engine::{
-    Event, FeatureCache, FinishReason, GenerateParams, Outcome, Pipeline, Prepared, Sequence,
+    Event, FeatureCache, FinishReason, GenerateParams, Outcome, Pipeline, PrefixCache, Prepared,
+    Sequence,
 };
 use dsvl::grounding::Grounding;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -54,6 +55,8 @@ pub enum EngineEvent {
         finish_reason: FinishReason,
         prompt_tokens: usize,
         completion_tokens: usize,
+        /// Prompt tokens taken from the prefix cache; `None` when it is off.
+        cached_tokens: Option<usize>,
         /// VL2 answers with `<|det|>` markup: their boxes (see [`crate::grounding`]).
         grounding: Option<Box<Grounding>>,
     },
@@ -77,6 +80,7 @@ impl EngineHandle {
         max_queue: usize,
         max_running: usize,
         image_cache_bytes: usize,
+        prefix_cache_bytes: usize,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let capacity = max_queue.max(1);
@@ -88,7 +92,9 @@ impl EngineHandle {
                 // Owned by the engine thread: no lock. A conversation that resends its images
                 // skips the vision tower for them.
                 let cache = FeatureCache::new(image_cache_bytes);
-                Scheduler::new(&p, &m, cache, max_running.max(1)).run(&jobs);
+                let prefixes =
+                    (prefix_cache_bytes > 0).then(|| PrefixCache::new(prefix_cache_bytes));
+                Scheduler::new(&p, &m, cache, prefixes, max_running.max(1)).run(&jobs);
             })?;
         Ok(Self {
             queue,
@@ -154,6 +160,8 @@ struct Scheduler<'p> {
     pipeline: &'p Pipeline,
     metrics: &'p Metrics,
     cache: FeatureCache,
+    /// Finished requests' caches, continued by later requests that extend them (`None`: off).
+    prefixes: Option<PrefixCache>,
     max_running: usize,
     running: Vec<Running<'p>>,
 }
@@ -163,12 +171,14 @@ impl<'p> Scheduler<'p> {
         pipeline: &'p Pipeline,
         metrics: &'p Metrics,
         cache: FeatureCache,
+        prefixes: Option<PrefixCache>,
         max_running: usize,
     ) -> Self {
         Self {
             pipeline,
             metrics,
             cache,
+            prefixes,
             max_running,
             running: Vec::with_capacity(max_running),
         }
@@ -221,9 +231,19 @@ impl<'p> Scheduler<'p> {
             .images
             .fetch_add(job.prepared.n_images as u64, Relaxed);
         let (pipeline, cache) = (self.pipeline, &mut self.cache);
-        let started = catch_unwind(AssertUnwindSafe(|| {
-            pipeline.start(&job.prepared, &job.params, Some(cache))
+        let prefixes = self.prefixes.as_mut();
+        let started = catch_unwind(AssertUnwindSafe(|| match prefixes {
+            Some(prefixes) => {
+                pipeline.start_with_prefixes(&job.prepared, &job.params, Some(cache), prefixes)
+            }
+            None => pipeline.start(&job.prepared, &job.params, Some(cache)),
         }));
+        if let Some(prefixes) = &self.prefixes {
+            self.metrics.prefix_cache_hits.store(prefixes.hits, Relaxed);
+            self.metrics
+                .prefix_cache_reused_tokens
+                .store(prefixes.reused_tokens, Relaxed);
+        }
         self.metrics
             .image_cache_hits
             .store(self.cache.hits, Relaxed);
@@ -270,7 +290,7 @@ impl<'p> Scheduler<'p> {
                     next.push(id);
                     still.push(r);
                 }
-                Ok(Ok(None)) => finish(pipeline, metrics, r),
+                Ok(Ok(None)) => finish(pipeline, metrics, self.prefixes.as_mut(), r),
                 Ok(Err(e)) => fail(metrics, r, e),
                 Err(_) => fail(metrics, r, panicked()),
             }
@@ -332,18 +352,32 @@ fn send_event(
 }
 
 /// Releases the held-back text and reports the outcome.
-fn finish(pipeline: &Pipeline, metrics: &Metrics, r: Running<'_>) {
+/// Offers the request's cache to later ones when prefix caching is on (`prefixes`).
+fn finish(
+    pipeline: &Pipeline,
+    metrics: &Metrics,
+    prefixes: Option<&mut PrefixCache>,
+    r: Running<'_>,
+) {
     let Running { seq, job, .. } = r;
     metrics.running.fetch_sub(1, Relaxed);
     let events = &job.events;
+    let caching = prefixes.is_some();
     let finished = catch_unwind(AssertUnwindSafe(|| {
-        seq.finish(|ev| {
+        let on_event = |ev: &Event| {
             let _ = events.send(to_engine_event(pipeline, ev));
             ControlFlow::Continue(())
-        })
+        };
+        match prefixes {
+            Some(prefixes) => seq.finish_into(on_event, prefixes),
+            None => seq.finish(on_event),
+        }
     }));
     let final_event = match finished {
-        Ok(Ok(outcome)) => done(metrics, &outcome, grounding(pipeline, &job, &outcome)),
+        Ok(Ok(outcome)) => {
+            let grounding = grounding(pipeline, &job, &outcome);
+            done(metrics, &outcome, caching, grounding)
+        }
         Ok(Err(e)) => EngineEvent::Failed(e),
         Err(_) => EngineEvent::Failed(panicked()),
     };
@@ -371,7 +405,12 @@ fn clone_error(e: &dsvl::Error) -> dsvl::Error {
     }
 }
 
-fn done(metrics: &Metrics, o: &Outcome, grounding: Option<Grounding>) -> EngineEvent {
+fn done(
+    metrics: &Metrics,
+    o: &Outcome,
+    caching: bool,
+    grounding: Option<Grounding>,
+) -> EngineEvent {
     metrics
         .prompt_tokens
         .fetch_add(o.prompt_tokens as u64, Relaxed);
@@ -382,6 +421,7 @@ fn done(metrics: &Metrics, o: &Outcome, grounding: Option<Grounding>) -> EngineE
         finish_reason: o.finish_reason,
         prompt_tokens: o.prompt_tokens,
         completion_tokens: o.completion_tokens(),
+        cached_tokens: caching.then_some(o.reused_prompt_tokens),
         grounding: grounding.map(Box::new),
     }
 }

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub images: AtomicU64,
     pub image_cache_hits: AtomicU64,
     pub image_cache_misses: AtomicU64,
+    pub prefix_cache_hits: AtomicU64,
+    pub prefix_cache_reused_tokens: AtomicU64,
     pub queue_depth: AtomicI64,
     pub running: AtomicI64,
     /// Batched decode steps, and the sequences they carried (rows / steps = mean batch size).
@@ -84,6 +86,8 @@ impl Default for Metrics {
             images: AtomicU64::new(0),
             image_cache_hits: AtomicU64::new(0),
             image_cache_misses: AtomicU64::new(0),
+            prefix_cache_hits: AtomicU64::new(0),
+            prefix_cache_reused_tokens: AtomicU64::new(0),
             queue_depth: AtomicI64::new(0),
             running: AtomicI64::new(0),
             decode_steps: AtomicU64::new(0),
@@ -136,6 +140,16 @@ impl Metrics {
                 "dsvl_image_cache_misses_total",
                 "Images that ran through the vision tower.",
                 &self.image_cache_misses,
+            ),
+            (
+                "dsvl_prefix_cache_hits_total",
+                "Requests that continued a cached prefix (--prefix-cache-mb).",
+                &self.prefix_cache_hits,
+            ),
+            (
+                "dsvl_prefix_cache_reused_tokens_total",
+                "Prompt tokens taken from the prefix cache instead of prefilled.",
+                &self.prefix_cache_reused_tokens,
             ),
             (
                 "dsvl_decode_steps_total",

@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub model_name: String,
     /// Memory for cached image embeddings (a conversation resending an image skips the vision tower).
     pub image_cache_bytes: usize,
+    /// Memory for the caches of finished requests that later requests extending the same
+    /// conversation continue instead of prefilling it again; 0 turns prefix caching off.
+    pub prefix_cache_bytes: usize,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
 }
@@ -83,6 +86,7 @@ impl Default for ServerConfig {
             allowed_remote_hosts: Vec::new(),
             model_name: "deepseek-vl".into(),
             image_cache_bytes: 512 << 20,
+            prefix_cache_bytes: 0,
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -98,6 +102,7 @@ pub struct Limits {
     pub max_images_per_request: usize,
     pub max_prompt_tokens: Option<usize>,
     pub image_cache_bytes: usize,
+    pub prefix_cache_bytes: usize,
     pub media: MediaPolicy,
 }
 
@@ -112,6 +117,7 @@ impl Limits {
             max_images_per_request: cfg.max_images_per_request,
             max_prompt_tokens: cfg.max_prompt_tokens,
             image_cache_bytes: cfg.image_cache_bytes,
+            prefix_cache_bytes: cfg.prefix_cache_bytes,
             media: MediaPolicy {
                 allowed_local_media_path: cfg.allowed_local_media_path.clone(),
                 remote: cfg.allow_remote_images.then(|| {
@@ -171,6 +177,7 @@ impl AppState {
             self.inner.limits.max_queue,
             self.inner.limits.max_running,
             self.inner.limits.image_cache_bytes,
+            self.inner.limits.prefix_cache_bytes,
             self.inner.metrics.clone(),
         )?;
         // A second call keeps the first engine: the state serves one model for its whole life.

@@ -83,6 +83,12 @@ pub struct ServeArgs {
     /// the vision tower.
     #[arg(long, default_value_t = 512)]
     pub image_cache_mb: usize,
+    /// Memory for prefix caching, in MiB: the keys/values of finished requests are kept, and a
+    /// request that extends one (a client resending its conversation with a new turn) prefills
+    /// only its new tokens; responses then report `usage.prompt_tokens_details.cached_tokens`.
+    /// 0 turns it off.
+    #[arg(long, default_value_t = 1024)]
+    pub prefix_cache_mb: usize,
     /// Model name reported by /v1/models and in responses; requests naming another model get
     /// 404. Default: the --model argument as given for a Hub id (`deepseek-ai/deepseek-vl2-tiny`),
     /// the folder's name for a local directory.
@@ -118,6 +124,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             .served_model_name
             .unwrap_or_else(|| default_model_name(&a.model)),
         image_cache_bytes: a.image_cache_mb << 20,
+        prefix_cache_bytes: a.prefix_cache_mb << 20,
         ..Default::default()
     };
     tokio::runtime::Runtime::new()?.block_on(dsvl_server::serve(cfg))

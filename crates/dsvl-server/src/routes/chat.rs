@@ -143,6 +143,7 @@ async fn collect(
                 finish_reason: f,
                 prompt_tokens,
                 completion_tokens,
+                cached_tokens,
                 grounding,
             } => {
                 return Ok(ChatCompletion {
@@ -160,7 +161,7 @@ async fn collect(
                         finish_reason: finish_reason(f),
                         logprobs: with_logprobs.then_some(logprobs),
                     }],
-                    usage: Usage::new(prompt_tokens, completion_tokens),
+                    usage: Usage::new(prompt_tokens, completion_tokens, cached_tokens),
                 })
             }
         }
@@ -196,6 +197,7 @@ pub(crate) mod tests {
             finish_reason: FinishReason::Stop,
             prompt_tokens: 7,
             completion_tokens: pieces.len(),
+            cached_tokens: None,
             grounding: answer_grounding(&raw, &[(640, 480), (300, 900)]).map(Box::new),
         });
         events

@@ -79,6 +79,7 @@ impl Relay {
                 finish_reason: f,
                 prompt_tokens,
                 completion_tokens,
+                cached_tokens,
                 grounding,
             } => {
                 let last = Delta {
@@ -87,7 +88,7 @@ impl Relay {
                 };
                 self.chunk(last, None, Some(finish_reason(f))).await?;
                 if self.include_usage {
-                    let usage = Usage::new(prompt_tokens, completion_tokens);
+                    let usage = Usage::new(prompt_tokens, completion_tokens, cached_tokens);
                     self.send_json(&self.envelope(Vec::new(), Some(usage)))
                         .await?;
                 }

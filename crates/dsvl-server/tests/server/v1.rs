@@ -714,3 +714,86 @@ async fn resent_image_hits_the_feature_cache() {
     assert!(m.contains("dsvl_image_cache_misses_total 1"), "{m}");
     assert!(m.contains("dsvl_image_cache_hits_total 1"), "{m}");
 }
+
+/// Prefix caching (`--prefix-cache-mb`): a client resending its conversation with one more turn
+/// gets the second prompt's shared prefix from the cache (reported as
+/// `usage.prompt_tokens_details.cached_tokens` and in /metrics), and the same answer, token
+/// for token, as a server without the cache.
+#[tokio::test]
+async fn prefix_cache_continues_a_resent_conversation() {
+    let cached = app_with(ServerConfig {
+        prefix_cache_bytes: 256 << 20,
+        ..ServerConfig::default()
+    });
+    let ask = |messages: Value| json!({"messages": messages, "temperature": 0, "max_tokens": 8, "logprobs": true});
+    let first = post(
+        cached.clone(),
+        "/v1/chat/completions",
+        &ask(single_image_messages()),
+    )
+    .await;
+    let j1 = first.json();
+    assert_eq!(first.status, StatusCode::OK, "{j1}");
+    assert_eq!(
+        j1["usage"]["prompt_tokens_details"]["cached_tokens"], 0,
+        "{j1}"
+    );
+    let prompt1 = j1["usage"]["prompt_tokens"]
+        .as_u64()
+        .expect("prompt tokens");
+
+    let mut messages = single_image_messages();
+    let list = messages.as_array_mut().expect("array");
+    list.push(json!({"role": "assistant", "content": j1["choices"][0]["message"]["content"]}));
+    list.push(json!({"role": "user", "content": "And the colours?"}));
+    let second = post(
+        cached.clone(),
+        "/v1/chat/completions",
+        &ask(messages.clone()),
+    )
+    .await;
+    let j2 = second.json();
+    assert_eq!(second.status, StatusCode::OK, "{j2}");
+    let reused = j2["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .expect("cached_tokens reported");
+    let prompt2 = j2["usage"]["prompt_tokens"]
+        .as_u64()
+        .expect("prompt tokens");
+    assert!(
+        reused + 1 >= prompt1 && reused < prompt2,
+        "reused {reused} of {prompt2} (first prompt {prompt1})"
+    );
+
+    // The same second request on a server without the cache.
+    let fresh = post(app(), "/v1/chat/completions", &ask(messages))
+        .await
+        .json();
+    assert!(
+        fresh["usage"].get("prompt_tokens_details").is_none(),
+        "{fresh}"
+    );
+    assert_eq!(
+        j2["choices"][0]["message"]["content"], fresh["choices"][0]["message"]["content"],
+        "continued vs fresh answer"
+    );
+    let logprobs = |j: &Value| -> Vec<f64> {
+        j["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .expect("logprobs")
+            .iter()
+            .map(|t| t["logprob"].as_f64().expect("logprob"))
+            .collect()
+    };
+    for (a, b) in logprobs(&j2).iter().zip(logprobs(&fresh)) {
+        assert!((a - b).abs() <= 1e-3, "logprob {a} vs {b}");
+    }
+
+    let metrics = get(cached, "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    assert_eq!(metric(&text, "dsvl_prefix_cache_hits_total"), 1.0, "{text}");
+    assert_eq!(
+        metric(&text, "dsvl_prefix_cache_reused_tokens_total"),
+        reused as f64
+    );
+}

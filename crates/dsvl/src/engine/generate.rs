@@ -168,7 +168,7 @@ impl Pipeline {
             prepared,
             params,
             Some(&mut conversation.features),
-            Some(prefix),
+            super::sequence::Reuse::From(prefix),
         )?;
         while let Some(id) = seq.step(&mut on_event)? {
             seq.decode(id)?;
@@ -205,6 +205,93 @@ impl Conversation {
     /// Positions whose keys/values are held for the next turn.
     pub fn cached_tokens(&self) -> usize {
         self.prefix.as_ref().map_or(0, |p| p.positions.len())
+    }
+}
+
+/// Caches of finished sequences, kept so that a later request whose prompt starts with the same
+/// positions (an API client resending its conversation with one more turn) prefills only the
+/// rest: the server's automatic prefix caching. Bounded by bytes (buffers' spare capacity
+/// included); the least recently used go first. A request takes the entry it continues out of
+/// the cache and puts its own back when it finishes ([`Pipeline::start_with_prefixes`],
+/// [`super::Sequence::finish_into`]).
+#[derive(Debug)]
+pub struct PrefixCache {
+    capacity_bytes: usize,
+    used_bytes: usize,
+    /// (prefix, bytes, last use)
+    entries: Vec<(Prefix, usize, u64)>,
+    clock: u64,
+    /// Requests that continued an entry, and the prompt positions they did not prefill.
+    pub hits: u64,
+    pub reused_tokens: u64,
+}
+
+impl PrefixCache {
+    /// `capacity_bytes` 0 keeps nothing.
+    pub fn new(capacity_bytes: usize) -> Self {
+        Self {
+            capacity_bytes,
+            used_bytes: 0,
+            entries: Vec::new(),
+            clock: 0,
+            hits: 0,
+            reused_tokens: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn used_bytes(&self) -> usize {
+        self.used_bytes
+    }
+
+    /// Removes and returns the entry sharing the longest prefix with `positions` (at least
+    /// one position).
+    pub(super) fn take_longest(&mut self, positions: &[u64]) -> Option<Prefix> {
+        let shared = |p: &Prefix| {
+            p.positions
+                .iter()
+                .zip(positions)
+                .take_while(|(a, b)| a == b)
+                .count()
+        };
+        let (best, n) = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, (p, _, _))| (i, shared(p)))
+            .max_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))?;
+        if n == 0 {
+            return None;
+        }
+        let (prefix, bytes, _) = self.entries.swap_remove(best);
+        self.used_bytes -= bytes;
+        Some(prefix)
+    }
+
+    /// Keeps `prefix`, evicting the least recently used entries to stay within capacity; one
+    /// larger than the whole capacity is dropped.
+    pub(super) fn put(&mut self, prefix: Prefix) {
+        let bytes = prefix.kv.bytes();
+        if prefix.positions.is_empty() || bytes > self.capacity_bytes {
+            return;
+        }
+        while self.used_bytes + bytes > self.capacity_bytes {
+            let Some(oldest) = (0..self.entries.len()).min_by_key(|&i| self.entries[i].2) else {
+                break;
+            };
+            let (_, b, _) = self.entries.swap_remove(oldest);
+            self.used_bytes -= b;
+        }
+        self.clock += 1;
+        self.used_bytes += bytes;
+        self.entries.push((prefix, bytes, self.clock));
     }
 }
 

@@ -28,7 +28,7 @@ use crate::weights::Progress;
 
 pub use feature_cache::FeatureCache;
 pub use generate::{
-    Conversation, Event, FinishReason, GenerateParams, Outcome, Timings, TokenEvent,
+    Conversation, Event, FinishReason, GenerateParams, Outcome, PrefixCache, Timings, TokenEvent,
     DEFAULT_PREFILL_CHUNK,
 };
 pub use sequence::Sequence;

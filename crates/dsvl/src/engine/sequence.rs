@@ -14,8 +14,8 @@ use std::time::Instant;
 use candle_core::Tensor;
 
 use super::generate::{
-    position_keys, Event, FinishReason, GenerateParams, Outcome, Prefix, Timings, TokenEvent,
-    DEFAULT_PREFILL_CHUNK,
+    position_keys, Event, FinishReason, GenerateParams, Outcome, Prefix, PrefixCache, Timings,
+    TokenEvent, DEFAULT_PREFILL_CHUNK,
 };
 use super::{FeatureCache, Pipeline, Prepared};
 use crate::config::ModelConfig;
@@ -61,18 +61,31 @@ impl Pipeline {
         params: &GenerateParams,
         cache: Option<&mut FeatureCache>,
     ) -> Result<Sequence<'_>> {
-        self.start_from(prepared, params, cache, None)
+        self.start_from(prepared, params, cache, Reuse::Nothing)
     }
 
-    /// [`Pipeline::start`] continuing from `prefix`, the cache a previous sequence of the same
-    /// conversation left: the positions the new prompt shares with it (at most all but the last
-    /// prompt token, whose logits are needed) are kept, the rest is prefilled.
+    /// [`Pipeline::start`] continuing the entry of `prefixes` that shares the longest prefix
+    /// with this prompt (the server's automatic prefix caching): only the rest is prefilled.
+    /// End the sequence with [`Sequence::finish_into`] to offer its cache to later requests.
+    pub fn start_with_prefixes(
+        &self,
+        prepared: &Prepared,
+        params: &GenerateParams,
+        cache: Option<&mut FeatureCache>,
+        prefixes: &mut PrefixCache,
+    ) -> Result<Sequence<'_>> {
+        self.start_from(prepared, params, cache, Reuse::Pool(prefixes))
+    }
+
+    /// [`Pipeline::start`] continuing a previous sequence's cache (`reuse`): the positions the
+    /// new prompt shares with it (at most all but the last prompt token, whose logits are
+    /// needed) are kept, the rest is prefilled.
     pub(super) fn start_from(
         &self,
         prepared: &Prepared,
         params: &GenerateParams,
         cache: Option<&mut FeatureCache>,
-        prefix: Option<Prefix>,
+        reuse: Reuse<'_>,
     ) -> Result<Sequence<'_>> {
         let sp = &params.sampling;
         sp.validate()?;
@@ -85,7 +98,7 @@ impl Pipeline {
         };
 
         let t = Instant::now();
-        let keep_positions = prefix.is_some();
+        let keep_positions = !matches!(reuse, Reuse::Nothing);
         let keyed = self.keyed_image_embeddings(prepared, cache, keep_positions)?;
         timings.vision_ms = ms(t);
 
@@ -100,6 +113,14 @@ impl Pipeline {
         });
         let image_embeds: Vec<Tensor> = keyed.into_iter().map(|(emb, _)| emb).collect();
         let embeds = model.input_embeddings(&prepared.ids, tok.image_id(), &image_embeds)?;
+        let (prefix, pool) = match reuse {
+            Reuse::Nothing => (None, None),
+            Reuse::From(prefix) => (Some(prefix), None),
+            Reuse::Pool(pool) => (
+                positions.as_ref().and_then(|new| pool.take_longest(new)),
+                Some(pool),
+            ),
+        };
         let (mut kv, reused) = match (prefix, &positions) {
             (Some(mut prefix), Some(new)) => {
                 let shared = prefix
@@ -114,6 +135,10 @@ impl Pipeline {
             }
             _ => (model.new_cache(), 0),
         };
+        if let Some(pool) = pool.filter(|_| reused > 0) {
+            pool.hits += 1;
+            pool.reused_tokens += reused as u64;
+        }
         let embeds = match reused {
             0 => embeds,
             n => embeds.narrow(1, n, embeds.dim(1)? - n)?,
@@ -245,6 +270,19 @@ impl<'p> Sequence<'p> {
         Ok(self.finish_keeping_prefix(on_event)?.0)
     }
 
+    /// [`Sequence::finish`], offering the cache to later requests through `prefixes` (for a
+    /// sequence started by [`Pipeline::start_with_prefixes`]; others have no position keys and
+    /// are not kept).
+    pub fn finish_into(
+        self,
+        on_event: impl FnMut(&Event) -> ControlFlow<()>,
+        prefixes: &mut PrefixCache,
+    ) -> Result<Outcome> {
+        let (outcome, prefix) = self.finish_keeping_prefix(on_event)?;
+        prefixes.put(prefix);
+        Ok(outcome)
+    }
+
     /// [`Sequence::finish`], also returning the cache and its position keys for the next turn.
     pub(super) fn finish_keeping_prefix(
         mut self,
@@ -282,6 +320,16 @@ impl<'p> Sequence<'p> {
     pub fn logits(&self) -> &[f32] {
         &self.logits
     }
+}
+
+/// Where a new sequence's cache comes from.
+pub(super) enum Reuse<'a> {
+    /// A fresh prefill; positions are not tracked.
+    Nothing,
+    /// A previous turn's cache ([`super::Conversation`]).
+    From(Prefix),
+    /// The best entry of a pool, if any shares a prefix.
+    Pool(&'a mut PrefixCache),
 }
 
 fn ms(t: Instant) -> f64 {

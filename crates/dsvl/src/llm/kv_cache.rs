@@ -103,6 +103,16 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// Bytes held, the buffers' spare capacity included.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|(k, v)| [k, v])
+            .flatten()
+            .map(|b| b.data.elem_count() * b.data.dtype().size_in_bytes())
+            .sum()
+    }
+
     /// Appends `k`, `v` (`[B, H, t, D]`) to layer `i`; returns all cached keys and values.
     pub fn append(&mut self, i: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let Some((ks, vs)) = self.layers.get_mut(i) else {

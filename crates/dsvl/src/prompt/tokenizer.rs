@@ -395,6 +395,7 @@ pub(crate) mod tests {
         let bad = std::env::temp_dir().join(format!("dsvl-bad-{}.json", std::process::id()));
         std::fs::write(&bad, "{not json").unwrap();
         let err = PromptTokenizer::from_file(&bad).unwrap_err();
+        let _ = std::fs::remove_file(&bad);
         assert!(
             matches!(err, Error::Tokenizer { ref path, .. } if path == &bad),
             "{err}"

@@ -77,6 +77,12 @@ for entry in "driver:cuda:libcuda.so.1" "cublas:cublas:libcublas.so.$cuda_major"
         sed 's/.*/int &(void) { return 100; }/' >"$stubs/$lib.c"
     cc -shared -fPIC -o "$stubs/lib/lib$lib.so" -Wl,-soname,"$soname" "$stubs/$lib.c"
 done
+# candle's MoE/GGUF kernels are compiled with nvcc into a static library that calls the CUDA
+# runtime: link the runtime statically (libcudart_static.a, which opens the driver itself when
+# first used), so the binary needs no libcudart at run time.
+cudart_static="$(find "$toolkit" -name libcudart_static.a 2>/dev/null | head -n1)"
+[ -n "$cudart_static" ] || { say "libcudart_static.a not found under $toolkit"; exit 1; }
+cp "$cudart_static" "$stubs/lib/libcudart.a"
 needed=(libcuda.so.1 "libcublas.so.$cuda_major" "libcublasLt.so.$cuda_major" libcurand.so.10 "libnvrtc.so.$cuda_major")
 
 # 3. Build. CUDA_HOME points cudarc's link search at the stubs only; nvcc comes from NVCC/PATH.

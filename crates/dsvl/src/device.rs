@@ -108,7 +108,15 @@ fn open_cuda(ordinal: usize) -> std::result::Result<SelectedDevice, String> {
     // take the CPU fallback down with it.
     let device = std::panic::catch_unwind(|| Device::new_cuda(ordinal))
         .map_err(|_| "the CUDA driver failed while opening the device".to_string())?
-        .map_err(|e| e.to_string())?;
+        // candle appends a backtrace to driver errors: the first line says what failed.
+        .map_err(|e| {
+            e.to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })?;
     Ok(SelectedDevice {
         device,
         description: format!("cuda:{ordinal}"),

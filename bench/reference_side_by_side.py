@@ -204,7 +204,8 @@ def image_processor(hybrid):
 # --------------------------------------------------------------------------------------------
 # The reference run
 
-def run_reference(model_dir, dtype_name, question, n_images, image_path, decode_tokens, repeats, threads):
+def run_reference(model_dir, dtype_name, question, n_images, image_path, decode_tokens, repeats, threads,
+                  device="cpu"):
     import torch
     from PIL import Image
     from tokenizers import Tokenizer
@@ -225,7 +226,14 @@ def run_reference(model_dir, dtype_name, question, n_images, image_path, decode_
     sd = hf_state_dict(model_dir, hybrid, dtype)
     model = Model.from_pretrained(None, config=Config(**cfg_dict), state_dict=sd, dtype=dtype)
     del sd
-    model.eval()
+    model.eval().to(device)
+    cuda = device.startswith("cuda")
+
+    def sync():  # GPU work is asynchronous: time it once it has finished
+        if cuda:
+            torch.cuda.synchronize()
+
+    sync()
     load_ms = (time.perf_counter() - t) * 1e3
     proc = image_processor(hybrid)
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
@@ -238,6 +246,7 @@ def run_reference(model_dir, dtype_name, question, n_images, image_path, decode_
             if not self.prompt_seen:  # generate() pushes the prompt first
                 self.prompt_seen = True
                 return
+            sync()
             self.times.append(time.perf_counter())
 
         def end(self):
@@ -252,14 +261,16 @@ def run_reference(model_dir, dtype_name, question, n_images, image_path, decode_
             ids.extend([IMAGE_ID] * TOKENS_PER_IMAGE if i == IMAGE_ID else [i])
         images = [Image.open(image_path).convert("RGB") for _ in range(n_images)]
         inputs = dict(proc(images, return_tensors="pt"))
-        inputs = {k: v.to(dtype) for k, v in inputs.items()}
-        input_ids = torch.tensor([ids])
+        inputs = {k: v.to(device=device, dtype=dtype) for k, v in inputs.items()}
+        input_ids = torch.tensor([ids], device=device)
+        sync()
         t1 = time.perf_counter()
         with torch.inference_mode():
             if hybrid:
                 model.model.get_image_features(inputs["pixel_values"], inputs["high_res_pixel_values"])
             else:
                 model.model.get_image_features(inputs["pixel_values"])
+        sync()
         vision_ms = (time.perf_counter() - t1) * 1e3
         s = Stamps()
         t2 = time.perf_counter()
@@ -284,6 +295,7 @@ def run_reference(model_dir, dtype_name, question, n_images, image_path, decode_
         "ttft_ms": med("ttft_ms"), "decode_tokens_per_s": med("decode_tokens_per_s"),
         "prompt_tokens": runs[0]["prompt_tokens"], "generated": runs[0]["generated"],
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None,
         "runs": runs,
     }
 
@@ -291,7 +303,7 @@ def run_reference(model_dir, dtype_name, question, n_images, image_path, decode_
 def run_dsvl(binary, model_dir, dtype_name, a, out_json, quant=None):
     cmd = [str(binary), "bench", "--model", str(model_dir), "--dtype", dtype_name, "--images", str(a.images),
            "--image", str(a.image), "--prompt-tokens", str(a.prompt_tokens), "--decode-tokens", str(a.decode_tokens),
-           "--repeats", str(a.repeats), "--threads", str(a.threads), "--json", str(out_json)]
+           "--repeats", str(a.repeats), "--threads", str(a.threads), "--device", a.device, "--json", str(out_json)]
     if quant:
         cmd += ["--quant", quant]
     log("+ " + " ".join(cmd))
@@ -317,6 +329,9 @@ def main():
     p.add_argument("--quants", default="",
                    help="also run dsvl with these --quant formats (f32 activations), e.g. q8_0,q4_k; "
                         "compared with every reference row")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, or cuda[:N] on a GPU machine with a CUDA build of dsvl (scripts/build-cuda.sh) and torch "
+                        "with CUDA; both sides run there (default: %(default)s)")
     p.add_argument("--skip-reference", action="store_true", help="only run dsvl (checks the script's plumbing)")
     p.add_argument("--json", type=Path, help="write all rows as JSON to this file")
     a = p.parse_args()
@@ -333,7 +348,7 @@ def main():
             row = {"dtype": dt, "dsvl": d}
             if not a.skip_reference:
                 ref = run_reference(a.model, dt, d["workload"]["question"], a.images, a.image,
-                                    a.decode_tokens, a.repeats, a.threads)
+                                    a.decode_tokens, a.repeats, a.threads, a.device)
                 if ref["prompt_tokens"] != d["workload"]["prompt_tokens"]:
                     log(f"warning: prompt lengths differ: reference {ref['prompt_tokens']}, "
                         f"dsvl {d['workload']['prompt_tokens']}")

@@ -77,6 +77,11 @@ pub struct BenchArgs {
     /// Size of the memory-bandwidth test in MiB (0 = skip it and the roofline).
     #[arg(long, default_value_t = 1024)]
     pub bandwidth_mib: usize,
+    /// Use this memory bandwidth (GB/s) for the roofline instead of measuring the host's; on a
+    /// GPU the host test says nothing about the device, so the roofline is left out unless this
+    /// is given (e.g. 4800 for an H200, 3350 for an H100 SXM).
+    #[arg(long, value_name = "GB/S")]
+    pub bandwidth_gb_s: Option<f64>,
     /// Skip the second-turn measurement.
     #[arg(long)]
     pub no_second_turn: bool,
@@ -115,6 +120,10 @@ struct Run {
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     ensure!(a.images >= 1, "--images must be at least 1");
+    ensure!(
+        a.bandwidth_gb_s.is_none_or(|b| b.is_finite() && b > 0.0),
+        "--bandwidth-gb-s must be a positive number of GB/s"
+    );
     ensure!(a.repeats >= 1, "--repeats must be at least 1");
     ensure!(
         a.decode_tokens >= 2,
@@ -193,8 +202,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         .threads
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1);
-    let bandwidth =
-        (a.bandwidth_mib > 0).then(|| memory_bandwidth_gb_s(a.bandwidth_mib << 20, threads));
+    let bandwidth = match a.bandwidth_gb_s {
+        Some(given) => Some(given),
+        None if !pipeline.model().device().is_cpu() => None,
+        None => {
+            (a.bandwidth_mib > 0).then(|| memory_bandwidth_gb_s(a.bandwidth_mib << 20, threads))
+        }
+    };
 
     // As stored: quantized layers count their blocks, the MoE router its f32 copy.
     let weight_bytes = pipeline.model().decode_weight_bytes();

@@ -254,18 +254,11 @@ impl PrefixCache {
     /// Removes and returns the entry sharing the longest prefix with `positions` (at least
     /// one position).
     pub(super) fn take_longest(&mut self, positions: &[u64]) -> Option<Prefix> {
-        let shared = |p: &Prefix| {
-            p.positions
-                .iter()
-                .zip(positions)
-                .take_while(|(a, b)| a == b)
-                .count()
-        };
         let (best, n) = self
             .entries
             .iter()
             .enumerate()
-            .map(|(i, (p, _, _))| (i, shared(p)))
+            .map(|(i, (p, _, _))| (i, shared_len(&p.positions, positions)))
             .max_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))?;
         if n == 0 {
             return None;
@@ -301,6 +294,11 @@ impl PrefixCache {
 pub(super) struct Prefix {
     pub kv: crate::llm::KvCache,
     pub positions: Vec<u64>,
+}
+
+/// How many leading positions `a` and `b` have in common.
+pub(super) fn shared_len(a: &[u64], b: &[u64]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// One key per prompt position: the token id for text; for the image positions (filled in order

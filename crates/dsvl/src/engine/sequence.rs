@@ -14,8 +14,8 @@ use std::time::Instant;
 use candle_core::Tensor;
 
 use super::generate::{
-    position_keys, Event, FinishReason, GenerateParams, Outcome, Prefix, PrefixCache, Timings,
-    TokenEvent, DEFAULT_PREFILL_CHUNK,
+    position_keys, shared_len, Event, FinishReason, GenerateParams, Outcome, Prefix, PrefixCache,
+    Timings, TokenEvent, DEFAULT_PREFILL_CHUNK,
 };
 use super::{FeatureCache, Pipeline, Prepared};
 use crate::config::ModelConfig;
@@ -104,13 +104,16 @@ impl Pipeline {
 
         let t = Instant::now();
         let tok = self.tokenizer();
-        let positions = keep_positions.then(|| {
-            let images: Vec<(usize, u64)> = keyed
-                .iter()
-                .map(|(emb, key)| (emb.dim(0).unwrap_or(0), *key))
-                .collect();
-            position_keys(&prepared.ids, tok.image_id(), &images)
-        });
+        let positions = match keep_positions {
+            true => {
+                let images = keyed
+                    .iter()
+                    .map(|(emb, key)| Ok((emb.dim(0)?, *key)))
+                    .collect::<Result<Vec<(usize, u64)>>>()?;
+                Some(position_keys(&prepared.ids, tok.image_id(), &images))
+            }
+            false => None,
+        };
         let image_embeds: Vec<Tensor> = keyed.into_iter().map(|(emb, _)| emb).collect();
         let embeds = model.input_embeddings(&prepared.ids, tok.image_id(), &image_embeds)?;
         let (prefix, pool) = match reuse {
@@ -123,13 +126,7 @@ impl Pipeline {
         };
         let (mut kv, reused) = match (prefix, &positions) {
             (Some(mut prefix), Some(new)) => {
-                let shared = prefix
-                    .positions
-                    .iter()
-                    .zip(new)
-                    .take_while(|(a, b)| a == b)
-                    .count()
-                    .min(new.len().saturating_sub(1));
+                let shared = shared_len(&prefix.positions, new).min(new.len().saturating_sub(1));
                 prefix.kv.truncate(shared);
                 (prefix.kv, shared)
             }

@@ -7,7 +7,10 @@
 #   scripts/build-cuda.sh                 # -> target/cuda/release/dsvl (stripped)
 #   CUDA_COMPUTE_CAP=80 scripts/build-cuda.sh   # A100; default 90 (H100/H200)
 #   scripts/build-cuda.sh --tests         # also the parity test binary -> target/cuda/parity
-#                                         # (run it with DSVL_TEST_DEVICE=cuda from crates/dsvl)
+#                                         # (run it with DSVL_TEST_DEVICE=cuda from crates/dsvl;
+#                                         # the test build's dependency features differ, so it
+#                                         # compiles candle's CUDA kernels a second time: ~30 min
+#                                         # on 2 cores the first time)
 #
 # Toolkit: the `nvcc` on PATH (or $CUDA_HOME/bin/nvcc) when there is one; otherwise nvcc 13.0 and
 # the CUDA 13 libraries from PyPI, installed into a virtualenv outside the repository

@@ -116,7 +116,8 @@ fn check(p: &Pipeline, image: ImageSource, what: &str) {
     );
 }
 
-fn load(dir: std::path::PathBuf, dtype: DType) -> Pipeline {
+/// A fixture model on the test device.
+pub fn load(dir: std::path::PathBuf, dtype: DType) -> Pipeline {
     let opts = LoadOptions {
         dtype,
         device: crate::test_device(),

@@ -7,8 +7,7 @@ use std::ops::ControlFlow;
 
 use candle_core::DType;
 use dsvl::engine::{
-    ChatMessage, Conversation, Event, GenerateParams, ImageSource, LoadOptions, Outcome, Pipeline,
-    Prepared,
+    ChatMessage, Conversation, Event, GenerateParams, ImageSource, Outcome, Pipeline, Prepared,
 };
 use dsvl::prompt::template::Role;
 use dsvl::sampling::SamplingParams;
@@ -128,12 +127,7 @@ fn check(p: &Pipeline, image: ImageSource, other: ImageSource, what: &str) {
 }
 
 fn load(dir: std::path::PathBuf) -> Pipeline {
-    let opts = LoadOptions {
-        dtype: DType::F32,
-        device: crate::test_device(),
-        ..Default::default()
-    };
-    Pipeline::load(&dir, &opts).expect("fixture model loads")
+    crate::batch::load(dir, DType::F32)
 }
 
 #[test]

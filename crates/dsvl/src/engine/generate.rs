@@ -107,8 +107,8 @@ pub struct Outcome {
     pub text: String,
     pub finish_reason: FinishReason,
     pub prompt_tokens: usize,
-    /// Prompt tokens whose keys and values came from the previous turn of the same
-    /// [`Conversation`] instead of the prefill (0 without one).
+    /// Prompt tokens whose keys and values came from an earlier sequence (the previous turn of
+    /// a [`Conversation`], or a [`PrefixCache`] entry) instead of the prefill; 0 otherwise.
     pub reused_prompt_tokens: usize,
     pub timings: Timings,
 }
@@ -237,18 +237,6 @@ impl PrefixCache {
             hits: 0,
             reused_tokens: 0,
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    pub fn used_bytes(&self) -> usize {
-        self.used_bytes
     }
 
     /// Removes and returns the entry sharing the longest prefix with `positions` (at least

@@ -34,8 +34,8 @@ pub struct Sequence<'p> {
     pipeline: &'p Pipeline,
     params: GenerateParams,
     cache: KvCache,
-    /// What each cached position holds ([`position_keys`]), kept only for a [`Conversation`]
-    /// (empty otherwise).
+    /// What each cached position holds ([`position_keys`]), tracked only when the cache may be
+    /// reused (a [`Conversation`] or a [`PrefixCache`]); `None` otherwise.
     ///
     /// [`Conversation`]: super::Conversation
     positions: Option<Vec<u64>>,

@@ -58,21 +58,11 @@ impl KvCache {
         }
     }
 
-    /// A cache that stores keys and values in `dtype` (exactly, when it is wider).
-    pub fn storing(num_layers: usize, dtype: DType) -> Self {
-        Self {
-            store: Some(dtype),
-            ..Self::new(num_layers)
-        }
-    }
-
     /// The cache for a model computing in `dtype` on `device`: f32 storage for bf16 on the CPU
     /// (see the module notes), the model's dtype otherwise.
     pub fn for_model(num_layers: usize, dtype: DType, device: &Device) -> Self {
-        match Self::stored_dtype(dtype, device) {
-            stored if stored == dtype => Self::new(num_layers),
-            stored => Self::storing(num_layers, stored),
-        }
+        let stored = Self::stored_dtype(dtype, device);
+        Self::new(num_layers).with_storage((stored != dtype).then_some(stored))
     }
 
     /// This (empty) cache with another storage policy: `Some(dtype)` stores in `dtype`, `None`

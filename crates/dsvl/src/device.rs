@@ -117,9 +117,83 @@ fn open_cuda(ordinal: usize) -> std::result::Result<SelectedDevice, String> {
                 .trim()
                 .to_string()
         })?;
+    let description = match (gpu_name(&device), gpu_memory(&device)) {
+        (Some(name), Some(m)) => format!(
+            "cuda:{ordinal} ({name}, {:.0} GiB)",
+            m.total as f64 / (1u64 << 30) as f64
+        ),
+        (Some(name), None) => format!("cuda:{ordinal} ({name})"),
+        _ => format!("cuda:{ordinal}"),
+    };
     Ok(SelectedDevice {
         device,
-        description: format!("cuda:{ordinal}"),
+        description,
+    })
+}
+
+/// Memory of the GPU a model lives on, as the driver reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuMemory {
+    /// Bytes of device memory.
+    pub total: u64,
+    /// Bytes in use on the device now, by every process (`total − free`).
+    pub used: u64,
+    /// The most bytes this process's stream-ordered allocations held at once since start (the
+    /// driver's memory-pool high-water mark; `None` when the allocations do not go through
+    /// the pool).
+    pub peak_allocated: Option<u64>,
+}
+
+/// [`GpuMemory`] of `device`; `None` on the CPU or when the driver does not answer.
+pub fn gpu_memory(device: &Device) -> Option<GpuMemory> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = device {
+        return cuda_memory(dev);
+    }
+    let _ = device;
+    None
+}
+
+/// The GPU's name as the driver gives it (e.g. "NVIDIA H200"); `None` on the CPU.
+pub fn gpu_name(device: &Device) -> Option<String> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = device {
+        return dev.cuda_stream().context().name().ok();
+    }
+    let _ = device;
+    None
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_memory(dev: &candle_core::CudaDevice) -> Option<GpuMemory> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+
+    let stream = dev.cuda_stream();
+    let ctx = stream.context();
+    let (free, total) = ctx.mem_get_info().ok()?;
+    let peak_allocated = ctx.has_async_alloc().then(|| {
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        let mut high: u64 = 0;
+        // SAFETY: the context is current (mem_get_info bound it to this thread); the pool
+        // handle is the device's current pool, only read; the attribute is a u64 (cuuint64_t).
+        unsafe {
+            sys::cuDeviceGetMemPool(&mut pool, ctx.cu_device())
+                .result()
+                .ok()?;
+            sys::cuMemPoolGetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut high as *mut u64).cast(),
+            )
+            .result()
+            .ok()?;
+        }
+        Some(high)
+    });
+    Some(GpuMemory {
+        total: total as u64,
+        used: total.saturating_sub(free) as u64,
+        peak_allocated: peak_allocated.flatten(),
     })
 }
 
@@ -195,6 +269,12 @@ mod tests {
         assert!(err.contains("cuda:N"), "{err}");
         assert!("metal".parse::<DeviceChoice>().is_err());
         assert_eq!(DeviceChoice::Cuda(1).to_string(), "cuda:1");
+    }
+
+    #[test]
+    fn the_cpu_has_no_gpu_figures() {
+        assert_eq!(gpu_memory(&Device::Cpu), None);
+        assert_eq!(gpu_name(&Device::Cpu), None);
     }
 
     #[test]

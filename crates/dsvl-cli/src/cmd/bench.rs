@@ -155,6 +155,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let pipeline = load_pipeline(&a.model)?;
     let load_ms = ms(t);
     let rss_after_load = dsvl::memory::status_kib("VmRSS").map(|k| k * 1024);
+    let device = pipeline.model().device().clone();
+    let gpu_after_load = dsvl::device::gpu_memory(&device);
     let config = pipeline.config().clone();
     let facts = LlmFacts::of(&config);
 
@@ -196,6 +198,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     // runs is the steady state (weights, caches, what the allocator keeps).
     let peak_rss = dsvl::memory::status_kib("VmHWM").map(|k| k * 1024);
     let rss_after_runs = dsvl::memory::status_kib("VmRSS").map(|k| k * 1024);
+    let gpu_after_runs = dsvl::device::gpu_memory(&device);
 
     let threads = a
         .model
@@ -275,6 +278,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             "logical_cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
             "threads": threads,
             "mem_total_bytes": dsvl::memory::meminfo_kib("MemTotal").map(|k| k * 1024),
+            "device": device_name(&device),
+            "gpu": dsvl::device::gpu_name(&device),
         },
         "model": {
             "dir": config.dir().display().to_string(),
@@ -332,6 +337,16 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             "decode_roofline_pct": pct(long_decode, roof_long),
         })},
         "peak_rss_bytes": peak_rss,
+        "gpu_memory": match (gpu_after_load, gpu_after_runs) {
+            (Some(load), Some(runs)) => json!({
+                "total_bytes": runs.total,
+                "used_after_load_bytes": load.used,
+                "used_after_runs_bytes": runs.used,
+                "peak_allocated_bytes": runs.peak_allocated,
+                "note": "used = the whole device as the driver reports it (all processes, the CUDA context included); peak allocated = this process's memory-pool high-water mark",
+            }),
+            _ => Value::Null,
+        },
         "rss_after_runs_bytes": rss_after_runs,
         "memory_bandwidth_gb_s": bandwidth,
         "weight_bytes_per_token": weight_bytes,
@@ -776,6 +791,15 @@ fn cpu_model() -> Option<String> {
 }
 
 /// The human-readable report (stdout).
+/// `cpu`, `cuda:N`, `metal:N`: where the model runs.
+fn device_name(device: &candle_core::Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
 fn print_table(r: &Value) {
     let f = |v: &Value, prec: usize| -> String {
         v.as_f64()
@@ -806,14 +830,21 @@ fn print_table(r: &Value) {
         ),
         None => String::new(),
     };
+    let machine = &r["machine"];
+    let cpu = machine["cpu"].as_str().unwrap_or("unknown CPU");
+    let place = match machine["device"].as_str() {
+        Some("cpu") | None => format!("{} thread(s) on {cpu}", machine["threads"]),
+        Some(gpu) => format!(
+            "{gpu} ({}), host {cpu}",
+            machine["gpu"].as_str().unwrap_or("unknown GPU")
+        ),
+    };
     println!(
-        "dsvl bench: {} ({} layout, {}{quant}, {} LLM layers), {} thread(s) on {}",
+        "dsvl bench: {} ({} layout, {}{quant}, {} LLM layers), {place}",
         m["architecture"].as_str().unwrap_or("?"),
         m["layout"].as_str().unwrap_or("?"),
         m["dtype"].as_str().unwrap_or("?"),
         m["llm_layers"],
-        r["machine"]["threads"],
-        r["machine"]["cpu"].as_str().unwrap_or("unknown CPU"),
     );
     println!(
         "workload: {} image(s), {} prompt tokens ({} question tokens), {} decode tokens, median of {} run(s)",
@@ -863,10 +894,38 @@ fn print_table(r: &Value) {
             gib(&r["rss_after_runs_bytes"]),
             "GiB",
         ),
+    ];
+    let gpu = &r["gpu_memory"];
+    let gpu_rows: Vec<(&str, String, &str)> = if gpu.is_null() {
+        Vec::new()
+    } else {
+        vec![
+            (
+                "GPU memory after load",
+                gib(&gpu["used_after_load_bytes"]),
+                "GiB in use on the device (all processes)",
+            ),
+            (
+                "GPU memory after runs",
+                gib(&gpu["used_after_runs_bytes"]),
+                "GiB in use on the device (all processes)",
+            ),
+            (
+                "GPU peak allocated",
+                gib(&gpu["peak_allocated_bytes"]),
+                "GiB (this process, memory-pool high-water mark)",
+            ),
+        ]
+    };
+    let tail: Vec<(&str, String, &str)> = vec![
         (
             "memory bandwidth",
             f(&r["memory_bandwidth_gb_s"], 1),
-            "GB/s",
+            if r["machine"]["device"].as_str() == Some("cpu") {
+                "GB/s"
+            } else {
+                "GB/s (given with --bandwidth-gb-s)"
+            },
         ),
         (
             "weights read per token",
@@ -880,7 +939,7 @@ fn print_table(r: &Value) {
         ),
         ("decode / roofline", f(&r["decode_roofline_pct"], 1), "%"),
     ];
-    for (name, value, unit) in rows {
+    for (name, value, unit) in rows.into_iter().chain(gpu_rows).chain(tail) {
         println!("  {name:<24} {value:>12}  {unit}");
     }
     if let Some(l) = r["long_context"].as_object() {

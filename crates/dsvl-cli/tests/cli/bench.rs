@@ -95,6 +95,9 @@ fn bench_writes_every_figure() {
     // 576 image tokens + system prompt + question.
     assert!(positive(&j, &["workload", "prompt_tokens"]) > 600.0);
     assert!(positive(&j, &["workload", "question_tokens"]) >= 40.0);
+    // On the CPU: the device is named, and there are no GPU figures.
+    assert_eq!(j["machine"]["device"], "cpu");
+    assert!(j["machine"]["gpu"].is_null() && j["gpu_memory"].is_null());
     // siglip-tiny's LLM: hidden 16, 2 layers, ffn 48, vocab 102400; f32; all but the embedding table.
     let per_layer = 4 * 16 * 16 + 3 * 16 * 48 + 2 * 16;
     let want = (2 * per_layer + 16 + 102_400 * 16 + 16) * 4;

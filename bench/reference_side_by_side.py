@@ -306,6 +306,8 @@ def run_dsvl(binary, model_dir, dtype_name, a, out_json, quant=None):
            "--repeats", str(a.repeats), "--threads", str(a.threads), "--device", a.device, "--json", str(out_json)]
     if quant:
         cmd += ["--quant", quant]
+    if a.bandwidth_gb_s:
+        cmd += ["--bandwidth-gb-s", str(a.bandwidth_gb_s)]
     log("+ " + " ".join(cmd))
     subprocess.run(cmd, check=True)
     return json.loads(Path(out_json).read_text())
@@ -332,6 +334,9 @@ def main():
     p.add_argument("--device", default="cpu",
                    help="cpu, or cuda[:N] on a GPU machine with a CUDA build of dsvl (scripts/build-cuda.sh) and torch "
                         "with CUDA; both sides run there (default: %(default)s)")
+    p.add_argument("--bandwidth-gb-s", type=float,
+                   help="memory bandwidth for dsvl's decode roofline instead of the host's measured one; "
+                        "needed on a GPU (e.g. 4800 for an H200, 3350 for an H100 SXM)")
     p.add_argument("--skip-reference", action="store_true", help="only run dsvl (checks the script's plumbing)")
     p.add_argument("--json", type=Path, help="write all rows as JSON to this file")
     a = p.parse_args()
@@ -397,6 +402,15 @@ def main():
                       f"{fmt(d['decode_tokens_per_s'] / r['decode_tokens_per_s'], 2) + 'x':>13}")
         print(f"{'  roofline':<22} {fmt(d['decode_roofline_tokens_per_s'], 2)} tok/s, "
               f"{fmt(d['decode_roofline_pct'])} % reached")
+    if a.device != "cpu":
+        gib = lambda b: "n/a" if b is None else f"{b / 2**30:.2f}"  # noqa: E731
+        for row in rows:
+            g = row["dsvl"].get("gpu_memory") or {}
+            line = (f"GPU memory {row['dtype']}: dsvl peak allocated {gib(g.get('peak_allocated_bytes'))} GiB, "
+                    f"device in use after the runs {gib(g.get('used_after_runs_bytes'))} GiB")
+            if row.get("reference"):
+                line += f"; transformers torch.cuda.max_memory_allocated {gib(row['reference']['peak_gpu_bytes'])} GiB"
+            print(line)
     bw = rows[0]["dsvl"].get("memory_bandwidth_gb_s")
     if bw:
         print(f"memory bandwidth {bw:.1f} GB/s; dsvl decode roofline "

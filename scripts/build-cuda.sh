@@ -11,6 +11,8 @@
 #                                         # the test build's dependency features differ, so it
 #                                         # compiles candle's CUDA kernels a second time: ~30 min
 #                                         # on 2 cores the first time)
+#   scripts/build-cuda.sh --tests --pack  # and xz both into target/cuda/dist/ (~10 MB each), what
+#                                         # scripts/gpu-session.sh takes to the GPU machine
 #
 # Toolkit: the `nvcc` on PATH (or $CUDA_HOME/bin/nvcc) when there is one; otherwise nvcc 13.0 and
 # the CUDA 13 libraries from PyPI, installed into a virtualenv outside the repository
@@ -112,11 +114,30 @@ unstub() {
 }
 unstub "$target_dir/release/dsvl"
 
-if [ "${1:-}" = "--tests" ]; then
+tests=false pack=false
+for arg in "$@"; do
+    case "$arg" in
+        --tests) tests=true ;;
+        --pack) pack=true ;;
+        *) say "unknown option $arg (use --tests, --pack)"; exit 2 ;;
+    esac
+done
+if $tests; then
     say "building the parity test binary with CUDA"
     test_bin="$(cd "$root" && cargo test --release --locked -p dsvl --test parity --features dsvl/cuda --no-run \
         --message-format=json 2>/dev/null | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)"
     [ -x "$test_bin" ] || { say "the parity test binary did not build (run the cargo command above to see why)"; exit 1; }
     cp "$test_bin" "$target_dir/parity"
     unstub "$target_dir/parity"
+fi
+
+# 5. Compressed copies to carry to a GPU machine (scripts/gpu-session.sh unpacks them).
+if $pack; then
+    dist="$target_dir/dist"
+    mkdir -p "$dist"
+    for bin in "$target_dir/release/dsvl" "$target_dir/parity"; do
+        [ -x "$bin" ] || continue
+        xz -T0 -6 -c "$bin" >"$dist/$(basename "$bin").xz"
+    done
+    say "packed: $(cd "$dist" && du -h ./*.xz | tr '\n' ' ')"
 fi

@@ -2,6 +2,8 @@
 //! attention). Keys: `language_model.model.{embed_tokens, layers.{i}.{self_attn.{q,k,v,o}_proj,
 //! mlp.{gate,up,down}_proj, input_layernorm, post_attention_layernorm}, norm}`, `language_model.lm_head`.
 
+use std::sync::{Mutex, PoisonError};
+
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
@@ -12,10 +14,24 @@ use crate::nn::{
 };
 
 /// RoPE tables in f32 (v1 §13.10): `inv_freq[i] = 1 / theta^(2i/d)`, angle = position × inv_freq,
-/// rotate-half (NeoX) layout. Grown on demand. Also used by DeepSeek-V2 (v2 §8.2–8.3), whose
-/// interleaved MLA RoPE takes the same `[t, d/2]` tables.
+/// rotate-half (NeoX) layout. Also used by DeepSeek-V2 (v2 §8.2–8.3), whose interleaved MLA RoPE
+/// takes the same `[t, d/2]` tables.
+///
+/// The tables of positions `0..n` are kept on the model's device in its dtype and grown by
+/// doubling, so a decode step takes a view of them instead of computing and uploading two small
+/// tensors (a host-to-device copy per step on a GPU). Every entry is the same f32 value however
+/// the table was grown.
 pub(crate) struct Rope {
     inv_freq: Vec<f32>,
+    kept: Mutex<Option<Tables>>,
+}
+
+/// `cos`, `sin` `[n, d/2]` for positions `0..n`.
+struct Tables {
+    dtype: DType,
+    device: Device,
+    cos: Tensor,
+    sin: Tensor,
 }
 
 impl Rope {
@@ -29,11 +45,44 @@ impl Rope {
         let inv_freq = (0..d / 2)
             .map(|i| 1.0f32 / (theta as f32).powf((2 * i) as f32 / d as f32))
             .collect();
-        Self { inv_freq }
+        Self {
+            inv_freq,
+            kept: Mutex::new(None),
+        }
     }
 
     /// `(cos, sin)`, each `[t, d/2]`, for positions `offset..offset+t`, in `dtype`.
     pub(crate) fn tables(
+        &self,
+        offset: usize,
+        t: usize,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let need = offset + t;
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        let fits = match kept.as_ref() {
+            Some(k) => k.dtype == dtype && k.device.same_device(dev) && k.cos.dim(0)? >= need,
+            None => false,
+        };
+        if !fits {
+            let n = need.next_power_of_two().max(MIN_ROPE_POSITIONS);
+            let (cos, sin) = self.compute(0, n, dtype, dev)?;
+            *kept = Some(Tables {
+                dtype,
+                device: dev.clone(),
+                cos,
+                sin,
+            });
+        }
+        let Some(k) = kept.as_ref() else {
+            candle_core::bail!("rope tables kept above")
+        };
+        Ok((k.cos.narrow(0, offset, t)?, k.sin.narrow(0, offset, t)?))
+    }
+
+    /// The tables of positions `offset..offset+t`, computed on the host.
+    fn compute(
         &self,
         offset: usize,
         t: usize,
@@ -56,26 +105,80 @@ impl Rope {
     }
 }
 
+/// The smallest table kept: a short prompt and its answer.
+const MIN_ROPE_POSITIONS: usize = 1024;
+
 /// transformers 4.38 `LlamaAttention` (eager). DeepSeek-VL2 tiny uses it unchanged (v2 §8.2).
 pub(crate) struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    qkv: Projections,
     o_proj: Linear,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
 }
 
+/// `q`, `k`, `v` as three linears (the checkpoint's), or as one whose weight is the three
+/// concatenated along `out`: one GEMM instead of three, each output the same dot product. A
+/// GPU, whose decode step is bound by kernel launches, gets the fused one; the CPU keeps the
+/// three (quantized per projection, reported per projection).
+enum Projections {
+    Separate {
+        q: Linear,
+        k: Linear,
+        v: Linear,
+    },
+    Fused {
+        qkv: Linear,
+        q_out: usize,
+        kv_out: usize,
+    },
+}
+
+/// Whether to fuse projections that share their input on `device` (see [`Projections`]).
+pub(crate) fn fuse_projections(device: &Device, quant: Option<Quant>) -> bool {
+    !device.is_cpu() && quant.is_none()
+}
+
 impl Attention {
     /// `quant`: the format of the four projections (`None`: the compute dtype).
     pub(crate) fn new(cfg: &LlamaSpec, quant: Option<Quant>, vb: VarBuilder) -> Result<Self> {
+        let fuse = fuse_projections(vb.device(), quant);
+        Self::with_fusion(cfg, quant, fuse, vb)
+    }
+
+    fn with_fusion(
+        cfg: &LlamaSpec,
+        quant: Option<Quant>,
+        fuse: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        let (q_out, kv_out) = (cfg.num_heads * d, cfg.num_kv_heads * d);
+        let qkv = if fuse {
+            let w = |name: &str, out: usize| vb.pp(name).get((out, h), "weight");
+            let weight = Tensor::cat(
+                &[
+                    w("q_proj", q_out)?,
+                    w("k_proj", kv_out)?,
+                    w("v_proj", kv_out)?,
+                ],
+                0,
+            )?;
+            Projections::Fused {
+                qkv: linear_from_weight_quant(&weight, quant)?,
+                q_out,
+                kv_out,
+            }
+        } else {
+            Projections::Separate {
+                q: qlinear(h, q_out, quant, vb.pp("q_proj"))?,
+                k: qlinear(h, kv_out, quant, vb.pp("k_proj"))?,
+                v: qlinear(h, kv_out, quant, vb.pp("v_proj"))?,
+            }
+        };
         Ok(Self {
-            q_proj: qlinear(h, cfg.num_heads * d, quant, vb.pp("q_proj"))?,
-            k_proj: qlinear(h, cfg.num_kv_heads * d, quant, vb.pp("k_proj"))?,
-            v_proj: qlinear(h, cfg.num_kv_heads * d, quant, vb.pp("v_proj"))?,
-            o_proj: qlinear(cfg.num_heads * d, h, quant, vb.pp("o_proj"))?,
+            qkv,
+            o_proj: qlinear(q_out, h, quant, vb.pp("o_proj"))?,
             heads: cfg.num_heads,
             kv_heads: cfg.num_kv_heads,
             head_dim: d,
@@ -114,11 +217,18 @@ impl Attention {
     }
 
     fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        Ok((
-            self.q_proj.forward(x)?,
-            self.k_proj.forward(x)?,
-            self.v_proj.forward(x)?,
-        ))
+        match &self.qkv {
+            Projections::Separate { q, k, v } => Ok((q.forward(x)?, k.forward(x)?, v.forward(x)?)),
+            Projections::Fused { qkv, q_out, kv_out } => {
+                let y = qkv.forward(x)?;
+                let last = y.rank() - 1;
+                Ok((
+                    y.narrow(last, 0, *q_out)?,
+                    y.narrow(last, *q_out, *kv_out)?,
+                    y.narrow(last, q_out + kv_out, *kv_out)?,
+                ))
+            }
+        }
     }
 
     /// Projected `q`, `k`, `v` (`[b, t, heads·d]`) → attention output `[b, t, heads·d]`
@@ -155,9 +265,13 @@ impl Attention {
             .reshape((b, t, self.heads * self.head_dim))
     }
 
-    /// The four projections, in checkpoint order.
-    pub(crate) fn linears(&self) -> [&Linear; 4] {
-        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
+    /// The projections as stored: `q`, `k`, `v`, `o` in checkpoint order, or the fused
+    /// `qkv` and `o`.
+    pub(crate) fn linears(&self) -> Vec<&Linear> {
+        match &self.qkv {
+            Projections::Separate { q, k, v } => vec![q, k, v, &self.o_proj],
+            Projections::Fused { qkv, .. } => vec![qkv, &self.o_proj],
+        }
     }
 }
 
@@ -182,28 +296,73 @@ fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
         .reshape((b, h * n, t, d))
 }
 
+/// `down(silu(gate(x)) * up(x))`; on a GPU `gate` and `up` run as one GEMM (see
+/// [`Projections`]).
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    gate_up: GateUp,
     down_proj: Linear,
+}
+
+enum GateUp {
+    Separate { gate: Linear, up: Linear },
+    Fused { gate_up: Linear, ffn: usize },
 }
 
 impl Mlp {
     fn new(cfg: &LlamaSpec, quant: Option<Quant>, vb: VarBuilder) -> Result<Self> {
+        let fuse = fuse_projections(vb.device(), quant);
+        Self::with_fusion(cfg, quant, fuse, vb)
+    }
+
+    fn with_fusion(
+        cfg: &LlamaSpec,
+        quant: Option<Quant>,
+        fuse: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let gate_up = if fuse {
+            let w = |name: &str| vb.pp(name).get((f, h), "weight");
+            GateUp::Fused {
+                gate_up: linear_from_weight_quant(
+                    &Tensor::cat(&[w("gate_proj")?, w("up_proj")?], 0)?,
+                    quant,
+                )?,
+                ffn: f,
+            }
+        } else {
+            GateUp::Separate {
+                gate: qlinear(h, f, quant, vb.pp("gate_proj"))?,
+                up: qlinear(h, f, quant, vb.pp("up_proj"))?,
+            }
+        };
         Ok(Self {
-            gate_proj: qlinear(h, f, quant, vb.pp("gate_proj"))?,
-            up_proj: qlinear(h, f, quant, vb.pp("up_proj"))?,
+            gate_up,
             down_proj: qlinear(f, h, quant, vb.pp("down_proj"))?,
         })
+    }
+
+    /// The linears as stored (`gate`, `up`, `down`, or the fused `gate_up` and `down`).
+    fn linears(&self) -> Vec<&Linear> {
+        match &self.gate_up {
+            GateUp::Separate { gate, up } => vec![gate, up, &self.down_proj],
+            GateUp::Fused { gate_up, .. } => vec![gate_up, &self.down_proj],
+        }
     }
 }
 
 impl Module for Mlp {
     /// down(silu(gate(x)) * up(x))
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(g * self.up_proj.forward(x)?)?)
+        let (g, u) = match &self.gate_up {
+            GateUp::Separate { gate, up } => (gate.forward(x)?, up.forward(x)?),
+            GateUp::Fused { gate_up, ffn } => {
+                let y = gate_up.forward(x)?;
+                let last = y.rank() - 1;
+                (y.narrow(last, 0, *ffn)?, y.narrow(last, *ffn, *ffn)?)
+            }
+        };
+        self.down_proj.forward(&(candle_nn::ops::silu(&g)? * u)?)
     }
 }
 
@@ -330,8 +489,7 @@ impl Llama {
     pub fn quant_report(&self) -> QuantReport {
         let mut r = QuantReport::new(self.quant);
         for l in &self.layers {
-            let mlp = [&l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj];
-            for lin in l.self_attn.linears().into_iter().chain(mlp) {
+            for lin in l.self_attn.linears().into_iter().chain(l.mlp.linears()) {
                 r.add(lin, self.quant.layers());
             }
         }
@@ -441,4 +599,134 @@ pub(crate) fn causal_mask(t: usize, offset: usize, dtype: DType, dev: &Device) -
         })
         .collect();
     Tensor::from_vec(mask, (t, offset + t), dev)?.to_dtype(dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Views of the kept tables equal tables computed for just those positions, before and
+    /// after the tables grow, in f32 and bf16.
+    #[test]
+    fn kept_rope_tables_equal_fresh_ones() {
+        let rope = Rope::with_dim(64, 10000.0);
+        let dev = Device::Cpu;
+        for (offset, t, dtype) in [
+            (0, 7, DType::F32),
+            (700, 1, DType::F32),
+            (1500, 600, DType::F32),
+            (3, 1, DType::BF16),
+            (5000, 2, DType::F32),
+        ] {
+            let (cos, sin) = rope.tables(offset, t, dtype, &dev).unwrap();
+            let (want_cos, want_sin) = rope.compute(offset, t, dtype, &dev).unwrap();
+            assert_eq!(cos.dims(), &[t, 32]);
+            for (got, want) in [(cos, want_cos), (sin, want_sin)] {
+                let got: Vec<f32> = got
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let want: Vec<f32> = want
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                assert_eq!(got, want, "offset {offset}, t {t}, {dtype:?}");
+            }
+        }
+        let kept = rope.kept.lock().unwrap();
+        assert_eq!(kept.as_ref().map(|k| k.cos.dim(0).unwrap()), Some(8192));
+    }
+
+    fn small_spec() -> LlamaSpec {
+        LlamaSpec {
+            vocab_size: 32,
+            hidden_size: 64,
+            intermediate_size: 96,
+            num_layers: 1,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 16,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            max_position_embeddings: 512,
+        }
+    }
+
+    fn layer_weights(spec: &LlamaSpec) -> VarBuilder<'static> {
+        let (h, f) = (spec.hidden_size, spec.intermediate_size);
+        let (q, kv) = (
+            spec.num_heads * spec.head_dim,
+            spec.num_kv_heads * spec.head_dim,
+        );
+        let shapes = [
+            ("q_proj", q, h),
+            ("k_proj", kv, h),
+            ("v_proj", kv, h),
+            ("o_proj", h, q),
+            ("gate_proj", f, h),
+            ("up_proj", f, h),
+            ("down_proj", h, f),
+        ];
+        let tensors = shapes
+            .iter()
+            .map(|&(name, out, inp)| {
+                let w = Tensor::randn(0f32, 0.2, (out, inp), &Device::Cpu).unwrap();
+                (format!("{name}.weight"), w)
+            })
+            .collect();
+        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// The GPU's fused q/k/v and gate/up projections, run on the CPU, against the checkpoint's
+    /// separate ones: identical for the few-row kernel's row counts (decode, short prefill),
+    /// within rounding for a GEMM-sized prefill; the cache sees the same keys and values.
+    #[test]
+    fn fused_projections_match_separate_ones() {
+        let spec = small_spec();
+        let vb = layer_weights(&spec);
+        let separate = Attention::with_fusion(&spec, None, false, vb.clone()).unwrap();
+        let fused = Attention::with_fusion(&spec, None, true, vb.clone()).unwrap();
+        assert_eq!((separate.linears().len(), fused.linears().len()), (4, 2));
+        let rope = Rope::new(&spec);
+        let (mut c1, mut c2) = (KvCache::new(1), KvCache::new(1));
+        for (t, exact) in [(5, true), (1, true), (40, false), (1, true)] {
+            let x = Tensor::randn(0f32, 1.0, (1, t, spec.hidden_size), &Device::Cpu).unwrap();
+            let offset = c1.len();
+            let (cos, sin) = rope.tables(offset, t, DType::F32, &Device::Cpu).unwrap();
+            let mask = (t > 1).then(|| causal_mask(t, offset, DType::F32, &Device::Cpu).unwrap());
+            let ctx = StepCtx { cos, sin, mask };
+            let a = separate.forward(&x, &ctx, &mut c1, 0).unwrap();
+            let b = fused.forward(&x, &ctx, &mut c2, 0).unwrap();
+            let d = max_diff(&a, &b);
+            assert!(if exact { d == 0.0 } else { d < 1e-5 }, "t {t}: {d}");
+        }
+
+        let separate = Mlp::with_fusion(&spec, None, false, vb.clone()).unwrap();
+        let fused = Mlp::with_fusion(&spec, None, true, vb).unwrap();
+        assert_eq!((separate.linears().len(), fused.linears().len()), (3, 2));
+        for (t, exact) in [(1, true), (7, true), (40, false)] {
+            let x = Tensor::randn(0f32, 1.0, (1, t, spec.hidden_size), &Device::Cpu).unwrap();
+            let d = max_diff(&separate.forward(&x).unwrap(), &fused.forward(&x).unwrap());
+            assert!(if exact { d == 0.0 } else { d < 1e-5 }, "mlp t {t}: {d}");
+        }
+    }
 }

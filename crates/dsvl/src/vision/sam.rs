@@ -8,7 +8,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::{Activation, SamSpec};
-use crate::nn::{conv2d, layer_norm, linear, sdpa, Conv2d, LayerNorm, Linear, Mlp, Scale};
+use crate::nn::{conv2d, layer_norm, linear, matmul, sdpa, Conv2d, LayerNorm, Linear, Mlp, Scale};
 
 /// Score matrices above this many bytes are computed a few heads at a time (global blocks on a
 /// 64×64 grid have 4096² scores per head).
@@ -95,17 +95,13 @@ impl Attention {
         let (n, _, hd) = q.dims3()?;
         let r_q = q.reshape((n, h, w, hd))?;
         // ref: rel_h = einsum("bhwc,hkc->bhwk", r_q, Rh): one (n·w, hd)×(hd, k) GEMM per row qh.
-        let rel_h = r_q
-            .permute((1, 0, 2, 3))?
-            .reshape((h, n * w, hd))?
-            .matmul(&self.rel_h.transpose(1, 2)?)?
+        let rows_h = r_q.permute((1, 0, 2, 3))?.reshape((h, n * w, hd))?;
+        let rel_h = matmul(&rows_h, &self.rel_h.transpose(1, 2)?)?
             .reshape((h, n, w, h))?
             .permute((1, 0, 2, 3))?; // (n, qh, qw, kh)
                                      // ref: rel_w = einsum("bhwc,wkc->bhwk", r_q, Rw): one GEMM per column qw.
-        let rel_w = r_q
-            .permute((2, 0, 1, 3))?
-            .reshape((w, n * h, hd))?
-            .matmul(&self.rel_w.transpose(1, 2)?)?
+        let rows_w = r_q.permute((2, 0, 1, 3))?.reshape((w, n * h, hd))?;
+        let rel_w = matmul(&rows_w, &self.rel_w.transpose(1, 2)?)?
             .reshape((w, n, h, w))?
             .permute((1, 2, 0, 3))?; // (n, qh, qw, kw)
                                      // ref: attn.view(B, qh, qw, kh, kw) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]

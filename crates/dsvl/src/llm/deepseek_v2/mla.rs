@@ -28,7 +28,7 @@ use super::config::{AttentionKind, DeepseekV2Spec};
 use crate::llm::llama::qlinear;
 use crate::llm::llama::StepCtx;
 use crate::llm::KvCache;
-use crate::nn::{matmul_mixed, Linear, Quant, RmsNorm};
+use crate::nn::{matmul, matmul_mixed, Linear, Quant, RmsNorm};
 
 /// Which MLA form to compute (see the module docs). `Auto` picks the cheaper one per call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,9 +193,9 @@ impl Mla {
             let v = kv.narrow(3, dn, dv)?;
             let outs = blocks
                 .map(|(r0, n)| {
-                    let nope = q_nope.narrow(2, r0, n)?.matmul(&k_nope_t)?;
+                    let nope = matmul(&q_nope.narrow(2, r0, n)?, &k_nope_t)?;
                     let p = self.probs((nope + pe_scores(r0, n)?)?, mask(r0, n)?)?;
-                    p.matmul(&v) // [B, H, n, dv]
+                    matmul(&p, &v) // [B, H, n, dv]
                 })
                 .collect::<Result<Vec<_>>>()?;
             Tensor::cat(&outs, 2)?
@@ -242,13 +242,11 @@ fn per_head_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
     let (b, h, m, k) = x.dims4()?;
     if b == 1 {
-        return x.squeeze(0)?.matmul(w)?.unsqueeze(0);
+        return matmul(&x.squeeze(0)?, w)?.unsqueeze(0);
     }
     let n = w.dim(2)?;
-    x.transpose(0, 1)?
-        .contiguous()?
-        .reshape((h, b * m, k))?
-        .matmul(w)?
+    let x = x.transpose(0, 1)?.contiguous()?.reshape((h, b * m, k))?;
+    matmul(&x, w)?
         .reshape((h, b, m, n))?
         .transpose(0, 1)?
         .contiguous()

@@ -100,7 +100,10 @@ impl DeepseekVl {
     pub fn vision_stages(&self, pixels: &Tensor) -> Result<VisionStages> {
         let _span = tracing::debug_span!("vision", images = pixels.dim(0).unwrap_or(0)).entered();
         // v1 §3.1 step 8: the processor output is cast to the model dtype before the tower.
-        let x = pixels.to_dtype(self.dtype)?.to_device(&self.device)?;
+        // Cast where the pixels are (the host), so the 384 view below is made there before
+        // anything goes to a GPU, instead of copying the image back from it.
+        let x_host = pixels.to_dtype(self.dtype)?;
+        let x = x_host.to_device(&self.device)?;
         let (features, low_res, sam_out) = match (&self.vision, &self.spec.vision) {
             (VisionTower::Siglip(siglip), VisionSpec::Siglip(s)) => {
                 let out = siglip.forward(&normalize(&x, s.pixel_mean, s.pixel_std)?)?;
@@ -115,7 +118,7 @@ impl DeepseekVl {
             ) => {
                 // v1 §3.3: the 384 view is derived from the (model-dtype) padded image, in f32, with
                 // antialiased bilinear, before either branch normalises.
-                let low = low_res_view(&x, ls.image_size)?;
+                let low = low_res_view(&x_host, ls.image_size)?.to_device(&self.device)?;
                 let high = sam.forward(&normalize(&x, ss.pixel_mean, ss.pixel_std)?)?;
                 let lo = siglip.forward(&normalize(&low, ls.pixel_mean, ls.pixel_std)?)?;
                 (VisionFeatures::Hybrid(high.clone(), lo), low, Some(high))

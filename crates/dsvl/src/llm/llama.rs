@@ -155,17 +155,13 @@ impl Attention {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let (q_out, kv_out) = (cfg.num_heads * d, cfg.num_kv_heads * d);
         let qkv = if fuse {
-            let w = |name: &str, out: usize| vb.pp(name).get((out, h), "weight");
-            let weight = Tensor::cat(
-                &[
-                    w("q_proj", q_out)?,
-                    w("k_proj", kv_out)?,
-                    w("v_proj", kv_out)?,
-                ],
-                0,
-            )?;
             Projections::Fused {
-                qkv: linear_from_weight_quant(&weight, quant)?,
+                qkv: concat_linear(
+                    &vb,
+                    &[("q_proj", q_out), ("k_proj", kv_out), ("v_proj", kv_out)],
+                    h,
+                    quant,
+                )?,
                 q_out,
                 kv_out,
             }
@@ -286,6 +282,21 @@ pub(crate) fn qlinear(
     linear_from_weight_quant(&vb.get((out_dim, in_dim), "weight")?, quant)
 }
 
+/// One linear whose weight is the named `[out_i, in_dim]` weights concatenated along `out`
+/// (see [`Projections`]).
+fn concat_linear(
+    vb: &VarBuilder,
+    parts: &[(&str, usize)],
+    in_dim: usize,
+    quant: Option<Quant>,
+) -> Result<Linear> {
+    let weights = parts
+        .iter()
+        .map(|&(name, out)| vb.pp(name).get((out, in_dim), "weight"))
+        .collect::<Result<Vec<_>>>()?;
+    linear_from_weight_quant(&Tensor::cat(&weights, 0)?, quant)
+}
+
 fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
     if n == 1 {
         return Ok(x);
@@ -322,12 +333,8 @@ impl Mlp {
     ) -> Result<Self> {
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
         let gate_up = if fuse {
-            let w = |name: &str| vb.pp(name).get((f, h), "weight");
             GateUp::Fused {
-                gate_up: linear_from_weight_quant(
-                    &Tensor::cat(&[w("gate_proj")?, w("up_proj")?], 0)?,
-                    quant,
-                )?,
+                gate_up: concat_linear(&vb, &[("gate_proj", f), ("up_proj", f)], h, quant)?,
                 ffn: f,
             }
         } else {
@@ -683,19 +690,6 @@ mod tests {
         VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu)
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
-
     /// The GPU's fused q/k/v and gate/up projections, run on the CPU, against the checkpoint's
     /// separate ones: identical for the few-row kernel's row counts (decode, short prefill),
     /// within rounding for a GEMM-sized prefill; the cache sees the same keys and values.
@@ -716,7 +710,7 @@ mod tests {
             let ctx = StepCtx { cos, sin, mask };
             let a = separate.forward(&x, &ctx, &mut c1, 0).unwrap();
             let b = fused.forward(&x, &ctx, &mut c2, 0).unwrap();
-            let d = max_diff(&a, &b);
+            let d = crate::nn::max_abs_diff(&a, &b);
             assert!(if exact { d == 0.0 } else { d < 1e-5 }, "t {t}: {d}");
         }
 
@@ -725,7 +719,10 @@ mod tests {
         assert_eq!((separate.linears().len(), fused.linears().len()), (3, 2));
         for (t, exact) in [(1, true), (7, true), (40, false)] {
             let x = Tensor::randn(0f32, 1.0, (1, t, spec.hidden_size), &Device::Cpu).unwrap();
-            let d = max_diff(&separate.forward(&x).unwrap(), &fused.forward(&x).unwrap());
+            let d = crate::nn::max_abs_diff(
+                &separate.forward(&x).unwrap(),
+                &fused.forward(&x).unwrap(),
+            );
             assert!(if exact { d == 0.0 } else { d < 1e-5 }, "mlp t {t}: {d}");
         }
     }

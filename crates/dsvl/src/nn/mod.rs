@@ -396,6 +396,16 @@ impl Module for Conv2d {
     }
 }
 
+/// Largest `|a − b|` over all elements (tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let d = (a
+        .to_dtype(DType::F32)
+        .and_then(|a| a - b.to_dtype(DType::F32)?))
+    .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>());
+    d.unwrap_or(f32::NAN)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -444,16 +454,7 @@ mod tests {
         let bt = b.narrow(3, 0, 16).unwrap().t().unwrap();
         let want = a.matmul(&bt.contiguous().unwrap()).unwrap();
         let got = super::matmul(&a, &bt).unwrap();
-        let d: f32 = (want - got)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = super::max_abs_diff(&want, &got);
         assert_eq!(d, 0.0);
     }
 

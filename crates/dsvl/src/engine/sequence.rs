@@ -100,6 +100,11 @@ impl Pipeline {
         let t = Instant::now();
         let keep_positions = !matches!(reuse, Reuse::Nothing);
         let keyed = self.keyed_image_embeddings(prepared, cache, keep_positions)?;
+        // A GPU runs the tower asynchronously: wait for it, so the vision time is the tower's
+        // and not charged to the prefill (the first token waits for both either way).
+        if !keyed.is_empty() && !model.device().is_cpu() {
+            model.device().synchronize()?;
+        }
         timings.vision_ms = ms(t);
 
         let t = Instant::now();

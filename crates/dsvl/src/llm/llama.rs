@@ -135,7 +135,7 @@ enum Projections {
 }
 
 /// Whether to fuse projections that share their input on `device` (see [`Projections`]).
-pub(crate) fn fuse_projections(device: &Device, quant: Option<Quant>) -> bool {
+fn fuse_projections(device: &Device, quant: Option<Quant>) -> bool {
     !device.is_cpu() && quant.is_none()
 }
 

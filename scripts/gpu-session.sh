@@ -84,7 +84,12 @@ dist="${DSVL_DIST:-$root/target/cuda/dist}"
 unpack() { # name -> path of the runnable binary
     local name="$1"
     if [ -f "$dist/$name.xz" ]; then
-        xz -dc "$dist/$name.xz" >"$bin_dir/$name" && chmod +x "$bin_dir/$name" && echo "$bin_dir/$name"
+        if command -v xz >/dev/null; then
+            xz -dc "$dist/$name.xz" >"$bin_dir/$name"
+        else # Python's lzma reads .xz too
+            "$python" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+                "$dist/$name.xz" "$bin_dir/$name"
+        fi && chmod +x "$bin_dir/$name" && echo "$bin_dir/$name"
     elif [ -x "$dist/$name" ]; then
         echo "$dist/$name"
     fi

@@ -217,8 +217,10 @@ step bench13 200 bash -c bench13
 serve13() {
     local port=18181
     $tiny || checkpoint 1.3b "$m13" || return 1
+    # Every request is the same, so the image and prefix caches are off: each request pays its
+    # own vision pass and prefill, as distinct users' requests would.
     "$dsvl" serve --model "$m13" --device "$device" --max-running 32 --max-queue 256 --port "$port" \
-        >"$OUT/serve13-server.log" 2>&1 &
+        --image-cache-mb 0 --prefix-cache-mb 0 >"$OUT/serve13-server.log" 2>&1 &
     local pid=$!
     local rc=0
     for streams in 1 32; do

@@ -19,6 +19,35 @@ pub(crate) fn release_freed() {
     }
 }
 
+/// A zero-filled `Vec<f32>` of `len` whose pages the kernel is asked to back with transparent
+/// huge pages (2 MiB) when they are first written (`madvise(MADV_HUGEPAGE)`; with THP in
+/// "madvise" mode, a common default, big buffers otherwise get 4 KiB pages). For the weights:
+/// loading writes gigabytes of fresh memory, one page fault per 4 KiB otherwise, and every
+/// decode step streams all of them, one TLB miss per 4 KiB otherwise. Elsewhere, or where THP
+/// is off, an ordinary zeroed vector.
+pub(crate) fn huge_page_vec_f32(len: usize) -> Vec<f32> {
+    // Zeroed allocation: a big one is fresh, untouched mmap memory, so the advice comes first.
+    let v = vec![0f32; len];
+    advise_huge_pages(v.as_ptr().cast(), len * std::mem::size_of::<f32>());
+    v
+}
+
+fn advise_huge_pages(ptr: *const u8, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = (ptr as usize).next_multiple_of(HUGE);
+        let end = (ptr as usize + len) & !(HUGE - 1);
+        if end > start {
+            // SAFETY: the range lies inside the caller's live allocation and is page-aligned;
+            // MADV_HUGEPAGE changes only how its pages are backed, never their contents.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, len);
+}
+
 /// A `/proc/self/status` field in kB (e.g. `VmHWM`, the peak resident set); `None` where there
 /// is no procfs.
 pub fn status_kib(field: &str) -> Option<u64> {

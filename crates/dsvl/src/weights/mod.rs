@@ -215,13 +215,7 @@ impl Checkpoint {
         };
         let view = shard.st.get(name).map_err(|e| st_err(&e))?;
         let t = if view.dtype() == safetensors::Dtype::F16 && want == DType::F32 {
-            let src: Vec<half::f16> = view
-                .data()
-                .chunks_exact(2)
-                .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])))
-                .collect();
-            let mut dst = vec![0f32; src.len()];
-            half::slice::HalfFloatSliceExt::convert_to_f32_slice(src.as_slice(), &mut dst);
+            let dst = widen_f16(view.data());
             Tensor::from_vec(dst, view.shape(), &Device::Cpu)?
         } else {
             shard.st.load(name, &Device::Cpu).map_err(|e| st_err(&e))?
@@ -358,6 +352,65 @@ impl SimpleBackend for Backend {
         match keymap::source(self.0.layout, name, &self.0.hf) {
             Source::Name(n) | Source::Unsqueeze0(n) => self.0.index.contains_key(&n),
             Source::Concat0(ns) => ns.iter().all(|n| self.0.index.contains_key(n)),
+        }
+    }
+}
+
+/// Little-endian f16 bytes → f32, into huge-page-backed memory
+/// ([`crate::memory::huge_page_vec_f32`]), converted in parallel chunks straight from the mapped
+/// file when it is 2-byte aligned (it is in files safetensors writes).
+fn widen_f16(bytes: &[u8]) -> Vec<f32> {
+    use half::slice::HalfFloatSliceExt;
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 18;
+    let mut dst = crate::memory::huge_page_vec_f32(bytes.len() / 2);
+    // SAFETY: every 16-bit pattern is a valid f16; `align_to` only reinterprets the aligned middle.
+    let aligned = match unsafe { bytes.align_to::<half::f16>() } {
+        ([], src, []) if cfg!(target_endian = "little") => Some(src),
+        _ => None,
+    };
+    match aligned {
+        Some(src) => dst
+            .par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(d, s)| s.convert_to_f32_slice(d)),
+        None => dst
+            .par_chunks_mut(CHUNK)
+            .zip(bytes.par_chunks(2 * CHUNK))
+            .for_each(|(d, b)| {
+                for (x, h) in d.iter_mut().zip(b.chunks_exact(2)) {
+                    *x = half::f16::from_bits(u16::from_le_bytes([h[0], h[1]])).to_f32();
+                }
+            }),
+    }
+    dst
+}
+
+#[cfg(test)]
+mod tests {
+    use super::widen_f16;
+
+    /// The same f32 values from aligned and unaligned bytes, across chunk boundaries, and equal
+    /// to `half`'s scalar conversion (subnormals, infinities, NaN included).
+    #[test]
+    fn f16_widening_is_exact_aligned_or_not() {
+        let n = (1 << 18) + 12_345;
+        let halves: Vec<u16> = (0..n as u32)
+            .map(|i| (i.wrapping_mul(40_503) >> 3) as u16)
+            .collect();
+        let mut bytes = vec![0u8];
+        bytes.extend(halves.iter().flat_map(|h| h.to_le_bytes()));
+        let want: Vec<u32> = halves
+            .iter()
+            .map(|&h| half::f16::from_bits(h).to_f32().to_bits())
+            .collect();
+        // The allocator aligns the vector, so its bytes from offset 1 are at an odd address
+        // (the scalar path); a copy of them is aligned (the slice path).
+        let unaligned = &bytes[1..];
+        let aligned = unaligned.to_vec();
+        for b in [unaligned, aligned.as_slice()] {
+            let got: Vec<u32> = widen_f16(b).iter().map(|x| x.to_bits()).collect();
+            assert_eq!(got, want);
         }
     }
 }

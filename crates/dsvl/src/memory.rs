@@ -32,6 +32,16 @@ pub(crate) fn huge_page_vec_f32(len: usize) -> Vec<f32> {
     v
 }
 
+/// [`huge_page_vec_f32`] for bf16.
+pub(crate) fn huge_page_vec_bf16(len: usize) -> Vec<half::bf16> {
+    let v = vec![0u16; len];
+    advise_huge_pages(v.as_ptr().cast(), len * std::mem::size_of::<u16>());
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: bf16 is `repr(transparent)` over u16 (same size and alignment, every bit pattern a
+    // value, 0 is +0.0); the buffer is handed over whole, with its length and capacity.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<half::bf16>(), v.len(), v.capacity()) }
+}
+
 fn advise_huge_pages(ptr: *const u8, len: usize) {
     #[cfg(target_os = "linux")]
     {

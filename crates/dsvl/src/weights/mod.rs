@@ -7,6 +7,7 @@
 
 pub mod keymap;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,9 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+use rayon::prelude::*;
 
 use crate::error::{CheckpointLayout, Error, Result};
 use keymap::{HfNaming, Source};
@@ -187,8 +191,10 @@ impl Checkpoint {
         candle_core::Error::Msg(msg)
     }
 
-    /// Loads a stored tensor; f16 data wanted as f32 is widened with the vectorised `half`
-    /// conversion (candle's element-wise cast is several times slower on multi-GB checkpoints).
+    /// Loads a stored tensor. 16-bit float data wanted as f32 or bf16 is converted here, in
+    /// parallel, from the mapped file into memory advised for huge pages (candle's element-wise
+    /// cast is single-threaded and several times slower on multi-GB checkpoints, and its
+    /// buffers fault in 4 KiB at a time); other combinations go through candle.
     fn load_stored(
         &self,
         name: &str,
@@ -214,11 +220,22 @@ impl Checkpoint {
             message: format!("tensor `{name}`: {e}"),
         };
         let view = shard.st.get(name).map_err(|e| st_err(&e))?;
-        let t = if view.dtype() == safetensors::Dtype::F16 && want == DType::F32 {
-            let dst = widen_f16(view.data());
-            Tensor::from_vec(dst, view.shape(), &Device::Cpu)?
-        } else {
-            shard.st.load(name, &Device::Cpu).map_err(|e| st_err(&e))?
+        use safetensors::Dtype as Stored;
+        let data = view.data();
+        let t = match (view.dtype(), want) {
+            (Stored::F16, DType::F32) => {
+                Tensor::from_vec(to_f32(&halves::<f16>(data)), view.shape(), &Device::Cpu)?
+            }
+            (Stored::BF16, DType::F32) => {
+                Tensor::from_vec(to_f32(&halves::<bf16>(data)), view.shape(), &Device::Cpu)?
+            }
+            (Stored::F16, DType::BF16) => {
+                Tensor::from_vec(to_bf16(&halves::<f16>(data)), view.shape(), &Device::Cpu)?
+            }
+            (Stored::BF16, DType::BF16) => {
+                Tensor::from_vec(copy_bf16(&halves::<bf16>(data)), view.shape(), &Device::Cpu)?
+            }
+            _ => shard.st.load(name, &Device::Cpu).map_err(|e| st_err(&e))?,
         };
         release_mapped_pages(view.data());
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -356,61 +373,162 @@ impl SimpleBackend for Backend {
     }
 }
 
-/// Little-endian f16 bytes → f32, into huge-page-backed memory
-/// ([`crate::memory::huge_page_vec_f32`]), converted in parallel chunks straight from the mapped
-/// file when it is 2-byte aligned (it is in files safetensors writes).
-fn widen_f16(bytes: &[u8]) -> Vec<f32> {
-    use half::slice::HalfFloatSliceExt;
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 18;
-    let mut dst = crate::memory::huge_page_vec_f32(bytes.len() / 2);
-    // SAFETY: every 16-bit pattern is a valid f16; `align_to` only reinterprets the aligned middle.
-    let aligned = match unsafe { bytes.align_to::<half::f16>() } {
-        ([], src, []) if cfg!(target_endian = "little") => Some(src),
-        _ => None,
-    };
-    match aligned {
-        Some(src) => dst
-            .par_chunks_mut(CHUNK)
-            .zip(src.par_chunks(CHUNK))
-            .for_each(|(d, s)| s.convert_to_f32_slice(d)),
-        None => dst
-            .par_chunks_mut(CHUNK)
-            .zip(bytes.par_chunks(2 * CHUNK))
-            .for_each(|(d, b)| {
-                for (x, h) in d.iter_mut().zip(b.chunks_exact(2)) {
-                    *x = half::f16::from_bits(u16::from_le_bytes([h[0], h[1]])).to_f32();
-                }
-            }),
+/// The 16-bit float types a checkpoint stores: every bit pattern is a value.
+trait Half: Copy + Send + Sync + 'static {
+    fn from_bits(bits: u16) -> Self;
+    /// `half`'s vectorised (F16C where the CPU has it) exact widening of a slice.
+    fn widen_into(src: &[Self], dst: &mut [f32]);
+}
+
+impl Half for f16 {
+    fn from_bits(bits: u16) -> Self {
+        f16::from_bits(bits)
     }
+    fn widen_into(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst)
+    }
+}
+
+impl Half for bf16 {
+    fn from_bits(bits: u16) -> Self {
+        bf16::from_bits(bits)
+    }
+    fn widen_into(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst)
+    }
+}
+
+/// Little-endian 16-bit float bytes as values: the mapped file itself when it is 2-byte aligned
+/// (it is in files safetensors writes), else a copy.
+fn halves<T: Half>(bytes: &[u8]) -> Cow<'_, [T]> {
+    // SAFETY: `T` is f16 or bf16 (`Half` is private), `repr(transparent)` over u16, for which
+    // every bit pattern is valid; `align_to` only reinterprets the aligned middle.
+    match unsafe { bytes.align_to::<T>() } {
+        ([], values, []) if cfg!(target_endian = "little") => Cow::Borrowed(values),
+        _ => Cow::Owned(
+            bytes
+                .chunks_exact(2)
+                .map(|b| T::from_bits(u16::from_le_bytes([b[0], b[1]])))
+                .collect(),
+        ),
+    }
+}
+
+/// Elements converted per parallel task.
+const CONVERT_CHUNK: usize = 1 << 18;
+
+/// 16-bit floats → f32 (exact), in parallel, into huge-page-backed memory
+/// ([`crate::memory::huge_page_vec_f32`]).
+fn to_f32<T: Half>(src: &[T]) -> Vec<f32> {
+    let mut dst = crate::memory::huge_page_vec_f32(src.len());
+    dst.par_chunks_mut(CONVERT_CHUNK)
+        .zip(src.par_chunks(CONVERT_CHUNK))
+        .for_each(|(d, s)| T::widen_into(s, d));
+    dst
+}
+
+/// bf16 values copied unchanged (NaN payloads included), in parallel, into huge-page-backed
+/// memory.
+fn copy_bf16(src: &[bf16]) -> Vec<bf16> {
+    let mut dst = crate::memory::huge_page_vec_bf16(src.len());
+    dst.par_chunks_mut(CONVERT_CHUNK)
+        .zip(src.par_chunks(CONVERT_CHUNK))
+        .for_each(|(d, s)| d.copy_from_slice(s));
+    dst
+}
+
+/// 16-bit floats → bf16 as candle's cast does it (through f32, rounded to nearest even), in
+/// parallel, into huge-page-backed memory.
+fn to_bf16<T: Half>(src: &[T]) -> Vec<bf16> {
+    let mut dst = crate::memory::huge_page_vec_bf16(src.len());
+    dst.par_chunks_mut(CONVERT_CHUNK)
+        .zip(src.par_chunks(CONVERT_CHUNK))
+        .for_each(|(d, s)| {
+            let mut wide = vec![0f32; s.len()];
+            T::widen_into(s, &mut wide);
+            d.iter_mut()
+                .zip(&wide)
+                .for_each(|(d, &w)| *d = bf16::from_f32(w))
+        });
     dst
 }
 
 #[cfg(test)]
 mod tests {
-    use super::widen_f16;
+    use super::{copy_bf16, halves, to_bf16, to_f32};
+    use candle_core::{DType, Device, Tensor};
+    use half::{bf16, f16};
 
-    /// The same f32 values from aligned and unaligned bytes, across chunk boundaries, and equal
-    /// to `half`'s scalar conversion (subnormals, infinities, NaN included).
+    fn bits<T: candle_core::WithDType>(t: &Tensor) -> Vec<T> {
+        t.flatten_all().unwrap().to_vec1::<T>().unwrap()
+    }
+
+    /// The conversions from a checkpoint's 16-bit floats give exactly candle's casts (f16 and
+    /// bf16 to f32, f16 to bf16 rounded to nearest even), bf16 is copied bit for bit, from aligned and
+    /// unaligned bytes, across chunk boundaries; subnormals, infinities and NaNs included.
     #[test]
-    fn f16_widening_is_exact_aligned_or_not() {
+    fn half_conversions_equal_candles_casts() {
         let n = (1 << 18) + 12_345;
-        let halves: Vec<u16> = (0..n as u32)
+        let patterns: Vec<u16> = (0..n as u32)
             .map(|i| (i.wrapping_mul(40_503) >> 3) as u16)
             .collect();
         let mut bytes = vec![0u8];
-        bytes.extend(halves.iter().flat_map(|h| h.to_le_bytes()));
-        let want: Vec<u32> = halves
-            .iter()
-            .map(|&h| half::f16::from_bits(h).to_f32().to_bits())
-            .collect();
+        bytes.extend(patterns.iter().flat_map(|h| h.to_le_bytes()));
         // The allocator aligns the vector, so its bytes from offset 1 are at an odd address
-        // (the scalar path); a copy of them is aligned (the slice path).
+        // (the copying path); a copy of them is aligned (the borrowing path).
         let unaligned = &bytes[1..];
         let aligned = unaligned.to_vec();
+        let dev = Device::Cpu;
+        let f16s = Tensor::from_vec(
+            patterns
+                .iter()
+                .map(|&b| f16::from_bits(b))
+                .collect::<Vec<_>>(),
+            n,
+            &dev,
+        )
+        .unwrap();
+        let bf16s = Tensor::from_vec(
+            patterns
+                .iter()
+                .map(|&b| bf16::from_bits(b))
+                .collect::<Vec<_>>(),
+            n,
+            &dev,
+        )
+        .unwrap();
+        let as_bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let bf_bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        // Equal, or the first index where not (the vectors are too long to print).
+        let same = |a: Vec<u32>, b: Vec<u32>| {
+            a.iter()
+                .zip(&b)
+                .position(|(x, y)| x != y)
+                .map_or(a.len() == b.len(), |i| {
+                    panic!("differ at {i}: {:#x} vs {:#x}", a[i], b[i])
+                })
+        };
+        let same16 = |a: Vec<u16>, b: &[u16]| {
+            same(
+                a.iter().map(|&x| x.into()).collect(),
+                b.iter().map(|&x| x.into()).collect(),
+            )
+        };
         for b in [unaligned, aligned.as_slice()] {
-            let got: Vec<u32> = widen_f16(b).iter().map(|x| x.to_bits()).collect();
-            assert_eq!(got, want);
+            let h = halves::<f16>(b);
+            let cast = |t: &Tensor, d| t.to_dtype(d).unwrap();
+            assert!(same(
+                as_bits(&to_f32(&h)),
+                as_bits(&bits::<f32>(&cast(&f16s, DType::F32)))
+            ));
+            let want = bf_bits(&bits::<bf16>(&cast(&f16s, DType::BF16)));
+            assert!(same16(bf_bits(&to_bf16(&h)), &want));
+            let h = halves::<bf16>(b);
+            assert!(same(
+                as_bits(&to_f32(&h)),
+                as_bits(&bits::<f32>(&cast(&bf16s, DType::F32)))
+            ));
+            assert!(same16(bf_bits(&copy_bf16(&h)), &patterns));
         }
     }
 }

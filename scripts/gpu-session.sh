@@ -9,7 +9,7 @@
 #   scripts/build-cuda.sh --tests --pack        # -> target/cuda/dist/{dsvl,parity}.xz
 # On the GPU machine, from the repository root (python3 with torch and transformers for the
 # reference rows; without them the dsvl rows are still measured):
-#   scripts/gpu-session.sh                      # all steps, about 8 minutes on an H200
+#   scripts/gpu-session.sh                      # all steps, within --budget seconds (default 540)
 #   scripts/gpu-session.sh --budget 400 --only smoke,parity,bench13
 #
 # Settings (environment):

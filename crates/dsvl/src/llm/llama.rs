@@ -110,31 +110,76 @@ const MIN_ROPE_POSITIONS: usize = 1024;
 
 /// transformers 4.38 `LlamaAttention` (eager). DeepSeek-VL2 tiny uses it unchanged (v2 §8.2).
 pub(crate) struct Attention {
-    qkv: Projections,
+    qkv: SharedInput,
     o_proj: Linear,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
 }
 
-/// `q`, `k`, `v` as three linears (the checkpoint's), or as one whose weight is the three
-/// concatenated along `out`: one GEMM instead of three, each output the same dot product. A
-/// GPU, whose decode step is bound by kernel launches, gets the fused one; the CPU keeps the
-/// three (quantized per projection, reported per projection).
-enum Projections {
-    Separate {
-        q: Linear,
-        k: Linear,
-        v: Linear,
-    },
-    Fused {
-        qkv: Linear,
-        q_out: usize,
-        kv_out: usize,
-    },
+/// Linears that read the same input: the checkpoint's separate ones, or one whose weight is
+/// theirs concatenated along `out` — one GEMM instead of several, each output the same dot
+/// product. A GPU, whose decode step is bound by kernel launches, gets the fused one; the CPU
+/// keeps the separate ones (quantized per projection, reported per projection).
+enum SharedInput {
+    Separate(Vec<Linear>),
+    Fused { linear: Linear, outs: Vec<usize> },
 }
 
-/// Whether to fuse projections that share their input on `device` (see [`Projections`]).
+impl SharedInput {
+    /// The linears `{vb}.{name}.weight` `[out, in_dim]` for each `(name, out)` of `parts`.
+    fn new(
+        vb: &VarBuilder,
+        parts: &[(&str, usize)],
+        in_dim: usize,
+        quant: Option<Quant>,
+        fuse: bool,
+    ) -> Result<Self> {
+        if !fuse {
+            return parts
+                .iter()
+                .map(|&(name, out)| qlinear(in_dim, out, quant, vb.pp(name)))
+                .collect::<Result<Vec<_>>>()
+                .map(Self::Separate);
+        }
+        let weights = parts
+            .iter()
+            .map(|&(name, out)| vb.pp(name).get((out, in_dim), "weight"))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::Fused {
+            linear: linear_from_weight_quant(&Tensor::cat(&weights, 0)?, quant)?,
+            outs: parts.iter().map(|&(_, out)| out).collect(),
+        })
+    }
+
+    /// Each linear's output, in the order of `parts`.
+    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Self::Separate(linears) => linears.iter().map(|l| l.forward(x)).collect(),
+            Self::Fused { linear, outs } => {
+                let y = linear.forward(x)?;
+                let last = y.rank() - 1;
+                let mut start = 0;
+                outs.iter()
+                    .map(|&n| {
+                        start += n;
+                        y.narrow(last, start - n, n)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The linears as stored.
+    fn linears(&self) -> Vec<&Linear> {
+        match self {
+            Self::Separate(linears) => linears.iter().collect(),
+            Self::Fused { linear, .. } => vec![linear],
+        }
+    }
+}
+
+/// Whether to fuse projections that share their input on `device` (see [`SharedInput`]).
 fn fuse_projections(device: &Device, quant: Option<Quant>) -> bool {
     !device.is_cpu() && quant.is_none()
 }
@@ -154,24 +199,8 @@ impl Attention {
     ) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let (q_out, kv_out) = (cfg.num_heads * d, cfg.num_kv_heads * d);
-        let qkv = if fuse {
-            Projections::Fused {
-                qkv: concat_linear(
-                    &vb,
-                    &[("q_proj", q_out), ("k_proj", kv_out), ("v_proj", kv_out)],
-                    h,
-                    quant,
-                )?,
-                q_out,
-                kv_out,
-            }
-        } else {
-            Projections::Separate {
-                q: qlinear(h, q_out, quant, vb.pp("q_proj"))?,
-                k: qlinear(h, kv_out, quant, vb.pp("k_proj"))?,
-                v: qlinear(h, kv_out, quant, vb.pp("v_proj"))?,
-            }
-        };
+        let parts = [("q_proj", q_out), ("k_proj", kv_out), ("v_proj", kv_out)];
+        let qkv = SharedInput::new(&vb, &parts, h, quant, fuse)?;
         Ok(Self {
             qkv,
             o_proj: qlinear(q_out, h, quant, vb.pp("o_proj"))?,
@@ -213,17 +242,9 @@ impl Attention {
     }
 
     fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        match &self.qkv {
-            Projections::Separate { q, k, v } => Ok((q.forward(x)?, k.forward(x)?, v.forward(x)?)),
-            Projections::Fused { qkv, q_out, kv_out } => {
-                let y = qkv.forward(x)?;
-                let last = y.rank() - 1;
-                Ok((
-                    y.narrow(last, 0, *q_out)?,
-                    y.narrow(last, *q_out, *kv_out)?,
-                    y.narrow(last, q_out + kv_out, *kv_out)?,
-                ))
-            }
+        match <[Tensor; 3]>::try_from(self.qkv.forward(x)?) {
+            Ok([q, k, v]) => Ok((q, k, v)),
+            Err(_) => candle_core::bail!("q/k/v projections: not three outputs"),
         }
     }
 
@@ -264,10 +285,9 @@ impl Attention {
     /// The projections as stored: `q`, `k`, `v`, `o` in checkpoint order, or the fused
     /// `qkv` and `o`.
     pub(crate) fn linears(&self) -> Vec<&Linear> {
-        match &self.qkv {
-            Projections::Separate { q, k, v } => vec![q, k, v, &self.o_proj],
-            Projections::Fused { qkv, .. } => vec![qkv, &self.o_proj],
-        }
+        let mut all = self.qkv.linears();
+        all.push(&self.o_proj);
+        all
     }
 }
 
@@ -282,21 +302,6 @@ pub(crate) fn qlinear(
     linear_from_weight_quant(&vb.get((out_dim, in_dim), "weight")?, quant)
 }
 
-/// One linear whose weight is the named `[out_i, in_dim]` weights concatenated along `out`
-/// (see [`Projections`]).
-fn concat_linear(
-    vb: &VarBuilder,
-    parts: &[(&str, usize)],
-    in_dim: usize,
-    quant: Option<Quant>,
-) -> Result<Linear> {
-    let weights = parts
-        .iter()
-        .map(|&(name, out)| vb.pp(name).get((out, in_dim), "weight"))
-        .collect::<Result<Vec<_>>>()?;
-    linear_from_weight_quant(&Tensor::cat(&weights, 0)?, quant)
-}
-
 fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
     if n == 1 {
         return Ok(x);
@@ -307,16 +312,10 @@ fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
         .reshape((b, h * n, t, d))
 }
 
-/// `down(silu(gate(x)) * up(x))`; on a GPU `gate` and `up` run as one GEMM (see
-/// [`Projections`]).
+/// `down(silu(gate(x)) * up(x))`; on a GPU `gate` and `up` run as one GEMM ([`SharedInput`]).
 struct Mlp {
-    gate_up: GateUp,
+    gate_up: SharedInput,
     down_proj: Linear,
-}
-
-enum GateUp {
-    Separate { gate: Linear, up: Linear },
-    Fused { gate_up: Linear, ffn: usize },
 }
 
 impl Mlp {
@@ -332,42 +331,26 @@ impl Mlp {
         vb: VarBuilder,
     ) -> Result<Self> {
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
-        let gate_up = if fuse {
-            GateUp::Fused {
-                gate_up: concat_linear(&vb, &[("gate_proj", f), ("up_proj", f)], h, quant)?,
-                ffn: f,
-            }
-        } else {
-            GateUp::Separate {
-                gate: qlinear(h, f, quant, vb.pp("gate_proj"))?,
-                up: qlinear(h, f, quant, vb.pp("up_proj"))?,
-            }
-        };
+        let parts = [("gate_proj", f), ("up_proj", f)];
         Ok(Self {
-            gate_up,
+            gate_up: SharedInput::new(&vb, &parts, h, quant, fuse)?,
             down_proj: qlinear(f, h, quant, vb.pp("down_proj"))?,
         })
     }
 
     /// The linears as stored (`gate`, `up`, `down`, or the fused `gate_up` and `down`).
     fn linears(&self) -> Vec<&Linear> {
-        match &self.gate_up {
-            GateUp::Separate { gate, up } => vec![gate, up, &self.down_proj],
-            GateUp::Fused { gate_up, .. } => vec![gate_up, &self.down_proj],
-        }
+        let mut all = self.gate_up.linears();
+        all.push(&self.down_proj);
+        all
     }
 }
 
 impl Module for Mlp {
     /// down(silu(gate(x)) * up(x))
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (g, u) = match &self.gate_up {
-            GateUp::Separate { gate, up } => (gate.forward(x)?, up.forward(x)?),
-            GateUp::Fused { gate_up, ffn } => {
-                let y = gate_up.forward(x)?;
-                let last = y.rank() - 1;
-                (y.narrow(last, 0, *ffn)?, y.narrow(last, *ffn, *ffn)?)
-            }
+        let Ok([g, u]) = <[Tensor; 2]>::try_from(self.gate_up.forward(x)?) else {
+            candle_core::bail!("gate/up projections: not two outputs")
         };
         self.down_proj.forward(&(candle_nn::ops::silu(&g)? * u)?)
     }

@@ -222,19 +222,12 @@ impl Checkpoint {
         let view = shard.st.get(name).map_err(|e| st_err(&e))?;
         use safetensors::Dtype as Stored;
         let data = view.data();
+        let shape = view.shape();
         let t = match (view.dtype(), want) {
-            (Stored::F16, DType::F32) => {
-                Tensor::from_vec(to_f32(&halves::<f16>(data)), view.shape(), &Device::Cpu)?
-            }
-            (Stored::BF16, DType::F32) => {
-                Tensor::from_vec(to_f32(&halves::<bf16>(data)), view.shape(), &Device::Cpu)?
-            }
-            (Stored::F16, DType::BF16) => {
-                Tensor::from_vec(to_bf16(&halves::<f16>(data)), view.shape(), &Device::Cpu)?
-            }
-            (Stored::BF16, DType::BF16) => {
-                Tensor::from_vec(copy_bf16(&halves::<bf16>(data)), view.shape(), &Device::Cpu)?
-            }
+            (Stored::F16, DType::F32) => cpu_tensor(to_f32(&halves::<f16>(data)), shape)?,
+            (Stored::BF16, DType::F32) => cpu_tensor(to_f32(&halves::<bf16>(data)), shape)?,
+            (Stored::F16, DType::BF16) => cpu_tensor(to_bf16(&halves::<f16>(data)), shape)?,
+            (Stored::BF16, DType::BF16) => cpu_tensor(copy_bf16(&halves::<bf16>(data)), shape)?,
             _ => shard.st.load(name, &Device::Cpu).map_err(|e| st_err(&e))?,
         };
         release_mapped_pages(view.data());
@@ -380,23 +373,19 @@ trait Half: Copy + Send + Sync + 'static {
     fn widen_into(src: &[Self], dst: &mut [f32]);
 }
 
-impl Half for f16 {
-    fn from_bits(bits: u16) -> Self {
-        f16::from_bits(bits)
-    }
-    fn widen_into(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst)
-    }
+macro_rules! impl_half {
+    ($($t:ty),*) => {$(
+        impl Half for $t {
+            fn from_bits(bits: u16) -> Self {
+                <$t>::from_bits(bits)
+            }
+            fn widen_into(src: &[Self], dst: &mut [f32]) {
+                src.convert_to_f32_slice(dst)
+            }
+        }
+    )*};
 }
-
-impl Half for bf16 {
-    fn from_bits(bits: u16) -> Self {
-        bf16::from_bits(bits)
-    }
-    fn widen_into(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst)
-    }
-}
+impl_half!(f16, bf16);
 
 /// Little-endian 16-bit float bytes as values: the mapped file itself when it is 2-byte aligned
 /// (it is in files safetensors writes), else a copy.
@@ -412,6 +401,10 @@ fn halves<T: Half>(bytes: &[u8]) -> Cow<'_, [T]> {
                 .collect(),
         ),
     }
+}
+
+fn cpu_tensor<T: candle_core::WithDType>(values: Vec<T>, shape: &[usize]) -> Result<Tensor> {
+    Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
 }
 
 /// Elements converted per parallel task.

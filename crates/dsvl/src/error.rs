@@ -75,6 +75,12 @@ pub enum Error {
         needed: usize,
         max: usize,
     },
+    #[error("the prompt's text is {bytes} bytes, at least {min_tokens} tokens, over the {max} prompt tokens that fit; shorten the prompt")]
+    PromptTooLong {
+        bytes: usize,
+        min_tokens: usize,
+        max: usize,
+    },
     #[error("conversation: {0}")]
     Conversation(String),
 

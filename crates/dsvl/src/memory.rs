@@ -5,7 +5,7 @@
 /// sizes (a load's dtype conversions and quantization inputs, a vision tower's activations) it
 /// would otherwise stay in the resident set for the life of the process. Costs a walk over the
 /// allocator's free lists.
-pub(crate) fn release_freed() {
+pub fn release_freed() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointers.

@@ -243,6 +243,10 @@ impl Pipeline {
     ) -> Result<Prepared> {
         let _span = tracing::debug_span!("prepare", messages = messages.len()).entered();
         let t0 = Instant::now();
+        let text_bytes =
+            system.map_or(0, str::len) + messages.iter().map(|m| m.content.len()).sum::<usize>();
+        // Room for one new token at least; the exact check with `max_new_tokens` follows.
+        self.check_prompt_bytes(text_bytes, self.config.context_length().saturating_sub(1))?;
         let mut prepared = match &self.config {
             ModelConfig::V1(spec) => self.prepare_v1(spec, system, messages)?,
             ModelConfig::V2(spec) => self.prepare_v2(spec, system, messages)?,
@@ -355,6 +359,21 @@ impl Pipeline {
             n_images,
             preprocess_ms: 0.0,
         })
+    }
+
+    /// Refuses, without tokenizing it, prompt text of `text_bytes` bytes that cannot fit in
+    /// `max_prompt_tokens` tokens (see [`PromptTokenizer::min_tokens`]): an oversized prompt
+    /// costs no more than reading it. Text that may fit passes; the exact count is checked later.
+    pub fn check_prompt_bytes(&self, text_bytes: usize, max_prompt_tokens: usize) -> Result<()> {
+        let min_tokens = self.tokenizer.min_tokens(text_bytes);
+        if min_tokens > max_prompt_tokens {
+            return Err(Error::PromptTooLong {
+                bytes: text_bytes,
+                min_tokens,
+                max: max_prompt_tokens,
+            });
+        }
+        Ok(())
     }
 
     /// Decodes and preprocesses v1 images into `[N, 3, S, S]` f32 (v1 §3.1); also returns each

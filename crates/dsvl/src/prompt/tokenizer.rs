@@ -32,6 +32,9 @@ pub struct PromptTokenizer {
     image_token: String,
     add_bos: bool,
     add_eos: bool,
+    /// Most prompt bytes one token can stand for, when that bounds the token count (see
+    /// [`PromptTokenizer::min_tokens`]).
+    max_token_bytes: Option<usize>,
 }
 
 /// The fields of `tokenizer_config.json` we read. Token fields are a string or an `AddedToken` object.
@@ -141,6 +144,7 @@ impl PromptTokenizer {
             inner.add_special_tokens(&[AddedToken::from(image_token, true)]);
         }
         let image_id = lookup(&inner, image_token, "image")?;
+        let max_token_bytes = max_token_bytes(&inner);
         Ok(Self {
             inner,
             bos_id,
@@ -150,7 +154,20 @@ impl PromptTokenizer {
             // `LlamaTokenizerFast` defaults (v1 §2.5: the official config sets true / false explicitly).
             add_bos: cfg.add_bos_token.unwrap_or(true),
             add_eos: cfg.add_eos_token.unwrap_or(false),
+            max_token_bytes,
         })
+    }
+
+    /// A lower bound on the tokens `text_bytes` bytes of prompt text encode to, known without
+    /// tokenizing them: `text_bytes / L` rounded up, where `L` is the longest token's length in
+    /// bytes. It holds for tokenizers that cover every input byte by some token (no normalizer,
+    /// no pre-tokenizer that drops text, no added token that swallows whitespace), as the
+    /// DeepSeek byte-level BPE tokenizers do; for any other tokenizer the bound is 0. A prompt
+    /// whose bound is past the context can be refused for the cost of reading it, instead of
+    /// tokenizing megabytes (about 75 bytes of memory per prompt byte) to find out.
+    pub fn min_tokens(&self, text_bytes: usize) -> usize {
+        self.max_token_bytes
+            .map_or(0, |longest| text_bytes.div_ceil(longest))
     }
 
     /// Token ids of a rendered prompt (v1 §8.2.1): BOS first, no EOS, `<image_placeholder>` and
@@ -190,6 +207,7 @@ impl PromptTokenizer {
                 self.inner.add_special_tokens(&[AddedToken::from(t, true)]);
             }
         }
+        self.max_token_bytes = max_token_bytes(&self.inner);
     }
 
     /// Text of `ids`. The reference decodes generated text with `skip_special_tokens=True` (v1 §10). Ids without a
@@ -233,6 +251,49 @@ impl PromptTokenizer {
 
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
+    }
+}
+
+/// The longest token in bytes (at least as many as the input bytes it covers: a byte-level
+/// symbol stands for one byte and takes one or two), or `None` when a token count cannot be
+/// bounded by it: a normalizer (it may shorten the text), a pre-tokenizer other than splitting
+/// and byte-level mapping (`Whitespace` drops text), or an added token that strips the
+/// whitespace around it.
+fn max_token_bytes(tok: &Tokenizer) -> Option<usize> {
+    if tok.get_normalizer().is_some() {
+        return None;
+    }
+    if let Some(pre) = tok.get_pre_tokenizer() {
+        let json = serde_json::to_value(pre).ok()?;
+        if !keeps_every_byte(&json) {
+            return None;
+        }
+    }
+    let decoder = tok.get_added_tokens_decoder();
+    if decoder.values().any(|t| t.lstrip || t.rstrip) {
+        return None;
+    }
+    let longest_added = decoder.values().map(|t| t.content.len()).max().unwrap_or(0);
+    let longest = tok
+        .get_vocab(false)
+        .keys()
+        .map(String::len)
+        .max()
+        .unwrap_or(0)
+        .max(longest_added);
+    (longest > 0).then_some(longest)
+}
+
+/// True for pre-tokenizers that only cut the text into pieces and map bytes to symbols.
+fn keeps_every_byte(pre: &serde_json::Value) -> bool {
+    match pre.get("type").and_then(|t| t.as_str()) {
+        Some("Sequence") => pre
+            .get("pretokenizers")
+            .and_then(|p| p.as_array())
+            .is_some_and(|all| all.iter().all(keeps_every_byte)),
+        Some("Split") => pre.get("behavior").and_then(|b| b.as_str()) != Some("Removed"),
+        Some("ByteLevel" | "Digits" | "Metaspace") => true,
+        _ => false,
     }
 }
 
@@ -440,6 +501,70 @@ pub(crate) mod tests {
         for (text, want) in checks {
             assert_eq!(tok.encode_prompt(text).unwrap(), ids_of(want), "{text:?}");
         }
+    }
+
+    /// The byte bound never exceeds the real count, on the fixtures' real DeepSeek tokenizers (v1
+    /// and VL2 vocabularies) and on text built to pack many bytes into few tokens.
+    #[test]
+    fn min_tokens_is_a_lower_bound_on_real_tokenizers() {
+        let root = fixture_dir().join("..");
+        let v1 = root.join("v1/models/siglip-tiny");
+        let v2 = root.join("v2/models/vl2-tiny-random");
+        let tokenizers = [
+            PromptTokenizer::from_files(
+                v1.join("tokenizer.json"),
+                Some(&v1.join("tokenizer_config.json")),
+            )
+            .unwrap(),
+            PromptTokenizer::from_files_with_image_token(
+                v2.join("tokenizer.json"),
+                Some(&v2.join("tokenizer_config.json")),
+                "<image>",
+            )
+            .unwrap(),
+        ];
+        let texts = [
+            "a".repeat(10_000),
+            " ".repeat(5_000),
+            "\n".repeat(3_000),
+            format!("{IMAGE_PLACEHOLDER}<image><|ref|>{END_OF_SENTENCE}").repeat(200),
+            "----------------".repeat(300),
+            "the quick brown fox, jumps over: the lazy dog! 1234567890 ".repeat(100),
+            "日本語のテキストと emoji 🦀🦀 ".repeat(200),
+        ];
+        for tok in &tokenizers {
+            assert!(
+                tok.max_token_bytes.is_some(),
+                "DeepSeek tokenizers are bounded"
+            );
+            for text in &texts {
+                let n = tok.encode_segment(text).unwrap().len();
+                let bound = tok.min_tokens(text.len());
+                assert!(
+                    bound >= 1 && bound <= n,
+                    "{bound} > {n} for {:?}",
+                    &text[..20]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn min_tokens_is_zero_when_a_normalizer_may_shorten_the_text() {
+        let mut inner = test_tokenizer::build(true);
+        let bounded = PromptTokenizer::from_file(test_tokenizer::save("bound", true)).unwrap();
+        let longest = bounded.max_token_bytes.unwrap();
+        // The longest token is the BOS text, 3 bytes for each of its full-width characters.
+        assert_eq!(longest, BEGIN_OF_SENTENCE.len());
+        assert_eq!(
+            [0, 1, longest, longest + 1].map(|b| bounded.min_tokens(b)),
+            [0, 1, 1, 2]
+        );
+        inner.with_normalizer(Some(tokenizers::normalizers::Strip::new(true, true)));
+        let path = test_tokenizer::save("strip", true);
+        inner.save(&path, false).unwrap();
+        let tok = PromptTokenizer::from_file(&path).unwrap();
+        assert_eq!(tok.min_tokens(1 << 20), 0);
     }
 
     /// Every fixture case: official conversation → `render` → `encode_prompt` → `expand_prompt` gives the

@@ -257,11 +257,32 @@ impl PrefixCache {
     }
 
     /// Keeps `prefix`, evicting the least recently used entries to stay within capacity; one
-    /// larger than the whole capacity is dropped.
-    pub(super) fn put(&mut self, prefix: Prefix) {
+    /// larger than the whole capacity is dropped. Entries it extends are dropped (it serves
+    /// every request they would, at least as far); it is dropped itself when an entry already
+    /// extends it (concurrent identical requests each finish with the same cache). What is kept
+    /// holds no spare capacity.
+    pub(super) fn put(&mut self, mut prefix: Prefix) -> Result<()> {
+        if prefix.positions.is_empty() {
+            return Ok(());
+        }
+        if self
+            .entries
+            .iter()
+            .any(|(p, _, _)| p.positions.starts_with(&prefix.positions))
+        {
+            return Ok(());
+        }
+        let mut freed = 0;
+        self.entries.retain(|(p, b, _)| {
+            let superseded = prefix.positions.starts_with(&p.positions);
+            freed += if superseded { *b } else { 0 };
+            !superseded
+        });
+        self.used_bytes -= freed;
+        prefix.kv.compact()?;
         let bytes = prefix.kv.bytes();
-        if prefix.positions.is_empty() || bytes > self.capacity_bytes {
-            return;
+        if bytes > self.capacity_bytes {
+            return Ok(());
         }
         while self.used_bytes + bytes > self.capacity_bytes {
             let Some(oldest) = (0..self.entries.len()).min_by_key(|&i| self.entries[i].2) else {
@@ -273,6 +294,12 @@ impl PrefixCache {
         self.clock += 1;
         self.used_bytes += bytes;
         self.entries.push((prefix, bytes, self.clock));
+        Ok(())
+    }
+
+    /// Entries held now, and their bytes.
+    pub fn usage(&self) -> (usize, usize) {
+        (self.entries.len(), self.used_bytes)
     }
 }
 
@@ -382,5 +409,68 @@ impl Pipeline {
             out.push((emb, key));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::KvCache;
+    use candle_core::{Device, Tensor};
+
+    /// A one-layer cache of `n` positions, appended one by one (so its buffers have spare room).
+    fn prefix(positions: &[u64]) -> Prefix {
+        let mut kv = KvCache::new(1);
+        for _ in positions {
+            let x = Tensor::ones((1, 2, 1, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+            kv.append(0, &x, &x).unwrap();
+        }
+        Prefix {
+            kv,
+            positions: positions.to_vec(),
+        }
+    }
+
+    #[test]
+    fn identical_and_extended_prefixes_are_stored_once() {
+        let mut cache = PrefixCache::new(1 << 20);
+        cache.put(prefix(&[1, 2, 3])).unwrap();
+        // The same conversation finished by a concurrent request: not stored twice.
+        cache.put(prefix(&[1, 2, 3])).unwrap();
+        // Its prefix: already covered.
+        cache.put(prefix(&[1, 2])).unwrap();
+        assert_eq!(cache.usage().0, 1);
+        // A longer turn of the same conversation replaces it.
+        cache.put(prefix(&[1, 2, 3, 4])).unwrap();
+        // Another conversation is kept beside it.
+        cache.put(prefix(&[7, 8])).unwrap();
+        let (entries, bytes) = cache.usage();
+        assert_eq!(entries, 2);
+        // No spare capacity: 2 (k, v) × 2 heads × 4 dims × f32 per position.
+        assert_eq!(bytes, (4 + 2) * 2 * 2 * 4 * 4);
+        let taken = cache.take_longest(&[1, 2, 3, 4, 5]).expect("hit");
+        assert_eq!(taken.positions, [1, 2, 3, 4]);
+        assert_eq!(taken.kv.len(), 4);
+        assert_eq!(cache.usage(), (1, 2 * 2 * 2 * 4 * 4));
+    }
+
+    #[test]
+    fn a_compacted_cache_keeps_its_values_and_grows_again() {
+        let mut p = prefix(&[1, 2, 3]);
+        let before = p.kv.bytes();
+        p.kv.compact().unwrap();
+        assert!(p.kv.bytes() < before, "{} !< {before}", p.kv.bytes());
+        let x = Tensor::full(2f32, (1, 2, 1, 4), &Device::Cpu).unwrap();
+        let (k, _) = p.kv.append(0, &x, &x).unwrap();
+        let rows: Vec<f32> = k
+            .get(0)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(rows, [[1f32; 4], [1.0; 4], [1.0; 4], [2.0; 4]].concat());
     }
 }

@@ -281,7 +281,7 @@ impl<'p> Sequence<'p> {
         prefixes: &mut PrefixCache,
     ) -> Result<Outcome> {
         let (outcome, prefix) = self.finish_keeping_prefix(on_event)?;
-        prefixes.put(prefix);
+        prefixes.put(prefix)?;
         Ok(outcome)
     }
 

@@ -125,6 +125,20 @@ impl KvCache {
         }
     }
 
+    /// Gives back the buffers' spare capacity: each holds exactly its positions afterwards (a
+    /// cache kept for later, such as a prefix-cache entry, then costs only what it holds).
+    pub fn compact(&mut self) -> Result<()> {
+        for slot in self.layers.iter_mut().flat_map(|(k, v)| [k, v]) {
+            let Some(buf) = slot.as_mut() else { continue };
+            if buf.len == 0 {
+                *slot = None;
+            } else if buf.data.dim(2)? > buf.len {
+                buf.data = buf.data.narrow(2, 0, buf.len)?.contiguous()?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn clear(&mut self) {
         for l in &mut self.layers {
             *l = (None, None);

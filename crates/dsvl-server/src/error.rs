@@ -21,6 +21,9 @@ pub struct ApiError {
     pub code: Option<&'static str>,
     /// Seconds for the `Retry-After` header (429, 503).
     pub retry_after: Option<Duration>,
+    /// Answer with `Connection: close`: the request's body was not (or not wholly) read, so the
+    /// connection cannot carry another request.
+    pub close: bool,
 }
 
 impl ApiError {
@@ -31,6 +34,7 @@ impl ApiError {
             param: None,
             code: None,
             retry_after: None,
+            close: false,
         }
     }
 
@@ -66,6 +70,31 @@ impl ApiError {
 
     /// 413 for one request part over a server limit: `param` is its JSON path, `message` names
     /// the limit and how to raise it.
+    /// A `Content-Length` over the limit, refused before any of the body is read.
+    pub fn declared_too_large(declared: u64, limit: usize) -> Self {
+        let mut e = Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request declares a {declared}-byte body, over the server's limit of {limit} bytes; send smaller or fewer images"),
+        )
+        .with_code("request_too_large");
+        e.close = true;
+        e
+    }
+
+    /// The body did not arrive within the server's body timeout.
+    pub fn body_timeout(timeout: Duration) -> Self {
+        let mut e = Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s; send it at once (the server's --body-timeout)",
+                timeout.as_secs_f64()
+            ),
+        )
+        .with_code("request_timeout");
+        e.close = true;
+        e
+    }
+
     pub fn payload_too_large_param(param: impl Into<String>, message: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, message).with_param(param)
     }
@@ -82,6 +111,19 @@ impl ApiError {
     }
 
     /// 503 while the model loads or after the engine stopped.
+    /// Too many requests are already waiting to have their images and prompts prepared.
+    pub fn preparing_full(waiting: usize) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "the server is busy ({waiting} requests waiting to be prepared); retry shortly"
+            ),
+        )
+        .with_code("queue_full");
+        e.retry_after = Some(Duration::from_secs(1));
+        e
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, message).with_code("unavailable");
         e.retry_after = Some(Duration::from_secs(5));
@@ -121,7 +163,7 @@ impl ApiError {
             E::ImageCountMismatch { .. } => {
                 Self::invalid("messages", msg).with_code("image_count_mismatch")
             }
-            E::ContextOverflow { .. } => {
+            E::ContextOverflow { .. } | E::PromptTooLong { .. } => {
                 Self::invalid("messages", msg).with_code("context_length_exceeded")
             }
             E::Conversation(_) => Self::invalid("messages", msg),
@@ -177,6 +219,10 @@ impl IntoResponse for ApiError {
             if let Ok(v) = HeaderValue::from_str(&after.as_secs().to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
             }
+        }
+        if self.close {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

@@ -1,5 +1,6 @@
 //! `ApiJson<T>`: our JSON body extractor. Unlike `axum::Json`, every rejection is an OpenAI
-//! error body, and a wrong type names its JSON path (`temperature`, `messages[0].role`).
+//! error body, a wrong type names its JSON path (`temperature`, `messages[0].role`), and a body
+//! that takes longer than `--body-timeout` to arrive is a 408 that closes the connection.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -16,13 +17,18 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::payload_too_large(state.limits().max_body_bytes)
-            } else {
-                ApiError::bad_request(format!("cannot read the request body: {e}"))
-            }
-        })?;
+        let deadline = state.limits().body_timeout;
+        let read = tokio::time::timeout(deadline, Bytes::from_request(req, state));
+        let bytes = read
+            .await
+            .map_err(|_| ApiError::body_timeout(deadline))?
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::payload_too_large(state.limits().max_body_bytes)
+                } else {
+                    ApiError::bad_request(format!("cannot read the request body: {e}"))
+                }
+            })?;
         parse(&bytes).map(ApiJson)
     }
 }

@@ -1,7 +1,8 @@
 //! dsvl-server: an OpenAI-compatible HTTP server for DeepSeek-VL, on top of the `dsvl` engine.
 //!
 //! - [`serve`] binds, answers `/health` with 503 while the model loads on a blocking thread, then
-//!   serves until SIGINT/SIGTERM, waiting at most `shutdown_grace` for in-flight requests.
+//!   serves until SIGINT/SIGTERM, waiting at most `shutdown_grace` for in-flight requests. Slow
+//!   and silent clients are cut by the header and body timeouts; connections are capped.
 //! - [`router`] builds every route around an [`AppState`], so tests call `oneshot` without a socket;
 //!   [`AppState::from_pipeline`] wraps an already-loaded model.
 //! - Generation runs on one engine thread fed by a bounded queue (`engine`); handlers only parse,
@@ -21,16 +22,24 @@ pub mod grounding;
 pub mod media;
 pub mod metrics;
 pub mod openai;
+pub mod preparing;
+pub mod release;
 mod routes;
 pub mod state;
 
-use std::future::{Future, IntoFuture};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
+use axum::Router;
 use dsvl::engine::{LoadOptions, Pipeline};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, Semaphore};
 
 pub use error::ApiError;
 pub use routes::router;
@@ -47,6 +56,12 @@ pub async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
 
 /// [`serve`] on a bound listener, stopping when `shutdown` completes (tests pass their own).
 /// Returns the load error if the model could not be loaded.
+///
+/// Connections are served by our own accept loop rather than `axum::serve`, for the limits a
+/// public server needs: at most `max_connections` open (the others wait in the listen backlog),
+/// a complete request header within `header_timeout` of opening or of the previous response
+/// (hyper's header-read timer, which also ends idle keep-alive connections), and on shutdown no
+/// new connections while those open finish, for at most `shutdown_grace`.
 pub async fn serve_on(
     listener: TcpListener,
     mut cfg: ServerConfig,
@@ -60,50 +75,68 @@ pub async fn serve_on(
     let (failed_tx, failed_rx) = oneshot::channel();
     tokio::spawn(load_in_background(state.clone(), cfg.clone(), failed_tx));
 
-    let load_error = Arc::new(Mutex::new(None));
-    let (begun_tx, mut begun_rx) = watch::channel(false);
-    let trigger = {
-        let load_error = load_error.clone();
-        async move {
-            tokio::select! {
-                () = shutdown => tracing::info!("shutting down"),
-                Ok(e) = failed_rx => {
-                    if let Ok(mut slot) = load_error.lock() { *slot = Some(e) }
-                }
-            }
-            let _ = begun_tx.send(true);
-        }
-    };
     let app = router(state);
-    let mut server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(trigger)
-            .into_future(),
-    );
-    let ended = tokio::select! {
-        r = &mut server => Some(r),
-        _ = begun_rx.changed() => None,
+    let connections = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_timeout)
+        .keep_alive(true);
+    let load_error = tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down");
+            None
+        }
+        Ok(e) = failed_rx => Some(e),
+        () = accept_loop(&listener, &app, &http, &graceful, &connections) => None,
     };
-    let result = match ended {
-        Some(r) => r,
-        None => match tokio::time::timeout(cfg.shutdown_grace, &mut server).await {
-            Ok(r) => r,
-            Err(_) => {
-                tracing::warn!(
-                    "requests still running after {:?}; stopping anyway",
-                    cfg.shutdown_grace
-                );
-                server.abort();
-                Ok(Ok(()))
-            }
-        },
-    };
-    if let Some(e) = load_error.lock().ok().and_then(|mut slot| slot.take()) {
-        return Err(e);
+    drop(listener);
+    if tokio::time::timeout(cfg.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests still running after {:?}; stopping anyway",
+            cfg.shutdown_grace
+        );
     }
-    result
-        .context("server task failed")?
-        .context("server failed")
+    match load_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Accepts connections for ever, each served on its own task while it holds a connection slot.
+async fn accept_loop(
+    listener: &TcpListener,
+    app: &Router,
+    http: &http1::Builder,
+    graceful: &GracefulShutdown,
+    connections: &Arc<Semaphore>,
+) {
+    loop {
+        let Ok(slot) = connections.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                tracing::warn!("cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection closed: {e}");
+            }
+            drop(slot);
+        });
+    }
 }
 
 async fn load_in_background(

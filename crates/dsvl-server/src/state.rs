@@ -11,6 +11,8 @@ use crate::engine::EngineHandle;
 use crate::error::ApiError;
 use crate::media::{MediaPolicy, RemoteImages};
 use crate::metrics::Metrics;
+use crate::preparing::PrepareGate;
+use crate::release::Releaser;
 
 /// Everything `serve` needs. `Default` gives the documented defaults (127.0.0.1:8080, f32, …).
 #[derive(Debug, Clone)]
@@ -60,6 +62,17 @@ pub struct ServerConfig {
     pub prefix_cache_bytes: usize,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Requests whose images and prompt are prepared (decoded, tokenized) at once; more wait,
+    /// up to `max_queue` of them, then get 429.
+    pub max_preparing: usize,
+    /// Open connections; at the cap, new ones wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// A connection must send a complete request header within this time of opening or of its
+    /// previous response (so it is also the keep-alive idle timeout); else it is closed.
+    pub header_timeout: Duration,
+    /// A request's whole body must arrive within this time of its header; else 408 and the
+    /// connection is closed.
+    pub body_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -88,8 +101,18 @@ impl Default for ServerConfig {
             image_cache_bytes: 512 << 20,
             prefix_cache_bytes: 0,
             shutdown_grace: Duration::from_secs(30),
+            max_preparing: default_max_preparing(),
+            max_connections: 512,
+            header_timeout: Duration::from_secs(15),
+            body_timeout: Duration::from_secs(60),
         }
     }
+}
+
+/// One preparation per core: it is CPU work (image decoding, tokenizing), and each holds
+/// memory in proportion to its request.
+pub fn default_max_preparing() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
 
 /// Per-request limits, taken from [`ServerConfig`].
@@ -103,6 +126,7 @@ pub struct Limits {
     pub max_prompt_tokens: Option<usize>,
     pub image_cache_bytes: usize,
     pub prefix_cache_bytes: usize,
+    pub body_timeout: Duration,
     pub media: MediaPolicy,
 }
 
@@ -118,6 +142,7 @@ impl Limits {
             max_prompt_tokens: cfg.max_prompt_tokens,
             image_cache_bytes: cfg.image_cache_bytes,
             prefix_cache_bytes: cfg.prefix_cache_bytes,
+            body_timeout: cfg.body_timeout,
             media: MediaPolicy {
                 allowed_local_media_path: cfg.allowed_local_media_path.clone(),
                 remote: cfg.allow_remote_images.then(|| {
@@ -143,6 +168,8 @@ struct Inner {
     model_name: String,
     created: u64,
     engine: OnceLock<EngineHandle>,
+    preparing: PrepareGate,
+    releaser: Releaser,
     metrics: Arc<Metrics>,
 }
 
@@ -158,6 +185,8 @@ impl AppState {
                 model_name: cfg.model_name.clone(),
                 created,
                 engine: OnceLock::new(),
+                preparing: PrepareGate::new(cfg.max_preparing, cfg.max_queue),
+                releaser: Releaser::default(),
                 metrics: Arc::new(Metrics::default()),
             }),
         }
@@ -199,6 +228,14 @@ impl AppState {
 
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+    /// The bound on requests being prepared at once (see [`crate::preparing`]).
+    pub fn preparing(&self) -> &PrepareGate {
+        &self.inner.preparing
+    }
+    /// Gives freed memory back to the OS after large requests.
+    pub fn releaser(&self) -> &Releaser {
+        &self.inner.releaser
     }
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics

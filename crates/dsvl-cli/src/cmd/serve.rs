@@ -1,6 +1,7 @@
 //! `dsvl serve`: the OpenAI-compatible HTTP server (crate `dsvl-server`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use dsvl_server::ServerConfig;
@@ -89,6 +90,22 @@ pub struct ServeArgs {
     /// 0 turns it off.
     #[arg(long, default_value_t = 1024)]
     pub prefix_cache_mb: usize,
+    /// Requests whose images and prompt are prepared at once (decoding, tokenizing: CPU work
+    /// holding memory in proportion to the request). More wait, up to --max-queue of them, then
+    /// get 429. Default: the number of cores (at least 2).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_preparing: Option<u32>,
+    /// Open connections at most; at the cap, new ones wait until one closes.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Seconds a connection may take to send a complete request header, counted from its
+    /// opening or its previous response (so idle keep-alive connections close after this too).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout: u64,
+    /// Seconds a request's whole body may take to arrive after its header; slower ones get 408
+    /// and the connection is closed.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout: u64,
     /// Model name reported by /v1/models and in responses; requests naming another model get
     /// 404. Default: the --model argument as given for a Hub id (`deepseek-ai/deepseek-vl2-tiny`),
     /// the folder's name for a local directory.
@@ -118,13 +135,19 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         allowed_local_media_path: a.allowed_local_media_path,
         allow_remote_images: a.allow_remote_images,
         max_remote_image_bytes: a.max_remote_image_bytes,
-        remote_image_timeout: std::time::Duration::from_secs(a.remote_image_timeout),
+        remote_image_timeout: Duration::from_secs(a.remote_image_timeout),
         allowed_remote_hosts: a.allowed_remote_hosts,
         model_name: a
             .served_model_name
             .unwrap_or_else(|| default_model_name(&a.model)),
         image_cache_bytes: a.image_cache_mb << 20,
         prefix_cache_bytes: a.prefix_cache_mb << 20,
+        max_preparing: a
+            .max_preparing
+            .map_or_else(dsvl_server::state::default_max_preparing, |n| n as usize),
+        max_connections: a.max_connections as usize,
+        header_timeout: Duration::from_secs(a.header_timeout),
+        body_timeout: Duration::from_secs(a.body_timeout),
         ..Default::default()
     };
     tokio::runtime::Runtime::new()?.block_on(dsvl_server::serve(cfg))

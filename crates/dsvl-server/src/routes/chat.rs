@@ -43,16 +43,18 @@ pub async fn chat_completions(
     let marker = engine.pipeline().config().image_marker().to_string();
     let mut plan = ChatPlan::try_from_request(req, s.limits().max_images_per_request, &marker)?;
     let mut turns = std::mem::take(&mut plan.turns);
+    refuse_unfittable(engine.pipeline(), s.limits(), &turns)?;
+    let _slot = s.preparing().enter().await?;
     s.limits().media.fetch_remote(&mut turns).await?;
     let (pipeline, limits, requested) = (
         engine.pipeline().clone(),
         s.limits().clone(),
         plan.max_tokens,
     );
-    let (prepared, max_new) =
-        tokio::task::spawn_blocking(move || prepare(&pipeline, &turns, &limits, requested))
-            .await
-            .map_err(ApiError::internal)??;
+    let (prepared, max_new) = prepare_blocking(turns, move |turns| {
+        prepare(&pipeline, turns, &limits, requested)
+    })
+    .await?;
     plan.params.sampling.max_new_tokens = max_new;
     let with_logprobs = plan.params.logprobs.is_some();
     let events = engine.submit(prepared, plan.params)?;
@@ -62,6 +64,31 @@ pub async fn chat_completions(
     } else {
         Json(collect(events, meta, with_logprobs).await?).into_response()
     })
+}
+
+/// Refuses, for the cost of reading it, prompt text that cannot fit in the context (or the
+/// server's `--max-prompt-tokens`), before any image is loaded or token counted.
+pub(crate) fn refuse_unfittable(
+    pipeline: &Pipeline,
+    limits: &Limits,
+    turns: &[Turn],
+) -> Result<(), ApiError> {
+    let text_bytes = turns.iter().map(|t| t.text.len()).sum();
+    let room = pipeline.config().context_length().saturating_sub(1);
+    let max = limits.max_prompt_tokens.map_or(room, |m| m.min(room));
+    pipeline
+        .check_prompt_bytes(text_bytes, max)
+        .map_err(ApiError::from_engine)
+}
+
+/// Runs `work` on `turns` on a blocking thread (image decoding and tokenizing are CPU work).
+pub(crate) async fn prepare_blocking<T: Send + 'static>(
+    turns: Vec<Turn>,
+    work: impl FnOnce(&[Turn]) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || work(&turns))
+        .await
+        .map_err(ApiError::internal)?
 }
 
 /// Loads the images, renders and checks the prompt; returns it with the new-token budget.

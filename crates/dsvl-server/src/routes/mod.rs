@@ -6,13 +6,14 @@ mod prompt;
 mod stream;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
 use crate::error::ApiError;
+use crate::release::RELEASE_AFTER_BYTES;
 use crate::state::AppState;
 
 /// Every route. `/health` and `/ready` are open; the others need the API key when one is set.
@@ -35,11 +36,33 @@ pub fn router(state: AppState) -> Router {
         .merge(protected)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.limits().max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), body_limits))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_responses,
         ))
         .with_state(state)
+}
+
+/// 413 from the `Content-Length` header alone, before any of the body is read (the body limit
+/// itself only trips once that much has arrived). A large body's memory is given back to the
+/// OS once its request is answered (see [`crate::release`]).
+async fn body_limits(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = s.limits().max_body_bytes;
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => ApiError::declared_too_large(n, limit).into_response(),
+        Some(n) if n >= RELEASE_AFTER_BYTES => {
+            let resp = next.run(req).await;
+            s.releaser().request();
+            resp
+        }
+        _ => next.run(req).await,
+    }
 }
 
 async fn require_api_key(State(s): State<AppState>, req: Request, next: Next) -> Response {

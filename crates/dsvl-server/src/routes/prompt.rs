@@ -16,7 +16,7 @@ use crate::openai::convert::{conversation, template_messages, Turn};
 use crate::openai::request::{
     ApplyTemplateRequest, DetokenizeRequest, TokenizeRequest, WireMessage,
 };
-use crate::routes::chat::prepare;
+use crate::routes::chat::{prepare, prepare_blocking, refuse_unfittable};
 use crate::state::{AppState, Limits};
 
 /// `{"content": "..."}` → the string's ids (BOS first, as the model sees it); `{"messages": [...]}`
@@ -27,14 +27,28 @@ pub async fn tokenize(
 ) -> Result<Json<Value>, ApiError> {
     let pipeline = s.engine()?.pipeline();
     let tok = pipeline.tokenizer();
-    let ids = match (&req.content, &req.messages) {
-        (Some(text), None) => tok.encode_prompt(text).map_err(ApiError::from_engine)?,
+    let ids = match (req.content, &req.messages) {
+        (Some(text), None) => {
+            let turns = vec![Turn {
+                role: dsvl::prompt::template::Role::User,
+                text,
+                images: Vec::new(),
+            }];
+            refuse_unfittable(pipeline, s.limits(), &turns)?;
+            let _slot = s.preparing().enter().await?;
+            let pipeline = pipeline.clone();
+            prepare_blocking(turns, move |turns| {
+                let tok = pipeline.tokenizer();
+                tok.encode_prompt(&turns[0].text)
+                    .map_err(ApiError::from_engine)
+            })
+            .await?
+        }
         (None, Some(messages)) => {
             let turns = turns_for_prompt(&s, messages).await?;
+            let _slot = s.preparing().enter().await?;
             let (pipeline, limits) = (pipeline.clone(), s.limits().clone());
-            tokio::task::spawn_blocking(move || prompt_ids(&pipeline, &limits, &turns))
-                .await
-                .map_err(ApiError::internal)??
+            prepare_blocking(turns, move |turns| prompt_ids(&pipeline, &limits, turns)).await?
         }
         _ => {
             return Err(ApiError::bad_request(
@@ -86,18 +100,15 @@ pub async fn apply_template(
 ) -> Result<Json<Value>, ApiError> {
     let pipeline = s.engine()?.pipeline().clone();
     let turns = turns_for_prompt(&s, &req.messages).await?;
-    let prompt = match pipeline.config() {
-        ModelConfig::V1(_) => render(DEFAULT_SYSTEM_PROMPT, &template_messages(&turns))
-            .map_err(ApiError::from_engine)?,
-        ModelConfig::V2(_) => {
-            let limits = s.limits().clone();
-            tokio::task::spawn_blocking(move || prepare(&pipeline, &turns, &limits, Some(1)))
-                .await
-                .map_err(ApiError::internal)??
-                .0
-                .prompt
+    let _slot = s.preparing().enter().await?;
+    let limits = s.limits().clone();
+    let prompt = prepare_blocking(turns, move |turns| match pipeline.config() {
+        ModelConfig::V1(_) => {
+            render(DEFAULT_SYSTEM_PROMPT, &template_messages(turns)).map_err(ApiError::from_engine)
         }
-    };
+        ModelConfig::V2(_) => Ok(prepare(&pipeline, turns, &limits, Some(1))?.0.prompt),
+    })
+    .await?;
     Ok(Json(json!({ "prompt": prompt })))
 }
 
@@ -107,6 +118,7 @@ async fn turns_for_prompt(s: &AppState, messages: &[WireMessage]) -> Result<Vec<
     let pipeline = s.engine()?.pipeline();
     let marker = pipeline.config().image_marker();
     let mut turns = conversation(messages, s.limits().max_images_per_request, marker)?;
+    refuse_unfittable(pipeline, s.limits(), &turns)?;
     if let ModelConfig::V2(_) = pipeline.config() {
         s.limits().media.fetch_remote(&mut turns).await?;
     }

@@ -74,6 +74,9 @@ async fn batch_invariance(model: PathBuf, images: &[String]) {
         &ServerConfig {
             max_running: REQUESTS,
             max_queue: REQUESTS,
+            // All prepared at once, so that they reach the engine together: on the tiny model a
+            // request is decoded faster than the next one's images are decoded.
+            max_preparing: REQUESTS,
             ..Default::default()
         },
     )

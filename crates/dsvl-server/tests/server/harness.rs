@@ -180,3 +180,34 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
 }
+
+/// Serves `cfg` on a free loopback port until the returned sender is dropped or fired; returns
+/// once `/health` answers 200 (the model is loaded).
+pub async fn start_server(
+    mut cfg: dsvl_server::ServerConfig,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    cfg.port = addr.port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(dsvl_server::serve_on(listener, cfg, async move {
+        let _ = stopped.await;
+    }));
+    for _ in 0..600 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            let req = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            let mut resp = String::new();
+            if s.write_all(req.as_bytes()).await.is_ok()
+                && s.read_to_string(&mut resp).await.is_ok()
+                && resp.starts_with("HTTP/1.1 200")
+            {
+                return (addr, stop);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the server did not become healthy within a minute");
+}

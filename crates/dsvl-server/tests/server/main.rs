@@ -7,6 +7,8 @@
 //!   debug routes and the grounding extension.
 //! - `batching`: 16 concurrent greedy requests equal the same requests run one at a time (v1,
 //!   VL2 MoE with MHA and with MLA), and were decoded together.
+//! - `limits`: header and body timeouts, a 413 from the declared length, over-context prompts
+//!   refused from their length.
 //! - `load`: 64 concurrent socket clients, a fifth with bad inputs, some hanging up mid-stream.
 //! - `remote_images`: `http(s)` image URLs fetched from a loopback server.
 //! - `openai_compat`: the official `openai` Python package against a running server
@@ -14,6 +16,7 @@
 
 mod batching;
 mod harness;
+mod limits;
 mod load;
 mod openai_compat;
 mod remote_images;

@@ -10,13 +10,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use dsvl_server::ServerConfig;
 use serde_json::Value;
-use tokio::net::TcpListener;
 
-use super::harness::engine_fixtures;
+use super::harness::{engine_fixtures, start_server};
 
 fn run(cmd: &mut Command) -> Result<Output, String> {
     let shown = format!("{cmd:?}");
@@ -62,32 +60,12 @@ fn python_with_openai() -> Result<PathBuf, String> {
 
 /// Serves `model_dir` on a free loopback port until the returned sender is dropped or fired.
 async fn start(model_dir: PathBuf) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let cfg = ServerConfig {
+    start_server(ServerConfig {
         model_dir,
         model_name: "dsvl-fixture".into(),
         ..Default::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(dsvl_server::serve_on(listener, cfg, async move {
-        let _ = stopped.await;
-    }));
-    for _ in 0..600 {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let req = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-            let mut resp = String::new();
-            if s.write_all(req.as_bytes()).await.is_ok()
-                && s.read_to_string(&mut resp).await.is_ok()
-                && resp.starts_with("HTTP/1.1 200")
-            {
-                return (addr, stop);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the server did not become healthy within a minute");
+    })
+    .await
 }
 
 fn read_json(path: PathBuf) -> Value {

@@ -1,6 +1,7 @@
 //! The `dsvl` binary end to end on the tiny fixture models: exit codes, stdout/stderr, formats.
 
 mod bench;
+mod serve;
 mod vl2;
 
 use std::path::{Path, PathBuf};

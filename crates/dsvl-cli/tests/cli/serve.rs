@@ -1,0 +1,146 @@
+//! `dsvl serve` as a process: what hostile clients cost it in memory, read from its own
+//! `/proc/PID/status` (in-process tests share their address space with every other test).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::model;
+
+/// The server process, killed when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Self {
+        // A free port: bind, read it, release it for the server.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_dsvl"))
+            .args(["serve", "--model", &model("siglip-tiny"), "--port"])
+            .arg(port.to_string())
+            .args(extra)
+            .env("DSVL_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dsvl serve starts");
+        let server = Self { child, port };
+        let t = Instant::now();
+        while server.get("/health").0 != 200 {
+            assert!(t.elapsed() < Duration::from_secs(60), "not healthy in 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    fn kib(&self, field: &str) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("procfs");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("field")
+    }
+
+    fn exchange(&self, request: &[u8]) -> (u16, String) {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return (0, String::new());
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+        if s.write_all(request).is_err() {
+            return (0, String::new());
+        }
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let status = out
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, out)
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        self.exchange(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+    }
+
+    fn post_chat(&self, body: &str) -> (u16, String) {
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        self.exchange([head.as_bytes(), body.as_bytes()].concat().as_slice())
+    }
+}
+
+fn over_context_prompt(bytes: usize) -> String {
+    serde_json::json!({"messages": [{"role": "user", "content": "a".repeat(bytes)}]}).to_string()
+}
+
+const MIB: u64 = 1024;
+
+/// The issue's figures before the fix: a 16 MB prompt took 9.7 s and 1.1 GiB to refuse; sixteen
+/// concurrent 8 MB prompts would have needed about 9 GiB.
+#[test]
+fn over_context_prompts_cost_little_more_than_their_bytes() {
+    let server = Server::start(&["--prefix-cache-mb", "0"]);
+    let base = server.kib("VmHWM");
+
+    let t = Instant::now();
+    let (status, body) = server.post_chat(&over_context_prompt(16 << 20));
+    let took = t.elapsed();
+    assert_eq!(status, 400, "{body:.300}");
+    assert!(body.contains("context_length_exceeded"), "{body:.300}");
+    let one = server.kib("VmHWM") - base;
+    eprintln!(
+        "one 16 MB prompt: refused in {took:?}, peak +{} MiB",
+        one / MIB
+    );
+    // Body, parsed request and prompt text: a few copies of 16 MB, not 75 bytes per byte.
+    assert!(
+        one < 100 * MIB,
+        "one 16 MB prompt raised the peak by {} MiB",
+        one / MIB
+    );
+
+    let body = over_context_prompt(8 << 20);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let clients: Vec<_> = (0..16)
+            .map(|_| s.spawn(|| server.post_chat(&body)))
+            .collect();
+        for c in clients {
+            let (status, reply) = c.join().expect("client");
+            assert_eq!(status, 400, "{reply:.300}");
+        }
+    });
+    let took = t.elapsed();
+    let sixteen = server.kib("VmHWM") - base;
+    eprintln!(
+        "16 concurrent 8 MB prompts: refused in {took:?}, peak +{} MiB",
+        sixteen / MIB
+    );
+    assert!(
+        sixteen < 400 * MIB,
+        "16 concurrent 8 MB prompts raised the peak by {} MiB",
+        sixteen / MIB
+    );
+    assert_eq!(server.get("/health").0, 200);
+}

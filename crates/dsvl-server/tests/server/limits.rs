@@ -189,3 +189,34 @@ async fn prompts_that_cannot_fit_are_refused_for_the_cost_of_reading_them() {
     assert!(took < Duration::from_secs(20), "16 refusals took {took:?}");
     eprintln!("16 concurrent 8 MB over-context prompts refused in {took:?}");
 }
+
+/// At the connection cap, a new connection waits in the backlog until a slot frees: here the
+/// two silent connections holding the slots are cut by the header timeout, then it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_new_connections_wait_for_a_slot() {
+    let (addr, _stop) = server(ServerConfig {
+        max_connections: 2,
+        ..Default::default()
+    })
+    .await;
+    // The health probe's connection may still hold its slot for a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _holders = [
+        TcpStream::connect(addr).await.expect("connect"),
+        TcpStream::connect(addr).await.expect("connect"),
+    ];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr).await.expect("backlog accepts");
+    s.write_all(
+        format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let (got, after) = until_closed(&mut s, t).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+    assert!(
+        after >= TIMEOUT.mul_f32(0.5) && after <= TIMEOUT + SLACK,
+        "served after {after:?}: it should wait for a slot, about the header timeout"
+    );
+}

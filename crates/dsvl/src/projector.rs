@@ -7,8 +7,24 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::config::{Activation, AlignerKind, AlignerSpec};
-use crate::nn::{linear, Linear};
+use crate::nn::{linear, Activation, Linear};
+
+/// `MlpProjector.projector_type` (v1 §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlignerKind {
+    Identity,
+    Linear,
+    MlpGelu,
+    LowHighHybridSplitMlpGelu,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlignerSpec {
+    pub kind: AlignerKind,
+    pub depth: usize,
+    pub input_dim: usize,
+    pub n_embed: usize,
+}
 
 pub struct Aligner {
     /// `(high_up_proj, low_up_proj)` for the hybrid projector.
@@ -75,6 +91,16 @@ impl Aligner {
     }
 }
 
+/// `MlpProjector` with `projector_type: downsample_mlp_gelu` (v2 §4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DownsampleProjectorSpec {
+    pub input_dim: usize,
+    pub n_embed: usize,
+    pub depth: usize,
+    pub mlp_ratio: usize,
+    pub downsample_ratio: usize,
+}
+
 /// VL2 `MlpProjector` with `projector_type: downsample_mlp_gelu` (v2 §4), keys `projector.layers.{0,2,…}`:
 /// zero-pad the `g × g` grid to a multiple of `r`, `r × r` space-to-channel (channel-major, kernel
 /// position innermost, as `F.unfold`), then `Linear → (GELU → Linear)…` with exact-erf GELU.
@@ -84,7 +110,7 @@ pub struct DownsampleProjector {
 }
 
 impl DownsampleProjector {
-    pub fn new(cfg: &crate::config::Vl2ProjectorSpec, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &DownsampleProjectorSpec, vb: VarBuilder) -> Result<Self> {
         let r = cfg.downsample_ratio;
         let hidden = cfg.n_embed * cfg.mlp_ratio;
         // The official builder always ends with GELU + Linear(hidden → n_embed), so depth 1

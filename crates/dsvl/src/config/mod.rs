@@ -11,75 +11,18 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 use crate::error::{CheckpointLayout, Error, Result};
+pub use crate::llm::LlamaSpec;
+pub use crate::nn::Activation;
+pub use crate::projector::{AlignerKind, AlignerSpec, DownsampleProjectorSpec};
+pub use crate::vision::sam::SamSpec;
+pub use crate::vision::siglip::SiglipSpec;
 use raw::*;
-pub use vl2::{GlobalViewPos, Vl2ProcessorSpec, Vl2ProjectorSpec, Vl2Spec};
+pub use vl2::{GlobalViewPos, Vl2ProcessorSpec, Vl2Spec};
 
 /// CLIP mean/std used by the SAM branch (v1 §2.1).
 pub const CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
 pub const CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
 const HALF: [f64; 3] = [0.5, 0.5, 0.5];
-
-/// Which activation an MLP uses. v1 uses exact erf GELU everywhere (v1 §13.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    GeluErf,
-    GeluTanh,
-}
-
-/// SigLIP ViT (v1 §4).
-#[derive(Debug, Clone, PartialEq)]
-pub struct SiglipSpec {
-    pub image_size: usize,
-    pub patch_size: usize,
-    pub width: usize,
-    pub layers: usize,
-    pub heads: usize,
-    pub mlp_hidden: usize,
-    pub ln_eps: f64,
-    pub act: Activation,
-    pub pixel_mean: [f64; 3],
-    pub pixel_std: [f64; 3],
-}
-
-impl SiglipSpec {
-    pub fn grid(&self) -> usize {
-        self.image_size / self.patch_size
-    }
-}
-
-/// SAM-B ViTDet encoder with the DeepSeek downsample and HD path (v1 §5).
-#[derive(Debug, Clone, PartialEq)]
-pub struct SamSpec {
-    pub image_size: usize,
-    pub patch_size: usize,
-    pub width: usize,
-    pub layers: usize,
-    pub heads: usize,
-    pub mlp_hidden: usize,
-    pub window_size: usize,
-    pub global_attn_indexes: Vec<usize>,
-    /// Neck channels (`prompt_embed_dim` / transformers `output_channels`).
-    pub neck_channels: usize,
-    pub downsample_channels: Vec<usize>,
-    pub ln_eps: f64,
-    pub pixel_mean: [f64; 3],
-    pub pixel_std: [f64; 3],
-    /// The 64→96 upsample before the downsample convs is hard-coded in the reference (v1 §5.2).
-    pub upsample_size: usize,
-}
-
-impl SamSpec {
-    pub fn grid(&self) -> usize {
-        self.image_size / self.patch_size
-    }
-    /// Output channels (last downsample conv, or the neck when there is none).
-    pub fn out_dim(&self) -> usize {
-        self.downsample_channels
-            .last()
-            .copied()
-            .unwrap_or(self.neck_channels)
-    }
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum VisionSpec {
@@ -95,38 +38,6 @@ impl VisionSpec {
             VisionSpec::Siglip(s) | VisionSpec::Hybrid { siglip: s, .. } => s,
         }
     }
-}
-
-/// `MlpProjector.projector_type` (v1 §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AlignerKind {
-    Identity,
-    Linear,
-    MlpGelu,
-    LowHighHybridSplitMlpGelu,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct AlignerSpec {
-    pub kind: AlignerKind,
-    pub depth: usize,
-    pub input_dim: usize,
-    pub n_embed: usize,
-}
-
-/// Llama decoder (v1 §7).
-#[derive(Debug, Clone, PartialEq)]
-pub struct LlamaSpec {
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_layers: usize,
-    pub num_heads: usize,
-    pub num_kv_heads: usize,
-    pub head_dim: usize,
-    pub rms_norm_eps: f64,
-    pub rope_theta: f64,
-    pub max_position_embeddings: usize,
 }
 
 /// Host-side preprocessing (v1 §3.1) and prompt expansion (v1 §2.4).
@@ -172,7 +83,11 @@ impl ModelConfig {
                 value,
             )?));
         }
-        Ok(ModelConfig::V1(ModelSpec::from_dir(dir)?))
+        Ok(ModelConfig::V1(ModelSpec::from_config(
+            dir,
+            &config_path,
+            value,
+        )?))
     }
 
     pub fn dir(&self) -> &Path {
@@ -259,6 +174,12 @@ impl ModelSpec {
             return Err(Error::NotAModelDir(dir.to_path_buf()));
         }
         let value: serde_json::Value = read_json(&config_path)?;
+        Self::from_config(dir, &config_path, value)
+    }
+
+    /// Resolves a v1 directory whose `config.json` (at `config_path`) was already read as `value`.
+    pub fn from_config(dir: &Path, config_path: &Path, value: serde_json::Value) -> Result<Self> {
+        let config_path = config_path.to_path_buf();
         let model_type = value
             .get("model_type")
             .and_then(|v| v.as_str())

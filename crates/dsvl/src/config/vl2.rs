@@ -9,9 +9,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{config_err, parse_value, read_json_opt, Activation, SiglipSpec};
+use super::{config_err, parse_value, read_json_opt};
 use crate::error::{Error, Result};
 use crate::llm::deepseek_v2::DeepseekV2Spec;
+use crate::nn::Activation;
+use crate::projector::DownsampleProjectorSpec;
+use crate::vision::siglip::SiglipSpec;
 
 /// Where the global view goes relative to the local tiles (v2 §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,16 +23,6 @@ pub enum GlobalViewPos {
     Head,
     /// Local grid, separator, global view.
     Tail,
-}
-
-/// `MlpProjector` with `projector_type: downsample_mlp_gelu` (v2 §4).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Vl2ProjectorSpec {
-    pub input_dim: usize,
-    pub n_embed: usize,
-    pub depth: usize,
-    pub mlp_ratio: usize,
-    pub downsample_ratio: usize,
 }
 
 /// Host-side image processing and prompt settings (`processor_config.json`, v2 §1.4, §2).
@@ -61,7 +54,7 @@ impl Vl2ProcessorSpec {
 pub struct Vl2Spec {
     pub dir: PathBuf,
     pub vision: SiglipSpec,
-    pub projector: Vl2ProjectorSpec,
+    pub projector: DownsampleProjectorSpec,
     pub llm: DeepseekV2Spec,
     pub processor: Vl2ProcessorSpec,
     pub global_view_pos: GlobalViewPos,
@@ -314,7 +307,7 @@ fn vision_spec(path: &Path, v: &VisionJson) -> Result<SiglipSpec> {
     })
 }
 
-fn projector_spec(path: &Path, p: &ProjectorJson) -> Result<Vl2ProjectorSpec> {
+fn projector_spec(path: &Path, p: &ProjectorJson) -> Result<DownsampleProjectorSpec> {
     if p.projector_type != "downsample_mlp_gelu" || p.token_pooling {
         return Err(Error::Unsupported {
             what: format!(
@@ -332,7 +325,7 @@ fn projector_spec(path: &Path, p: &ProjectorJson) -> Result<Vl2ProjectorSpec> {
             "projector_config: depth, mlp_ratio and downsample_ratio must be positive",
         ));
     }
-    Ok(Vl2ProjectorSpec {
+    Ok(DownsampleProjectorSpec {
         input_dim: p.input_dim,
         n_embed: p.n_embed,
         depth: p.depth,

@@ -25,16 +25,18 @@ pub use config::{AttentionKind, DeepseekV2Spec, MoeSpec, ScoringFunc, TopkMethod
 pub use mla::MlaForm;
 pub use moe::Routing;
 
-use super::llama::{self, causal_mask, qlinear, step_contexts, Logits, Rope, StepCtx};
+use super::attention::{Attention, AttentionSpec};
+use super::logits::{logits, project, Logits};
+use super::rope::Rope;
+use super::step::{step_contexts, StepCtx};
 use super::KvCache;
-use crate::config::LlamaSpec;
-use crate::nn::{Linear, Quant, QuantPlan, QuantReport, RmsNorm};
+use crate::nn::{qlinear, Linear, Quant, QuantPlan, QuantReport, RmsNorm};
 use mla::Mla;
 use moe::{GluMlp, Moe};
 
 enum SelfAttn {
     /// tiny: exactly transformers' `LlamaAttention` (v2 §8.2), shared with the v1 decoder.
-    Mha(llama::Attention),
+    Mha(Attention),
     Mla(Mla),
 }
 
@@ -55,19 +57,13 @@ impl DecoderLayer {
         let (d, eps) = (spec.hidden_size, spec.rms_norm_eps);
         let self_attn = match spec.attention {
             AttentionKind::Mha { head_dim } => {
-                let llama = LlamaSpec {
-                    vocab_size: spec.vocab_size,
+                let sizes = AttentionSpec {
                     hidden_size: d,
-                    intermediate_size: spec.intermediate_size,
-                    num_layers: spec.num_layers,
                     num_heads: spec.num_heads,
                     num_kv_heads: spec.num_kv_heads,
                     head_dim,
-                    rms_norm_eps: eps,
-                    rope_theta: spec.rope_theta,
-                    max_position_embeddings: spec.max_position_embeddings,
                 };
-                SelfAttn::Mha(llama::Attention::new(&llama, quant, vb.pp("self_attn"))?)
+                SelfAttn::Mha(Attention::new(&sizes, quant, vb.pp("self_attn"))?)
             }
             AttentionKind::Mla { .. } => SelfAttn::Mla(Mla::new(spec, quant, vb.pp("self_attn"))?),
         };
@@ -195,7 +191,13 @@ impl DeepseekV2 {
             layers,
             norm: RmsNorm::new(d, spec.rms_norm_eps, m.pp("norm"))?,
             lm_head: qlinear(d, v, quant.head(), vb.pp("lm_head"))?,
-            rope: Rope::with_dim(spec.rope_dim(), spec.rope_theta),
+            rope: Rope::new(
+                spec.rope_dim(),
+                spec.rope_theta,
+                spec.max_position_embeddings,
+                vb.dtype(),
+                vb.device(),
+            )?,
             spec: spec.clone(),
             quant,
             dtype: vb.dtype(),
@@ -261,15 +263,7 @@ impl DeepseekV2 {
     /// the cache. Returns f32 logits `[B, vocab]` (Last) or `[B, T, vocab]` (All) (v2 §8.5).
     pub fn forward(&self, embeds: &Tensor, cache: &mut KvCache, which: Logits) -> Result<Tensor> {
         let x = self.decode(embeds, cache, MlaForm::Auto, None)?;
-        let x = match which {
-            Logits::Last => x.narrow(1, x.dim(1)? - 1, 1)?,
-            Logits::All => x,
-        };
-        let logits = self.head(&self.norm.forward(&x)?)?;
-        match which {
-            Logits::Last => logits.squeeze(1),
-            Logits::All => Ok(logits),
-        }
+        logits(&self.norm, &self.lm_head, &x, which)
     }
 
     /// [`Self::forward`] with `Logits::Last` that also records a [`Trace`]; `form` forces an
@@ -288,24 +282,19 @@ impl DeepseekV2 {
         let x = self.decode(embeds, cache, form, Some(&mut trace))?;
         let last = self.norm.forward(&x.narrow(1, x.dim(1)? - 1, 1)?)?;
         trace.final_norm = last.squeeze(1)?.to_dtype(DType::F32)?;
-        let logits = self.head(&last)?.squeeze(1)?;
+        let logits = project(&self.lm_head, &last)?.squeeze(1)?;
         Ok((logits, trace))
     }
 
     /// One decode step for each of `B` sequences (see [`crate::llm::Llama::decode_batch`]).
     pub fn decode_batch(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
-        let ctxs = step_contexts(&self.rope, ids, caches, self.dtype, &self.device)?;
+        let ctxs = step_contexts(&self.rope, ids, caches)?;
         let ids = Tensor::from_vec(ids.to_vec(), (ids.len(), 1), &self.device)?;
         let mut x = self.embed(&ids)?.to_dtype(self.dtype)?;
         for (l, layer) in self.layers.iter().enumerate() {
             x = layer.forward_rows(&x, &ctxs, caches, l)?;
         }
-        self.head(&self.norm.forward(&x)?)?.squeeze(1)
-    }
-
-    /// `lm_head` in the working dtype, logits cast to f32.
-    fn head(&self, x: &Tensor) -> Result<Tensor> {
-        self.lm_head.forward(x)?.to_dtype(DType::F32)
+        project(&self.lm_head, &self.norm.forward(&x)?)?.squeeze(1)
     }
 
     /// The decoder stack without the final norm: `[B, t, D]` in the working dtype.
@@ -320,12 +309,7 @@ impl DeepseekV2 {
         if t == 0 {
             candle_core::bail!("deepseek_v2: forward needs at least one position");
         }
-        let offset = cache.len();
-        let (cos, sin) = self.rope.tables(offset, t, self.dtype, &self.device)?;
-        let mask = (t > 1)
-            .then(|| causal_mask(t, offset, self.dtype, &self.device))
-            .transpose()?;
-        let ctx = StepCtx { cos, sin, mask };
+        let ctx = StepCtx::new(&self.rope, cache.len(), t, self.dtype, &self.device)?;
         let last = |x: &Tensor| -> Result<Tensor> {
             x.narrow(1, t - 1, 1)?.squeeze(1)?.to_dtype(DType::F32)
         };

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use super::merge::merge_image_embeddings;
 use crate::config::{ModelSpec, VisionSpec};
 use crate::error::{Error, Result};
-use crate::llm::llama::Logits;
+use crate::llm::Logits;
 use crate::llm::{KvCache, Llama};
 use crate::nn::QuantPlan;
 use crate::projector::{Aligner, VisionFeatures};

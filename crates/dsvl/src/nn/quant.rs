@@ -22,7 +22,8 @@ use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ8_0, GgmlType};
 use candle_core::quantized::{QStorage, QTensor, QuantizedType};
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::{linear_from_weight, rowmat, Linear, LinearWeight};
+use super::linear::{linear_from_weight, Linear, LinearWeight};
+use super::rowmat;
 
 /// A GGML block format for linear weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

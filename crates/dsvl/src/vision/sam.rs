@@ -7,8 +7,43 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::config::{Activation, SamSpec};
-use crate::nn::{conv2d, layer_norm, linear, matmul, sdpa, Conv2d, LayerNorm, Linear, Mlp, Scale};
+use crate::nn::{
+    conv2d, layer_norm, linear, matmul, sdpa, Activation, Conv2d, LayerNorm, Linear, Mlp, Scale,
+};
+
+/// SAM-B ViTDet encoder with the DeepSeek downsample and HD path (v1 §5).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamSpec {
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub mlp_hidden: usize,
+    pub window_size: usize,
+    pub global_attn_indexes: Vec<usize>,
+    /// Neck channels (`prompt_embed_dim` / transformers `output_channels`).
+    pub neck_channels: usize,
+    pub downsample_channels: Vec<usize>,
+    pub ln_eps: f64,
+    pub pixel_mean: [f64; 3],
+    pub pixel_std: [f64; 3],
+    /// The 64→96 upsample before the downsample convs is hard-coded in the reference (v1 §5.2).
+    pub upsample_size: usize,
+}
+
+impl SamSpec {
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+    /// Output channels (last downsample conv, or the neck when there is none).
+    pub fn out_dim(&self) -> usize {
+        self.downsample_channels
+            .last()
+            .copied()
+            .unwrap_or(self.neck_channels)
+    }
+}
 
 /// Score matrices above this many bytes are computed a few heads at a time (global blocks on a
 /// 64×64 grid have 4096² scores per head).

@@ -5,8 +5,30 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::config::SiglipSpec;
-use crate::nn::{conv2d, layer_norm, linear, sdpa, Conv2d, LayerNorm, Linear, Mlp, Scale};
+use crate::nn::{
+    conv2d, layer_norm, linear, sdpa, Activation, Conv2d, LayerNorm, Linear, Mlp, Scale,
+};
+
+/// SigLIP ViT (v1 §4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiglipSpec {
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub mlp_hidden: usize,
+    pub ln_eps: f64,
+    pub act: Activation,
+    pub pixel_mean: [f64; 3],
+    pub pixel_std: [f64; 3],
+}
+
+impl SiglipSpec {
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+}
 
 struct Attention {
     qkv: Linear,

@@ -38,10 +38,10 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use dsvl::config::LlamaSpec;
 use dsvl::engine::{ChatMessage, Event, GenerateParams, LoadOptions, Pipeline};
 use dsvl::llm::deepseek_v2::{AttentionKind, DeepseekV2Spec, MoeSpec, ScoringFunc, TopkMethod};
-use dsvl::llm::llama::Logits;
+use dsvl::llm::LlamaSpec;
+use dsvl::llm::Logits;
 use dsvl::llm::{DeepseekV2, KvCache, Llama};
 use dsvl::nn::{Quant, QuantPlan, QuantReport};
 use dsvl::prompt::template::Role;

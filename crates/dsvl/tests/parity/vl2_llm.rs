@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{ensure, Context};
 use candle_core::{DType, Device, Tensor};
 use dsvl::llm::deepseek_v2::{AttentionKind, MlaForm, ScoringFunc, Trace};
-use dsvl::llm::llama::Logits;
+use dsvl::llm::Logits;
 use dsvl::llm::{DeepseekV2, DeepseekV2Spec};
 use dsvl::weights::Checkpoint;
 use dsvl::CheckpointLayout;

@@ -25,10 +25,9 @@ use candle_nn::rotary_emb::rope_i;
 use candle_nn::VarBuilder;
 
 use super::config::{AttentionKind, DeepseekV2Spec};
-use crate::llm::llama::qlinear;
-use crate::llm::llama::StepCtx;
+use crate::llm::step::StepCtx;
 use crate::llm::KvCache;
-use crate::nn::{matmul, matmul_mixed, Linear, Quant, RmsNorm};
+use crate::nn::{matmul, matmul_mixed, qlinear, Linear, Quant, RmsNorm};
 
 /// Which MLA form to compute (see the module docs). `Auto` picks the cheaper one per call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,7 +254,7 @@ fn per_head_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::llama::{causal_mask, Rope};
+    use crate::llm::rope::Rope;
     use candle_core::Device;
     use std::collections::HashMap;
 
@@ -317,13 +316,9 @@ mod tests {
         form: MlaForm,
         dev: &Device,
     ) -> Result<Tensor> {
-        let t = x.dim(1)?;
-        let off = cache.len();
-        let (cos, sin) = Rope::with_dim(4, 10000.0).tables(off, t, DType::F32, dev)?;
-        let mask = (t > 1)
-            .then(|| causal_mask(t, off, DType::F32, dev))
-            .transpose()?;
-        a.forward(x, &StepCtx { cos, sin, mask }, cache, 0, form)
+        let rope = Rope::new(4, 10000.0, 64, DType::F32, dev)?;
+        let ctx = StepCtx::new(&rope, cache.len(), x.dim(1)?, DType::F32, dev)?;
+        a.forward(x, &ctx, cache, 0, form)
     }
 
     /// max|a − b| relative to max(1, max|b|): random weights give outputs of varying scale.

@@ -12,8 +12,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{MoeSpec, ScoringFunc, TopkMethod};
-use crate::llm::llama::qlinear;
-use crate::nn::{linear_from_weight, linear_from_weight_quant, Linear, Quant};
+use crate::nn::{linear_from_weight, linear_from_weight_quant, qlinear, Linear, Quant};
 
 /// `DeepseekV2MLP`: `down(silu(gate(x)) · up(x))`, no biases. `gate_proj` and `up_proj` are
 /// fused into one `[D, 2F]` GEMM at load time (same dot products, one pass over `x`).

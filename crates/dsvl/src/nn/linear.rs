@@ -1,0 +1,230 @@
+//! `nn.Linear` and the helpers that build one: from the checkpoint (`linear`), from a weight
+//! already in memory (`linear_from_weight`), quantized or not (`qlinear`), and several linears
+//! that read the same input (`SharedInput`).
+
+use candle_core::{CpuStorage, DType, Device, Module, Result, Storage, Tensor};
+use candle_nn::VarBuilder;
+
+use super::matmul::matmul;
+use super::quant::{self, linear_from_weight_quant, LinearStorage, Quant};
+use super::rowmat::{self, WeightRows};
+
+/// `nn.Linear(in, out, bias)`: weight `[out, in]`, `y = x·Wᵀ + b` over the last dim of any rank.
+/// Inputs are flattened to 2-D so every call is one GEMM.
+#[derive(Clone)]
+pub struct Linear {
+    pub(super) weight: LinearWeight,
+    pub(super) bias: Option<Tensor>,
+}
+
+#[derive(Clone)]
+pub(super) enum LinearWeight {
+    /// `[out, in]`, the checkpoint layout, contiguous: a few rows go through [`rowmat`] (one
+    /// pass over the weight, batch-invariant), many rows through candle's GEMM on the
+    /// transposed view.
+    Float(Tensor),
+    /// GGML blocks of `[out, in]`, blocks along `in` ([`quant`]).
+    Quant(quant::QuantWeight),
+}
+
+impl std::fmt::Debug for Linear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Linear")
+            .field("in", &self.in_dim())
+            .field("out", &self.out_dim())
+            .field("storage", &self.storage())
+            .field("bias", &self.bias.is_some())
+            .finish()
+    }
+}
+
+impl Linear {
+    pub fn out_dim(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Float(w) => w.dim(0).unwrap_or(0),
+            LinearWeight::Quant(q) => q.dims().0,
+        }
+    }
+
+    pub fn in_dim(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Float(w) => w.dim(1).unwrap_or(0),
+            LinearWeight::Quant(q) => q.dims().1,
+        }
+    }
+
+    /// What the weight is stored as.
+    pub fn storage(&self) -> LinearStorage {
+        match &self.weight {
+            LinearWeight::Float(w) => LinearStorage::Float(w.dtype()),
+            LinearWeight::Quant(q) => LinearStorage::Quant(q.quant()),
+        }
+    }
+
+    /// Bytes of the weight as stored (the bias excluded).
+    pub fn weight_bytes(&self) -> u64 {
+        match &self.weight {
+            LinearWeight::Float(w) => (w.elem_count() * w.dtype().size_in_bytes()) as u64,
+            LinearWeight::Quant(q) => q.bytes(),
+        }
+    }
+}
+
+pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get((out_dim, in_dim), "weight")?;
+    let bias = if bias {
+        Some(vb.get(out_dim, "bias")?)
+    } else {
+        None
+    };
+    Ok(Linear {
+        weight: LinearWeight::Float(weight.contiguous()?),
+        bias,
+    })
+}
+
+/// A bias-free linear from a weight `[out, in]` already in memory, e.g. two projections
+/// concatenated along `out` to run as one GEMM (DeepSeek-V2's fused gate/up, v2 §8.4).
+pub fn linear_from_weight(weight: &Tensor) -> Result<Linear> {
+    Ok(Linear {
+        weight: LinearWeight::Float(weight.contiguous()?),
+        bias: None,
+    })
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let (in_dim, out_dim) = (self.in_dim(), self.out_dim());
+        let rows = x.elem_count() / in_dim.max(1);
+        let x2 = x.reshape((rows, in_dim))?;
+        let y = match &self.weight {
+            LinearWeight::Float(w) => match few_rows(&x2, w)? {
+                Some(y) => y,
+                None => matmul(&x2, &w.t()?)?,
+            },
+            LinearWeight::Quant(q) => q.matmul_t(&x2)?,
+        };
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims.to_vec();
+        if let Some(last) = out.last_mut() {
+            *last = out_dim;
+        }
+        y.reshape(out)
+    }
+}
+
+/// `x·wᵀ` by [`rowmat`] when `x` has at most [`rowmat::MAX_ROWS`] rows and both live on the
+/// CPU as f32 or bf16; `None` otherwise. A bf16 input is widened first and the result narrowed,
+/// as candle's bf16 matmul does.
+fn few_rows(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    let (rows, k) = x.dims2()?;
+    let n = w.dim(0)?;
+    let dtype = x.dtype();
+    if rows > rowmat::MAX_ROWS
+        || !x.device().is_cpu()
+        || dtype != w.dtype()
+        || !matches!(dtype, DType::F32 | DType::BF16)
+    {
+        return Ok(None);
+    }
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let (storage, layout) = w.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Ok(None);
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        return Ok(None);
+    };
+    let y = match cpu {
+        CpuStorage::F32(v) => rowmat::matmul_rows(&xs, rows, k, WeightRows::F32(&v[start..end]), n),
+        CpuStorage::BF16(v) => {
+            rowmat::matmul_rows(&xs, rows, k, WeightRows::Bf16(&v[start..end]), n)
+        }
+        _ => return Ok(None),
+    };
+    Tensor::from_vec(y, (rows, n), x.device())?
+        .to_dtype(dtype)
+        .map(Some)
+}
+
+/// A bias-free `[in] -> [out]` linear with weight `{vb}.weight`, stored as `quant` (with the
+/// block-size fallback of [`Quant::for_input_width`]) or in the compute dtype.
+pub(crate) fn qlinear(
+    in_dim: usize,
+    out_dim: usize,
+    quant: Option<Quant>,
+    vb: VarBuilder,
+) -> Result<Linear> {
+    linear_from_weight_quant(&vb.get((out_dim, in_dim), "weight")?, quant)
+}
+
+/// Linears that read the same input: the checkpoint's separate ones, or one whose weight is
+/// theirs concatenated along `out` — one GEMM instead of several, each output the same dot
+/// product. A GPU, whose decode step is bound by kernel launches, gets the fused one; the CPU
+/// keeps the separate ones (quantized per projection, reported per projection).
+pub(crate) enum SharedInput {
+    Separate(Vec<Linear>),
+    Fused { linear: Linear, outs: Vec<usize> },
+}
+
+impl SharedInput {
+    /// The linears `{vb}.{name}.weight` `[out, in_dim]` for each `(name, out)` of `parts`.
+    pub(crate) fn new(
+        vb: &VarBuilder,
+        parts: &[(&str, usize)],
+        in_dim: usize,
+        quant: Option<Quant>,
+        fuse: bool,
+    ) -> Result<Self> {
+        if !fuse {
+            return parts
+                .iter()
+                .map(|&(name, out)| qlinear(in_dim, out, quant, vb.pp(name)))
+                .collect::<Result<Vec<_>>>()
+                .map(Self::Separate);
+        }
+        let weights = parts
+            .iter()
+            .map(|&(name, out)| vb.pp(name).get((out, in_dim), "weight"))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::Fused {
+            linear: linear_from_weight_quant(&Tensor::cat(&weights, 0)?, quant)?,
+            outs: parts.iter().map(|&(_, out)| out).collect(),
+        })
+    }
+
+    /// Each linear's output, in the order of `parts`.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Self::Separate(linears) => linears.iter().map(|l| l.forward(x)).collect(),
+            Self::Fused { linear, outs } => {
+                let y = linear.forward(x)?;
+                let last = y.rank() - 1;
+                let mut start = 0;
+                outs.iter()
+                    .map(|&n| {
+                        start += n;
+                        y.narrow(last, start - n, n)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The linears as stored.
+    pub(crate) fn linears(&self) -> Vec<&Linear> {
+        match self {
+            Self::Separate(linears) => linears.iter().collect(),
+            Self::Fused { linear, .. } => vec![linear],
+        }
+    }
+}
+
+/// Whether to fuse projections that share their input on `device` (see [`SharedInput`]).
+pub(crate) fn fuse_projections(device: &Device, quant: Option<Quant>) -> bool {
+    !device.is_cpu() && quant.is_none()
+}

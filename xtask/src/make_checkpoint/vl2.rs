@@ -1,4 +1,4 @@
-//! DeepSeek-VL2 tiny / small / base for `dsvl make-checkpoint`: the tensor inventory (v2 §11) in
+//! DeepSeek-VL2 tiny / small / base for `cargo xtask make-checkpoint`: the tensor inventory (v2 §11) in
 //! `DeepseekVLV2ForCausalLM.state_dict()` order, the shard split of the published files (v2 §1.1)
 //! and the config files (v2 §1.2–1.4).
 //!
@@ -24,7 +24,7 @@
 //! keep `state_dict()` order there. The index files come out at the published sizes too (247, 553
 //! and 687 kB), a check on every tensor name.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{ensure, Context};
 use serde::Serialize;
@@ -181,7 +181,7 @@ impl Variant {
     }
 
     /// The repo name without `deepseek-ai/`.
-    fn repo(self) -> &'static str {
+    pub(super) fn repo(self) -> &'static str {
         match self {
             Variant::Tiny => "deepseek-vl2-tiny",
             Variant::Small => "deepseek-vl2-small",
@@ -189,12 +189,13 @@ impl Variant {
         }
     }
 
-    /// The test fixture with this variant's tokenizer files.
-    fn fixture(self) -> &'static str {
+    /// The test fixture with this variant's tokenizer files, from the repository root (named in
+    /// messages only).
+    pub(super) fn fixture(self) -> &'static str {
         match self {
-            Variant::Tiny => "vl2-tiny-random",
-            Variant::Small => "vl2-small-random",
-            Variant::Base => "vl2-base-random",
+            Variant::Tiny => "crates/dsvl/tests/fixtures/v2/models/vl2-tiny-random",
+            Variant::Small => "crates/dsvl/tests/fixtures/v2/models/vl2-small-random",
+            Variant::Base => "crates/dsvl/tests/fixtures/v2/models/vl2-base-random",
         }
     }
 
@@ -480,27 +481,6 @@ pub(super) fn processor_config() -> Value {
     })
 }
 
-/// Default `--from`: our fixture of the same variant, else the shared one next to the repo.
-pub(super) fn default_from(v: Variant) -> anyhow::Result<PathBuf> {
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let ours = crate_dir
-        .join("../dsvl/tests/fixtures/v2/models")
-        .join(v.fixture());
-    let shared = crate_dir
-        .join("../../../shared/fixtures/vl2/models")
-        .join(v.fixture());
-    let found = [&ours, &shared].into_iter().find(|p| p.is_dir()).cloned();
-    found.with_context(|| {
-        format!(
-            "no tokenizer files for {}: neither {} nor {} exists; pass --from DIR, a {} model folder",
-            v.repo(),
-            ours.display(),
-            shared.display(),
-            v.repo()
-        )
-    })
-}
-
 /// The tokenizer in `from` must be the variant's family: small's vocab has 102400 rows, so a v3
 /// tokenizer's `<image>` id (128815) would index past the embedding.
 pub(super) fn check_tokenizer(from: &Path, v: Variant) -> anyhow::Result<()> {
@@ -527,6 +507,8 @@ pub(super) fn check_tokenizer(from: &Path, v: Variant) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::super::{write_safetensors, write_weights, ShardLayout};
     use super::*;
 

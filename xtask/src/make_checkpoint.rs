@@ -1,4 +1,4 @@
-//! `dsvl make-checkpoint`: a random-weight checkpoint with the exact published layout, for
+//! `cargo xtask make-checkpoint`: a random-weight checkpoint with the exact published layout, for
 //! benchmarks without downloading 4 to 55 GB.
 //!
 //! The tensor inventories are v1 §11 and v2 §11 (names, shapes), in the reference's `state_dict()`
@@ -19,12 +19,9 @@ use anyhow::{bail, ensure, Context};
 use clap::ValueEnum;
 use serde_json::{json, Value};
 
-/// The fixture whose tokenizer files (real special-token ids, 102400-row vocab) are copied for the
-/// DeepSeek-VL shapes; the VL2 shapes have their own (`vl2::default_from`).
-const DEFAULT_FROM: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../dsvl/tests/fixtures/v1/models/siglip-tiny"
-);
+/// The test fixture with DeepSeek-VL tokenizer files (real special-token ids, 102400-row vocab),
+/// named in messages only: the binary does not know where the repository is.
+const V1_TOKENIZER_FIXTURE: &str = "crates/dsvl/tests/fixtures/v1/models/siglip-tiny";
 const TOKENIZER_FILES: [&str; 3] = [
     "tokenizer.json",
     "tokenizer_config.json",
@@ -39,8 +36,8 @@ const SHARD_LIMIT_F16_BYTES: u64 = 5_000_000_000;
     about = "Write a random-weight checkpoint with the exact published shapes, names and files (for benchmarks)",
     long_about = "Write a random-weight checkpoint with the exact tensor names, shapes, dtype and file layout of \
         a published DeepSeek-VL or DeepSeek-VL2 checkpoint, including the unused tensors (attn_pool.*, \
-        {high,low}_layer_norm), with the published config files and the tokenizer files of a test fixture \
-        (real special-token ids):\n\
+        {high,low}_layer_norm), with the published config files and the tokenizer files of the --from \
+        folder (a test fixture has the real special-token ids):\n\
         - 1.3b: deepseek-ai/deepseek-vl-1.3b-chat, one model.safetensors, 529 tensors, 3.95 GB in f16;\n\
         - 7b: deepseek-vl-7b-chat, model-0000k-of-00003.safetensors + index, 775 tensors, 14.69 GB in f16;\n\
         - vl2-tiny: deepseek-ai/deepseek-vl2-tiny, model-00001-of-000001.safetensors + index, 2582 tensors, \
@@ -53,13 +50,12 @@ const SHARD_LIMIT_F16_BYTES: u64 = 5_000_000_000;
         The VL2 shards reproduce the published file sizes. --dry-run prints the tensor count, sizes and \
         shard files without writing anything. The answers of such a model are gibberish; its speed is \
         that of the real model. Never commit the output.",
-    after_help = "Examples:\n  \
-        dsvl make-checkpoint --shape 1.3b --out /tmp/dsvl-1.3b-random\n  \
-        dsvl make-checkpoint --shape 7b --out /tmp/dsvl-7b-random --seed 1\n  \
-        dsvl make-checkpoint --shape vl2-tiny --out /tmp/dsvl-vl2-tiny-random\n  \
-        dsvl make-checkpoint --shape vl2-base --dry-run     # 8 shards, 54.96 GB: check before writing\n  \
-        dsvl make-checkpoint --shape tiny --out /tmp/tiny      # structure of the siglip-tiny fixture\n  \
-        dsvl make-checkpoint --shape tiny --from crates/dsvl/tests/fixtures/v1/models/hybrid-tiny --out /tmp/h\n\n\
+    after_help = "Examples (from the repository root; F=crates/dsvl/tests/fixtures):\n  \
+        cargo xtask make-checkpoint --shape 1.3b --from $F/v1/models/siglip-tiny --out /tmp/dsvl-1.3b-random\n  \
+        cargo xtask make-checkpoint --shape 7b --from $F/v1/models/siglip-tiny --out /tmp/dsvl-7b-random --seed 1\n  \
+        cargo xtask make-checkpoint --shape vl2-tiny --from $F/v2/models/vl2-tiny-random --out /tmp/dsvl-vl2-tiny-random\n  \
+        cargo xtask make-checkpoint --shape vl2-base --dry-run     # 8 shards, 54.96 GB: check before writing\n  \
+        cargo xtask make-checkpoint --shape tiny --from $F/v1/models/hybrid-tiny --out /tmp/h   # its structure\n\n\
         Then: dsvl bench --model /tmp/dsvl-1.3b-random"
 )]
 pub struct MakeCheckpointArgs {
@@ -76,9 +72,11 @@ pub struct MakeCheckpointArgs {
     /// Seed of the random values; the same seed writes the same bytes.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Folder to copy the tokenizer files from (and, for --shape tiny, the config files and tensor
-    /// list) [default: crates/dsvl/tests/fixtures/v1/models/siglip-tiny; for vl2-X the vl2-X-random
-    /// fixture under crates/dsvl/tests/fixtures/v2/models/, else under ../shared/fixtures/vl2/models/].
+    /// Folder to copy the tokenizer files from (tokenizer.json, tokenizer_config.json,
+    /// special_tokens_map.json) and, for --shape tiny, the config files and tensor list. Needed
+    /// unless --dry-run of a published shape. In the repository: the siglip-tiny fixture
+    /// (crates/dsvl/tests/fixtures/v1/models/siglip-tiny) for 1.3b and 7b, the vl2-X-random
+    /// fixture (crates/dsvl/tests/fixtures/v2/models/) for vl2-X.
     #[arg(long)]
     pub from: Option<PathBuf>,
     /// Write into a non-empty --out folder, replacing files of the same names.
@@ -725,13 +723,31 @@ fn copy_from(from: &Path, out: &Path, name: &str) -> anyhow::Result<()> {
     std::fs::write(&dst, bytes).with_context(|| format!("cannot write {}", dst.display()))
 }
 
-/// The `--from` folder: as given, else the shape's default fixture.
+/// The `--from` folder. There is no default: this binary may run outside the repository (the
+/// GPU machines get it packed), so it never guesses where the fixtures are.
 fn from_dir(shape: Shape, from: Option<&Path>) -> anyhow::Result<PathBuf> {
-    match (from, shape.vl2()) {
-        (Some(f), _) => Ok(f.to_path_buf()),
-        (None, None) => Ok(PathBuf::from(DEFAULT_FROM)),
-        (None, Some(v)) => vl2::default_from(v),
-    }
+    let Some(from) = from else {
+        let name = shape
+            .to_possible_value()
+            .map_or_else(|| format!("{shape:?}"), |v| v.get_name().to_string());
+        let what = match shape.vl2() {
+            Some(v) => format!(
+                "a {} folder with its tokenizer files, e.g. {} in the dsvl repository",
+                v.repo(),
+                v.fixture()
+            ),
+            None if shape == Shape::Tiny => format!(
+                "the model folder whose config files, tensors and shards to copy, e.g. {V1_TOKENIZER_FIXTURE} \
+                 in the dsvl repository"
+            ),
+            None => format!(
+                "a DeepSeek-VL folder with tokenizer.json, tokenizer_config.json and \
+                 special_tokens_map.json, e.g. {V1_TOKENIZER_FIXTURE} in the dsvl repository"
+            ),
+        };
+        bail!("--shape {name} needs --from DIR: {what}");
+    };
+    Ok(from.to_path_buf())
 }
 
 /// `--dry-run`: the inventory and every file with its size, on stdout.
@@ -816,23 +832,20 @@ fn write_configs(shape: Shape, dtype: StoredDtype, from: &Path, out: &Path) -> a
 /// Every shard, then the index; returns the bytes of tensor data written.
 fn write_weights(out: &Path, plan: &Plan, dtype: StoredDtype, seed: u64) -> anyhow::Result<u64> {
     let total_bytes = plan.params() * dtype.bytes() as u64;
-    let bar = indicatif::ProgressBar::new(total_bytes);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "writing {bar:40.cyan/blue} {bytes}/{total_bytes} ({eta})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
     let mut weight_map = serde_json::Map::new();
     for (k, file) in plan.files.iter().enumerate() {
         let part = plan.shard(k);
         for t in &part {
             weight_map.insert(t.name.clone(), json!(file));
         }
-        let bytes = write_safetensors(&out.join(file), &part, dtype, seed, |n| bar.inc(n))?;
-        tracing::info!("{}: {} tensors, {} bytes", file, part.len(), bytes);
+        let bytes = write_safetensors(&out.join(file), &part, dtype, seed, |_| {})?;
+        eprintln!(
+            "[{}/{}] {file}: {} tensors, {bytes} bytes",
+            k + 1,
+            plan.files.len(),
+            part.len()
+        );
     }
-    bar.finish_and_clear();
     if plan.index {
         // transformers writes the index with sorted keys; serde_json's Map is a BTreeMap.
         write_json(

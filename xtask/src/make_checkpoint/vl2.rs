@@ -30,7 +30,8 @@ use anyhow::{ensure, Context};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{Inventory, Plan, SiglipShape, StoredDtype, TensorSpec};
+use super::plan::{Inventory, Plan, SiglipShape, TensorSpec};
+use super::StoredDtype;
 
 /// The three published variants (v2 §0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -509,7 +510,8 @@ pub(super) fn check_tokenizer(from: &Path, v: Variant) -> anyhow::Result<()> {
 mod tests {
     use std::path::PathBuf;
 
-    use super::super::{write_safetensors, write_weights, ShardLayout};
+    use super::super::shards::{self, SplitMix};
+    use super::super::write_weights;
     use super::*;
 
     const ALL: [Variant; 3] = [Variant::Tiny, Variant::Small, Variant::Base];
@@ -659,9 +661,9 @@ mod tests {
     fn file_gb(p: &Plan) -> Vec<String> {
         (0..p.files.len())
             .map(|k| {
-                let layout =
-                    ShardLayout::new(&p.shard(k), StoredDtype::Bf16).expect("header serialises");
-                format!("{:.2}", layout.file_bytes() as f64 / 1e9)
+                let bytes =
+                    shards::file_bytes(&p.shard(k), StoredDtype::Bf16).expect("header serialises");
+                format!("{:.2}", bytes as f64 / 1e9)
             })
             .collect()
     }
@@ -722,10 +724,10 @@ mod tests {
             for (k, file) in p.files.iter().enumerate() {
                 let part = p.shard(k);
                 assert!(!part.is_empty(), "{v:?}: empty shard {file}");
-                let layout = ShardLayout::new(&part, StoredDtype::Bf16).expect("header");
-                let header: Value = serde_json::from_slice(&layout.header).expect("JSON header");
+                let header = shards::header(&part, StoredDtype::Bf16).expect("header");
                 for t in &part {
-                    assert_eq!(header[&t.name]["shape"], json!(t.shape), "{}", t.name);
+                    let info = header.info(&t.name).expect("every name in the header");
+                    assert_eq!(info.shape, t.shape, "{}", t.name);
                     let old = weight_map.insert(t.name.clone(), json!(file));
                     assert!(old.is_none(), "{v:?}: {} in two shards", t.name);
                 }
@@ -864,7 +866,7 @@ mod tests {
         let (e, d) = (gate.shape[0], gate.shape[1]);
         let dir = scratch("gate");
         let path = dir.join("gate.safetensors");
-        write_safetensors(&path, &[gate], StoredDtype::Bf16, 0, |_| {}).expect("write");
+        shards::write_shard(&path, &[gate], StoredDtype::Bf16, 0).expect("write");
         let bytes = std::fs::read(&path).expect("read");
         let _ = std::fs::remove_dir_all(&dir);
         let start = 8 + u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
@@ -873,7 +875,7 @@ mod tests {
             .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect();
         assert_eq!(w.len(), e * d);
-        let mut rng = super::super::SplitMix(42);
+        let mut rng = SplitMix(42);
         let mut choices = std::collections::BTreeSet::new();
         let mut used = vec![false; e];
         for _ in 0..64 {

@@ -167,8 +167,17 @@ pub(super) fn write_shard(
         };
         (spec.name.as_str(), view)
     });
+    // The crate writes a temporary file (mode 0600) and renames it to `path`: give the result
+    // the mode of a newly created file (the umask's), as the config and tokenizer files have,
+    // so that other users can read the checkpoint too.
+    let mode = File::create(path)
+        .and_then(|f| f.metadata())
+        .with_context(|| format!("cannot create {}", path.display()))?
+        .permissions();
     safetensors::serialize_to_file(views, Some(file_metadata()), path)
         .with_context(|| format!("while writing {}", path.display()))?;
+    std::fs::set_permissions(path, mode)
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
     Ok(tensors
         .iter()
         .map(|t| (t.numel() * dtype.bytes()) as u64)
@@ -285,7 +294,7 @@ mod tests {
     }
 
     /// The file is `file_bytes` long and its header is `header`, read back by the crate: names
-    /// sorted, dtype, shapes, offsets; norm weights hold 1.0.
+    /// sorted, dtype, shapes, offsets; norm weights hold 1.0; its mode is a new file's.
     #[test]
     fn written_file_matches_its_planned_header() {
         let tensors = [
@@ -301,6 +310,12 @@ mod tests {
         assert_eq!(data, (4 + 6 + 5) * 2);
         let bytes = std::fs::read(&path).expect("read");
         let listed = read_tensor_list(&path).expect("header");
+        let created = File::create(dir.join("probe")).expect("probe file");
+        assert_eq!(
+            std::fs::metadata(&path).expect("written").permissions(),
+            created.metadata().expect("probe").permissions(),
+            "the shard has the mode of a newly created file, not the temporary file's"
+        );
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(
             bytes.len() as u64,

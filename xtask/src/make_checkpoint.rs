@@ -13,6 +13,7 @@ mod shards;
 mod v1;
 mod vl2;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -237,9 +238,11 @@ fn from_dir(shape: Shape, from: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 /// `--dry-run`: the inventory and every file with its size, on stdout.
 fn print_plan(shape: Shape, plan: &Plan, dtype: StoredDtype) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
     let params = plan.params();
     let data = params * dtype.bytes() as u64;
-    println!(
+    writeln!(
+        stdout,
         "{}: {} tensors, {params} parameters ({:.4} B), {data} bytes ({:.2} GB) of {} tensor data in {} file(s)",
         shape.name(),
         plan.tensors.len(),
@@ -247,7 +250,7 @@ fn print_plan(shape: Shape, plan: &Plan, dtype: StoredDtype) -> anyhow::Result<(
         data as f64 / 1e9,
         dtype.st_dtype(),
         plan.files.len(),
-    );
+    )?;
     // Published shard sizes compare only in the published dtype.
     let published = match shape.family() {
         Family::Vl2(v) if dtype == StoredDtype::Bf16 => v.published_shard_gb(),
@@ -260,17 +263,19 @@ fn print_plan(shape: Shape, plan: &Plan, dtype: StoredDtype) -> anyhow::Result<(
             .get(k)
             .map(|p| format!("  (published: {p} GB)"))
             .unwrap_or_default();
-        println!(
+        writeln!(
+            stdout,
             "  {file}  {:>5} tensors  {bytes:>11} bytes  {:.2} GB{note}",
             part.len(),
             bytes as f64 / 1e9
-        );
+        )?;
     }
     if plan.index {
-        println!(
+        writeln!(
+            stdout,
             "  model.safetensors.index.json  (weight_map of {} names)",
             plan.tensors.len()
-        );
+        )?;
     }
     Ok(())
 }

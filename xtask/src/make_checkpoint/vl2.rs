@@ -1,6 +1,6 @@
-//! DeepSeek-VL2 tiny / small / base for `cargo xtask make-checkpoint`: the tensor inventory (v2 §11) in
-//! `DeepseekVLV2ForCausalLM.state_dict()` order, the shard split of the published files (v2 §1.1)
-//! and the config files (v2 §1.2–1.4).
+//! DeepSeek-VL2 tiny / small / base for `cargo xtask make-checkpoint`: the tensor inventory
+//! (v2 §11) in `DeepseekVLV2ForCausalLM.state_dict()` order, the shard split of the published
+//! files (v2 §1.1) and the config files (v2 §1.2–1.4).
 //!
 //! **Shard split (reconstructed from the published sizes).** The published shards were not
 //! written by transformers' `save_pretrained`: their names carry a 6-digit total, and transformers

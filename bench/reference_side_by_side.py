@@ -6,8 +6,9 @@ new tokens with EOS ignored) with transformers' `DeepseekVLForConditionalGenerat
 `DeepseekVLHybridForConditionalGeneration` for 7B-style models) on CPU, in each requested dtype,
 then runs `dsvl bench --json` on the same checkpoint, and prints both rows and the ratios.
 
-The checkpoint is an original-layout (`deepseek-ai/*`) folder, e.g. one written by
-`dsvl make-checkpoint --shape 1.3b --out DIR`. Its tensors are renamed to the transformers layout on
+The checkpoint is an original-layout (`deepseek-ai/*`) folder, e.g. one written in the repository
+by `cargo xtask make-checkpoint --shape 1.3b --from crates/dsvl/tests/fixtures/v1/models/siglip-tiny
+--out DIR`. Its tensors are renamed to the transformers layout on
 the fly (v1 spec §12.3: SigLIP q/k/v split, pos_embed squeezed, attention-pool and the unused
 high/low LayerNorms dropped).
 
@@ -342,7 +343,10 @@ def main():
     a = p.parse_args()
 
     if not (a.model / "config.json").is_file():
-        sys.exit(f"{a.model}: no config.json; make one with `dsvl make-checkpoint --shape 1.3b --out DIR`")
+        sys.exit(
+            f"{a.model}: no config.json; make one with `cargo xtask make-checkpoint --shape 1.3b "
+            "--from crates/dsvl/tests/fixtures/v1/models/siglip-tiny --out DIR`"
+        )
     if not a.dsvl.is_file():
         sys.exit(f"{a.dsvl}: no dsvl binary; build it with `cargo build --release -p dsvl-cli`")
 

@@ -101,7 +101,9 @@ def fmt(x, p=1):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, type=Path, help="DeepSeek-VL2 folder (dsvl make-checkpoint --shape vl2-tiny)")
+    p.add_argument("--model", required=True, type=Path,
+                   help="DeepSeek-VL2 folder (cargo xtask make-checkpoint --shape vl2-tiny "
+                   "--from crates/dsvl/tests/fixtures/v2/models/vl2-tiny-random --out DIR)")
     p.add_argument("--dsvl", type=Path, default=REPO / "target/release/dsvl")
     p.add_argument("--image", type=Path, default=REPO / "examples/chart.png")
     p.add_argument("--decode-tokens", type=int, default=16)

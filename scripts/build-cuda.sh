@@ -11,7 +11,9 @@
 #                                         # the test build's dependency features differ, so it
 #                                         # compiles candle's CUDA kernels a second time: ~30 min
 #                                         # on 2 cores the first time)
-#   scripts/build-cuda.sh --tests --pack  # and xz both into target/cuda/dist/ (~10 MB each), what
+#   scripts/build-cuda.sh --tests --pack  # and xz both into target/cuda/dist/ (~10 MB each), with
+#                                         # xtask.xz (a CPU build of `cargo xtask`, which writes
+#                                         # the random-weight checkpoints): what
 #                                         # scripts/gpu-session.sh takes to the GPU machine
 #
 # Toolkit: the `nvcc` on PATH (or $CUDA_HOME/bin/nvcc) when there is one; otherwise nvcc 13.0 and
@@ -131,11 +133,17 @@ if $tests; then
     unstub "$target_dir/parity"
 fi
 
-# 5. Compressed copies to carry to a GPU machine (scripts/gpu-session.sh unpacks them).
+# 5. Compressed copies to carry to a GPU machine (scripts/gpu-session.sh unpacks them), with the
+#    developer tool that writes the random-weight checkpoints there (`cargo xtask make-checkpoint`;
+#    the GPU machine has no Rust). It has no CUDA code: the same environment builds a CPU binary,
+#    and keeping RUSTFLAGS as they are spares rebuilding the dependencies it shares with dsvl.
 if $pack; then
+    say "cargo build --release -p xtask (writes the random-weight checkpoints on the GPU machine)"
+    (cd "$root" && cargo build --release --locked -p xtask)
+    strip "$target_dir/release/xtask"
     dist="$target_dir/dist"
     mkdir -p "$dist"
-    for bin in "$target_dir/release/dsvl" "$target_dir/parity"; do
+    for bin in "$target_dir/release/dsvl" "$target_dir/parity" "$target_dir/release/xtask"; do
         [ -x "$bin" ] || continue
         xz -T0 -6 -c "$bin" >"$dist/$(basename "$bin").xz"
     done

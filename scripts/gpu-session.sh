@@ -6,7 +6,7 @@
 # reported and the next one runs. Everything lands in $OUT (logs, JSON, summary.txt).
 #
 # On the development machine (no GPU needed):
-#   scripts/build-cuda.sh --tests --pack        # -> target/cuda/dist/{dsvl,parity}.xz
+#   scripts/build-cuda.sh --tests --pack        # -> target/cuda/dist/{dsvl,parity,xtask}.xz
 # On the GPU machine, from the repository root (python3 with torch and transformers for the
 # reference rows; without them the dsvl rows are still measured):
 #   scripts/gpu-session.sh                      # all steps, within --budget seconds (default 540)
@@ -14,8 +14,10 @@
 #
 # Settings (environment):
 #   OUT            where results go (default ./gpu-out)
-#   DSVL_DIST      folder with dsvl.xz and parity.xz (default target/cuda/dist), or
-#   DSVL_BIN, DSVL_PARITY   the binaries themselves
+#   DSVL_DIST      folder with dsvl.xz, parity.xz and xtask.xz (default target/cuda/dist), or
+#   DSVL_BIN, DSVL_PARITY, DSVL_XTASK   the binaries themselves (xtask writes the random-weight
+#                  checkpoints of bench13/serve13/bench7: `cargo build --release -p xtask`;
+#                  not needed with --tiny or when the checkpoints are already in DSVL_CKPT_DIR)
 #   DSVL_DEVICE    cuda (default), cuda:N, or cpu to rehearse the flow on a CPU machine
 #   DSVL_GPU_BW    memory bandwidth in GB/s for the decode roofline (default from the GPU's name:
 #                  H200 4800, H100 3350, A100 2039)
@@ -98,6 +100,8 @@ dsvl="${DSVL_BIN:-$(unpack dsvl)}"
 parity="${DSVL_PARITY:-$(unpack parity)}"
 [ -n "$dsvl" ] && [ -x "$dsvl" ] || { say "no dsvl binary (DSVL_BIN, or dsvl.xz in $dist: scripts/build-cuda.sh --pack)"; exit 1; }
 dsvl="$(cd "$(dirname "$dsvl")" && pwd)/$(basename "$dsvl")"
+xtask="${DSVL_XTASK:-$(unpack xtask)}"
+[ -n "$xtask" ] && [ -x "$xtask" ] && xtask="$(cd "$(dirname "$xtask")" && pwd)/$(basename "$xtask")"
 
 if [[ "$device" == cuda* ]]; then
     # The CUDA 13 libraries dsvl opens (cublas, cublasLt, curand, nvrtc): PyTorch's wheels have them.
@@ -172,7 +176,7 @@ print("bf16 greedy ids identical to the CPU f32 (not required):", cpu == bf16)
 sys.exit(0 if cpu == f32 else 1)
 PY
 }
-export root OUT device python dsvl fixture tokenizer_from has_reference bw_flag
+export root OUT device python dsvl xtask dist fixture tokenizer_from has_reference bw_flag
 export -f smoke
 step smoke 90 bash -c smoke
 
@@ -187,7 +191,11 @@ fi
 # --- 3. 1.3B: side by side with transformers on the same GPU --------------------------------------
 checkpoint() { # shape dir
     [ -f "$2/config.json" ] && return 0
-    "$dsvl" make-checkpoint --shape "$1" --from "$tokenizer_from" --out "$2"
+    if [ -z "$xtask" ] || [ ! -x "$xtask" ]; then
+        echo "no xtask binary to write $2 (DSVL_XTASK, or xtask.xz in $dist: scripts/build-cuda.sh --pack)"
+        return 1
+    fi
+    "$xtask" make-checkpoint --shape "$1" --from "$tokenizer_from" --out "$2"
 }
 side_by_side() { # model-dir json-name decode-tokens
     local model="$1" name="$2" decode="$3"

@@ -58,8 +58,6 @@ pub enum Command {
     Serve(crate::cmd::serve::ServeArgs),
     // about/long_about/after_help: on `BenchArgs` (cmd/bench.rs).
     Bench(crate::cmd::bench::BenchArgs),
-    // about/long_about/after_help: on `MakeCheckpointArgs` (cmd/make_checkpoint.rs).
-    MakeCheckpoint(crate::cmd::make_checkpoint::MakeCheckpointArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -49,7 +49,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Bench(a) => cmd::bench::run(a),
-        Command::MakeCheckpoint(a) => cmd::make_checkpoint::run(a),
     }
 }
 

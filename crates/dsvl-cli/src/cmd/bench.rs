@@ -39,9 +39,9 @@ use crate::args::ModelArgs;
         prefix keys/values). Prints medians over --repeats runs (after one warm-up run), \
         the peak resident memory, the machine's measured memory bandwidth and the decode roofline \
         (bandwidth / weight bytes read per token).\n\n\
-        Any model folder works; for the real shapes without downloading, make one with \
-        `dsvl make-checkpoint --shape 1.3b --out DIR`. Run on a quiet machine: other processes \
-        change every figure.",
+        Any model folder works; for the real shapes without downloading, make one in a checkout \
+        of the dsvl repository with `cargo xtask make-checkpoint --shape 1.3b --from DIR --out DIR`. \
+        Run on a quiet machine: other processes change every figure.",
     after_help = "Examples:\n  \
         dsvl bench --model /tmp/dsvl-1.3b-random\n  \
         dsvl bench --model /tmp/dsvl-1.3b-random --dtype bf16 --long-context 2048 --json bf16.json\n  \

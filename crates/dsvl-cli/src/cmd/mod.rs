@@ -3,7 +3,6 @@
 pub mod bench;
 pub mod chat;
 pub mod inspect;
-pub mod make_checkpoint;
 pub mod run;
 pub mod serve;
 

@@ -1,6 +1,6 @@
-//! DeepSeek-VL2 tiny / small / base for `dsvl make-checkpoint`: the tensor inventory (v2 §11) in
-//! `DeepseekVLV2ForCausalLM.state_dict()` order, the shard split of the published files (v2 §1.1)
-//! and the config files (v2 §1.2–1.4).
+//! DeepSeek-VL2 tiny / small / base for `cargo xtask make-checkpoint`: the tensor inventory
+//! (v2 §11) in `DeepseekVLV2ForCausalLM.state_dict()` order, the shard split of the published
+//! files (v2 §1.1) and the config files (v2 §1.2–1.4).
 //!
 //! **Shard split (reconstructed from the published sizes).** The published shards were not
 //! written by transformers' `save_pretrained`: their names carry a 6-digit total, and transformers
@@ -24,13 +24,14 @@
 //! keep `state_dict()` order there. The index files come out at the published sizes too (247, 553
 //! and 687 kB), a check on every tensor name.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{ensure, Context};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{Inventory, Plan, SiglipShape, StoredDtype, TensorSpec};
+use super::plan::{Inventory, Plan, SiglipShape, TensorSpec};
+use super::StoredDtype;
 
 /// The three published variants (v2 §0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,7 +182,7 @@ impl Variant {
     }
 
     /// The repo name without `deepseek-ai/`.
-    fn repo(self) -> &'static str {
+    pub(super) fn repo(self) -> &'static str {
         match self {
             Variant::Tiny => "deepseek-vl2-tiny",
             Variant::Small => "deepseek-vl2-small",
@@ -189,12 +190,13 @@ impl Variant {
         }
     }
 
-    /// The test fixture with this variant's tokenizer files.
-    fn fixture(self) -> &'static str {
+    /// The test fixture with this variant's tokenizer files, from the repository root (named in
+    /// messages only).
+    pub(super) fn fixture(self) -> &'static str {
         match self {
-            Variant::Tiny => "vl2-tiny-random",
-            Variant::Small => "vl2-small-random",
-            Variant::Base => "vl2-base-random",
+            Variant::Tiny => "crates/dsvl/tests/fixtures/v2/models/vl2-tiny-random",
+            Variant::Small => "crates/dsvl/tests/fixtures/v2/models/vl2-small-random",
+            Variant::Base => "crates/dsvl/tests/fixtures/v2/models/vl2-base-random",
         }
     }
 
@@ -480,27 +482,6 @@ pub(super) fn processor_config() -> Value {
     })
 }
 
-/// Default `--from`: our fixture of the same variant, else the shared one next to the repo.
-pub(super) fn default_from(v: Variant) -> anyhow::Result<PathBuf> {
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let ours = crate_dir
-        .join("../dsvl/tests/fixtures/v2/models")
-        .join(v.fixture());
-    let shared = crate_dir
-        .join("../../../shared/fixtures/vl2/models")
-        .join(v.fixture());
-    let found = [&ours, &shared].into_iter().find(|p| p.is_dir()).cloned();
-    found.with_context(|| {
-        format!(
-            "no tokenizer files for {}: neither {} nor {} exists; pass --from DIR, a {} model folder",
-            v.repo(),
-            ours.display(),
-            shared.display(),
-            v.repo()
-        )
-    })
-}
-
 /// The tokenizer in `from` must be the variant's family: small's vocab has 102400 rows, so a v3
 /// tokenizer's `<image>` id (128815) would index past the embedding.
 pub(super) fn check_tokenizer(from: &Path, v: Variant) -> anyhow::Result<()> {
@@ -527,7 +508,10 @@ pub(super) fn check_tokenizer(from: &Path, v: Variant) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{write_safetensors, write_weights, ShardLayout};
+    use std::path::PathBuf;
+
+    use super::super::shards::{self, SplitMix};
+    use super::super::write_weights;
     use super::*;
 
     const ALL: [Variant; 3] = [Variant::Tiny, Variant::Small, Variant::Base];
@@ -677,9 +661,9 @@ mod tests {
     fn file_gb(p: &Plan) -> Vec<String> {
         (0..p.files.len())
             .map(|k| {
-                let layout =
-                    ShardLayout::new(&p.shard(k), StoredDtype::Bf16).expect("header serialises");
-                format!("{:.2}", layout.file_bytes() as f64 / 1e9)
+                let bytes =
+                    shards::file_bytes(&p.shard(k), StoredDtype::Bf16).expect("header serialises");
+                format!("{:.2}", bytes as f64 / 1e9)
             })
             .collect()
     }
@@ -740,10 +724,10 @@ mod tests {
             for (k, file) in p.files.iter().enumerate() {
                 let part = p.shard(k);
                 assert!(!part.is_empty(), "{v:?}: empty shard {file}");
-                let layout = ShardLayout::new(&part, StoredDtype::Bf16).expect("header");
-                let header: Value = serde_json::from_slice(&layout.header).expect("JSON header");
+                let header = shards::header(&part, StoredDtype::Bf16).expect("header");
                 for t in &part {
-                    assert_eq!(header[&t.name]["shape"], json!(t.shape), "{}", t.name);
+                    let info = header.info(&t.name).expect("every name in the header");
+                    assert_eq!(info.shape, t.shape, "{}", t.name);
                     let old = weight_map.insert(t.name.clone(), json!(file));
                     assert!(old.is_none(), "{v:?}: {} in two shards", t.name);
                 }
@@ -882,7 +866,7 @@ mod tests {
         let (e, d) = (gate.shape[0], gate.shape[1]);
         let dir = scratch("gate");
         let path = dir.join("gate.safetensors");
-        write_safetensors(&path, &[gate], StoredDtype::Bf16, 0, |_| {}).expect("write");
+        shards::write_shard(&path, &[gate], StoredDtype::Bf16, 0).expect("write");
         let bytes = std::fs::read(&path).expect("read");
         let _ = std::fs::remove_dir_all(&dir);
         let start = 8 + u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
@@ -891,7 +875,7 @@ mod tests {
             .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect();
         assert_eq!(w.len(), e * d);
-        let mut rng = super::super::SplitMix(42);
+        let mut rng = SplitMix(42);
         let mut choices = std::collections::BTreeSet::new();
         let mut used = vec![false; e];
         for _ in 0..64 {

@@ -6,6 +6,37 @@
 //! deltas, stop strings). `config` reads a model directory, `weights` maps checkpoint names,
 //! `prompt` renders the chat template and expands image tokens, `engine` ties it together.
 //! `grounding` turns DeepSeek-VL2 `<|ref|>/<|det|>` answers into boxes and draws them.
+//!
+//! Describe an image (here the tiny random-weight test model, so the answer is noise; give a
+//! published model folder for a real one). `examples/describe.rs` and `examples/stream.rs` are
+//! the same as programs.
+//!
+//! ```
+//! use std::ops::ControlFlow;
+//! use std::path::Path;
+//!
+//! use dsvl::engine::{ChatMessage, GenerateParams, ImageSource, LoadOptions, Pipeline};
+//! use dsvl::prompt::template::Role;
+//!
+//! # fn main() -> dsvl::Result<()> {
+//! let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1");
+//! let pipeline = Pipeline::load(&fixtures.join("models/siglip-tiny"), &LoadOptions::default())?;
+//! let image = ImageSource::Path(fixtures.join("images/landscape_500x333.png"));
+//! let question = ChatMessage::new(Role::User, "Describe this image.").with_images(vec![image]);
+//!
+//! let mut params = GenerateParams::default(); // greedy
+//! params.sampling.max_new_tokens = 8;
+//! let prepared = pipeline.prepare(None, &[question], params.sampling.max_new_tokens)?;
+//! let mut streamed = String::new();
+//! let answer = pipeline.generate(&prepared, &params, |event| {
+//!     streamed.push_str(event.text());
+//!     ControlFlow::Continue(())
+//! })?;
+//! assert_eq!(streamed, answer.text);
+//! assert_eq!(answer.prompt_tokens, prepared.ids.len()); // 576 image tokens and the text
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod config;
 pub mod device;

@@ -15,7 +15,6 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendE
 use std::sync::Arc;
 use std::time::Instant;
 
-use dsvl::config::ModelConfig;
 use dsvl::engine::{
     Event, FeatureCache, FinishReason, GenerateParams, Outcome, Pipeline, PrefixCache, Prepared,
     Sequence,
@@ -435,9 +434,9 @@ fn done(
     }
 }
 
-/// VL2 only: the answer's boxes (see [`outcome_grounding`]).
+/// Families with grounding markup (VL2) only: the answer's boxes (see [`outcome_grounding`]).
 fn grounding(pipeline: &Pipeline, job: &GenerationRequest, o: &Outcome) -> Option<Grounding> {
-    if !matches!(pipeline.config(), ModelConfig::V2(_)) {
+    if !pipeline.config().supports_grounding() {
         return None;
     }
     outcome_grounding(

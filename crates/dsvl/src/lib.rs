@@ -1,11 +1,17 @@
 //! dsvl: the DeepSeek-VL inference engine.
 //!
 //! The path one request takes, one module per step:
-//! `image` (decode, Pillow-exact resize, pad) → `vision` (SigLIP, SAM) → `projector` (aligner)
-//! → `models` (embedding merge) → `llm` (Llama + KV cache) → `sampling` → `text` (UTF-8-safe
-//! deltas, stop strings). `config` reads a model directory, `weights` maps checkpoint names,
-//! `prompt` renders the chat template and expands image tokens, `engine` ties it together.
-//! `grounding` turns DeepSeek-VL2 `<|ref|>/<|det|>` answers into boxes and draws them.
+//! `image` (decode, Pillow-exact resize, pad, tiling) → `vision` (SigLIP, SAM) → `projector`
+//! (aligners) → `models` (embedding merge) → `llm` (Llama, DeepSeek-V2 + KV cache) → `sampling`
+//! → `text` (UTF-8-safe deltas, stop strings).
+//!
+//! `models` holds one folder per model family (DeepSeek-VL, DeepSeek-VL2): its configuration,
+//! its processor (conversation → prompt ids and image inputs) and its model, behind the
+//! [`models::Family`] and [`models::VisionLanguageModel`] traits; [`models::from_dir`] picks the
+//! family of a model directory. `config` reads JSON files, `weights` maps checkpoint names,
+//! `prompt` holds the chat templates, tokenizer and image-token expansion, `nn` the shared
+//! blocks, `engine` ties it together. `grounding` turns DeepSeek-VL2 `<|ref|>/<|det|>` answers
+//! into boxes and draws them.
 //!
 //! Describe an image (here the tiny random-weight test model, so the answer is noise; give a
 //! published model folder for a real one). `examples/describe.rs` and `examples/stream.rs` are

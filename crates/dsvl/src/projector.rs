@@ -26,69 +26,98 @@ pub struct AlignerSpec {
     pub n_embed: usize,
 }
 
+/// `MlpProjector` of the SigLIP-only models (`identity`, `linear`, `mlp_gelu`): one feature
+/// sequence `[B, T, in]` → `[B, T, n_embed]`.
 pub struct Aligner {
-    /// `(high_up_proj, low_up_proj)` for the hybrid projector.
-    split: Option<(Linear, Linear)>,
     /// `(apply GELU first, Linear)` in order.
     layers: Vec<(bool, Linear)>,
 }
 
-/// What the vision tower hands to the aligner.
-pub enum VisionFeatures {
-    Single(Tensor),
-    /// `(high = SAM, low = SigLIP)`, each `[B, 576, C]`.
-    Hybrid(Tensor, Tensor),
-}
-
 impl Aligner {
+    /// Any kind but `low_high_hybrid_split_mlp_gelu` ([`HybridAligner`]).
     pub fn new(cfg: &AlignerSpec, vb: VarBuilder) -> Result<Self> {
         let (n, i) = (cfg.n_embed, cfg.input_dim);
         let lv = vb.pp("layers");
         let mut layers = Vec::new();
-        let split = match cfg.kind {
-            AlignerKind::Identity => None,
+        match cfg.kind {
+            AlignerKind::Identity => {}
             AlignerKind::Linear => {
                 // `modules = nn.Linear(...)`: the Linear *is* `layers`, keys `layers.weight`.
                 layers.push((false, linear(i, n, true, lv.clone())?));
-                None
             }
             AlignerKind::MlpGelu => {
                 layers.push((false, linear(i, n, true, lv.pp(0))?));
                 for k in 1..cfg.depth {
                     layers.push((true, linear(n, n, true, lv.pp(2 * k))?));
                 }
-                None
             }
             AlignerKind::LowHighHybridSplitMlpGelu => {
-                for k in 1..cfg.depth {
-                    layers.push((true, linear(n, n, true, lv.pp(2 * k - 1))?));
-                }
-                Some((
-                    linear(i, n / 2, true, vb.pp("high_up_proj"))?,
-                    linear(i, n / 2, true, vb.pp("low_up_proj"))?,
-                ))
+                candle_core::bail!(
+                    "the `low_high_hybrid_split_mlp_gelu` aligner needs the hybrid vision tower"
+                )
             }
-        };
-        Ok(Self { split, layers })
+        }
+        Ok(Self { layers })
     }
 
-    /// `[B, T, in]` (or the hybrid pair) → `[B, T, n_embed]`.
-    pub fn forward(&self, x: &VisionFeatures) -> Result<Tensor> {
-        let mut x = match (x, &self.split) {
-            (VisionFeatures::Hybrid(high, low), Some((hp, lp))) => {
-                Tensor::cat(&[hp.forward(high)?, lp.forward(low)?], 2)?
-            }
-            (VisionFeatures::Single(x), None) => x.clone(),
-            _ => candle_core::bail!("aligner/vision tower mismatch (validated at load)"),
-        };
-        for (gelu, l) in &self.layers {
-            if *gelu {
-                x = Activation::GeluErf.forward(&x)?;
-            }
-            x = l.forward(&x)?;
-        }
-        Ok(x)
+    /// `[B, T, in]` → `[B, T, n_embed]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        gelu_mlp(&self.layers, x.clone())
     }
+}
+
+/// `MlpProjector` with `low_high_hybrid_split_mlp_gelu` (the 7B hybrid tower): SAM and SigLIP
+/// features, each `[B, 576, in]`, projected to `n_embed / 2` each, concatenated, then the MLP.
+pub struct HybridAligner {
+    high_up_proj: Linear,
+    low_up_proj: Linear,
+    /// `(apply GELU first, Linear)` in order.
+    layers: Vec<(bool, Linear)>,
+}
+
+impl HybridAligner {
+    /// The `low_high_hybrid_split_mlp_gelu` kind only ([`Aligner`] takes the others).
+    pub fn new(cfg: &AlignerSpec, vb: VarBuilder) -> Result<Self> {
+        if cfg.kind != AlignerKind::LowHighHybridSplitMlpGelu {
+            candle_core::bail!(
+                "the hybrid vision tower needs the `low_high_hybrid_split_mlp_gelu` aligner, not {:?}",
+                cfg.kind
+            )
+        }
+        let (n, i) = (cfg.n_embed, cfg.input_dim);
+        let lv = vb.pp("layers");
+        let layers = (1..cfg.depth)
+            .map(|k| Ok((true, linear(n, n, true, lv.pp(2 * k - 1))?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            high_up_proj: linear(i, n / 2, true, vb.pp("high_up_proj"))?,
+            low_up_proj: linear(i, n / 2, true, vb.pp("low_up_proj"))?,
+            layers,
+        })
+    }
+
+    /// `high` (SAM) and `low` (SigLIP) `[B, T, in]` → `[B, T, n_embed]`.
+    pub fn forward(&self, high: &Tensor, low: &Tensor) -> Result<Tensor> {
+        let x = Tensor::cat(
+            &[
+                self.high_up_proj.forward(high)?,
+                self.low_up_proj.forward(low)?,
+            ],
+            2,
+        )?;
+        gelu_mlp(&self.layers, x)
+    }
+}
+
+/// The linears in order, each after an exact-erf GELU where marked.
+fn gelu_mlp(layers: &[(bool, Linear)], mut x: Tensor) -> Result<Tensor> {
+    for (gelu, l) in layers {
+        if *gelu {
+            x = Activation::GeluErf.forward(&x)?;
+        }
+        x = l.forward(&x)?;
+    }
+    Ok(x)
 }
 
 /// `MlpProjector` with `projector_type: downsample_mlp_gelu` (v2 §4).

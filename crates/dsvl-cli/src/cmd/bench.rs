@@ -18,11 +18,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{ensure, Context};
-use dsvl::config::{LlamaSpec, ModelConfig, VisionSpec};
 use dsvl::engine::{
     ChatMessage, Conversation, Event, GenerateParams, ImageSource, Pipeline, Prepared,
 };
-use dsvl::llm::deepseek_v2::{AttentionKind, DeepseekV2Spec, ScoringFunc};
 use dsvl::prompt::template::Role;
 use dsvl::sampling::SamplingParams;
 use serde_json::{json, Value};
@@ -157,8 +155,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let rss_after_load = dsvl::memory::status_kib("VmRSS").map(|k| k * 1024);
     let device = pipeline.model().device().clone();
     let gpu_after_load = dsvl::device::gpu_memory(&device);
-    let config = pipeline.config().clone();
-    let facts = LlmFacts::of(&config);
+    let config = pipeline.config();
+    let facts = config.llm_facts();
 
     let question = build_question(&pipeline, a.prompt_tokens)?;
     let question_tokens = pipeline.tokenizer().encode_prompt(&question)?.len() - 1;
@@ -245,30 +243,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         _ => None,
     };
 
-    let (model_desc, layout) = match &config {
-        ModelConfig::V1(spec) => (
-            match &spec.vision {
-                VisionSpec::Siglip(_) => "SigLIP-L + Llama (1.3B-style)",
-                VisionSpec::Hybrid { .. } => "SAM-B + SigLIP-L + Llama (7B-style)",
-            },
-            format!("{:?}", spec.layout),
-        ),
-        ModelConfig::V2(spec) => (
-            match (
-                &spec.llm.attention,
-                spec.llm.moe.as_ref().map(|m| m.scoring_func),
-            ) {
-                (AttentionKind::Mha { .. }, _) => {
-                    "SigLIP-SO400M tiles + DeepSeekMoE MHA (VL2-tiny-style)"
-                }
-                (_, Some(ScoringFunc::Sigmoid)) => {
-                    "SigLIP-SO400M tiles + DeepSeekMoE MLA, sigmoid routing (VL2-base-style)"
-                }
-                _ => "SigLIP-SO400M tiles + DeepSeekMoE MLA (VL2-small-style)",
-            },
-            "Original".to_string(),
-        ),
-    };
+    let (model_desc, layout) = (config.summary(), format!("{:?}", config.layout()));
     let llm_params = facts.params;
     let report = json!({
         "tool": "dsvl bench",
@@ -589,133 +564,6 @@ fn chart_bmp(w: u32, h: u32, variant: u32) -> Vec<u8> {
     out
 }
 
-/// LLM parameters (embedding and lm_head included).
-fn llm_params(l: &LlamaSpec) -> u64 {
-    let (d, f, hd) = (
-        l.hidden_size as u64,
-        l.intermediate_size as u64,
-        l.head_dim as u64,
-    );
-    let (q, kv) = (l.num_heads as u64 * hd, l.num_kv_heads as u64 * hd);
-    let per_layer = d * q + 2 * d * kv + q * d + 3 * d * f + 2 * d;
-    let vocab = l.vocab_size as u64;
-    vocab * d + l.num_layers as u64 * per_layer + d + vocab * d
-}
-
-/// What the roofline needs to know about a language model.
-struct LlmFacts {
-    /// All parameters (embedding and lm_head included).
-    params: u64,
-    /// Parameters one decode step reads: every weight except the embedding table (one row of
-    /// it), and for MoE layers only the shared and the top-k routed experts.
-    decode_params: u64,
-    /// Cached values per position over all layers (K and V; MLA: the latent plus the rope key).
-    kv_values_per_position: u64,
-    layers: usize,
-    hidden: usize,
-}
-
-impl LlmFacts {
-    fn of(config: &ModelConfig) -> Self {
-        match config {
-            ModelConfig::V1(spec) => {
-                let l = &spec.llm;
-                let d = l.hidden_size as u64;
-                let params = llm_params(l);
-                Self {
-                    params,
-                    decode_params: params - l.vocab_size as u64 * d + d,
-                    kv_values_per_position: 2 * (l.num_layers * l.num_kv_heads * l.head_dim) as u64,
-                    layers: l.num_layers,
-                    hidden: l.hidden_size,
-                }
-            }
-            ModelConfig::V2(spec) => {
-                let l = &spec.llm;
-                let (params, decode_params) = deepseek_v2_params(l);
-                Self {
-                    params,
-                    decode_params,
-                    kv_values_per_position: deepseek_v2_kv_values(l),
-                    layers: l.num_layers,
-                    hidden: l.hidden_size,
-                }
-            }
-        }
-    }
-}
-
-/// (all parameters, parameters read per decode step) of a DeepSeekMoE language model.
-fn deepseek_v2_params(l: &DeepseekV2Spec) -> (u64, u64) {
-    let d = l.hidden_size as u64;
-    let heads = l.num_heads as u64;
-    let attention = match l.attention {
-        AttentionKind::Mha { head_dim } => {
-            let (q, kv) = (
-                heads * head_dim as u64,
-                l.num_kv_heads as u64 * head_dim as u64,
-            );
-            d * q + 2 * d * kv + q * d
-        }
-        AttentionKind::Mla {
-            kv_lora_rank,
-            qk_nope_head_dim,
-            qk_rope_head_dim,
-            v_head_dim,
-            ..
-        } => {
-            let (c, nope, rope, v) = (
-                kv_lora_rank as u64,
-                qk_nope_head_dim as u64,
-                qk_rope_head_dim as u64,
-                v_head_dim as u64,
-            );
-            d * heads * (nope + rope) + d * (c + rope) + c + c * heads * (nope + v) + heads * v * d
-        }
-    };
-    let (mut all, mut read) = (0u64, 0u64);
-    for layer in 0..l.num_layers {
-        let norms = 2 * d;
-        let (ffn_all, ffn_read) = match (&l.moe, l.is_moe_layer(layer)) {
-            (Some(m), true) => {
-                let expert = 3 * d * m.moe_intermediate_size as u64;
-                let shared = m.n_shared_experts as u64 * expert;
-                let gate = m.n_routed_experts as u64 * d
-                    + if m.topk_method == dsvl::llm::deepseek_v2::TopkMethod::NoauxTc {
-                        m.n_routed_experts as u64
-                    } else {
-                        0
-                    };
-                (
-                    gate + shared + m.n_routed_experts as u64 * expert,
-                    gate + shared + m.num_experts_per_tok as u64 * expert,
-                )
-            }
-            _ => {
-                let dense = 3 * d * l.intermediate_size as u64;
-                (dense, dense)
-            }
-        };
-        all += attention + norms + ffn_all;
-        read += attention + norms + ffn_read;
-    }
-    let vocab = l.vocab_size as u64 * d;
-    (all + 2 * vocab + d, read + vocab + 2 * d)
-}
-
-/// Cached values per position: MHA keys and values; MLA the normalised latent and the rope key.
-fn deepseek_v2_kv_values(l: &DeepseekV2Spec) -> u64 {
-    let per_layer = match l.attention {
-        AttentionKind::Mha { head_dim } => 2 * l.num_kv_heads * head_dim,
-        AttentionKind::Mla {
-            kv_lora_rank,
-            qk_rope_head_dim,
-            ..
-        } => kv_lora_rank + qk_rope_head_dim,
-    };
-    (l.num_layers * per_layer) as u64
-}
-
 /// Multi-threaded sequential read of a `bytes` buffer; best of 5 passes, in GB/s (10⁹ bytes).
 fn memory_bandwidth_gb_s(bytes: usize, threads: usize) -> f64 {
     let n = bytes / 8;
@@ -956,72 +804,6 @@ fn print_table(r: &Value) {
 mod tests {
     use super::*;
 
-    /// v1 §1: the 1.3B LLM has 1,652,656,128 parameters, the 7B one 6,910,365,696.
-    #[test]
-    fn llm_parameter_counts_match_the_spec() {
-        let small = LlamaSpec {
-            vocab_size: 102_400,
-            hidden_size: 2048,
-            intermediate_size: 5632,
-            num_layers: 24,
-            num_heads: 16,
-            num_kv_heads: 16,
-            head_dim: 128,
-            rms_norm_eps: 1e-6,
-            rope_theta: 1e4,
-            max_position_embeddings: 16384,
-        };
-        assert_eq!(llm_params(&small), 1_652_656_128);
-        let big = LlamaSpec {
-            hidden_size: 4096,
-            intermediate_size: 11008,
-            num_layers: 30,
-            num_heads: 32,
-            num_kv_heads: 32,
-            ..small
-        };
-        assert_eq!(llm_params(&big), 6_910_365_696);
-    }
-
-    /// v2 §1.1: the language models' share of the published totals, and the MLA cache size.
-    #[test]
-    fn deepseek_v2_parameter_counts() -> anyhow::Result<()> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../dsvl/tests/fixtures/v2/models/vl2-small-random/config.json");
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&dir)?)?;
-        let mut lc = v["language_config"].clone();
-        // deepseek-vl2-small's language model (v2 §1.3).
-        for (k, x) in [
-            ("hidden_size", 2048),
-            ("intermediate_size", 10944),
-            ("moe_intermediate_size", 1408),
-            ("num_hidden_layers", 27),
-            ("num_attention_heads", 16),
-            ("num_key_value_heads", 16),
-            ("n_routed_experts", 64),
-            ("n_shared_experts", 2),
-            ("num_experts_per_tok", 6),
-            ("kv_lora_rank", 512),
-            ("qk_nope_head_dim", 128),
-            ("qk_rope_head_dim", 64),
-            ("v_head_dim", 128),
-            ("vocab_size", 102400),
-        ] {
-            lc[k] = serde_json::json!(x);
-        }
-        let spec = DeepseekV2Spec::from_language_config(&dir, &lc)?;
-        let (all, read) = deepseek_v2_params(&spec);
-        // 16.148 B in all minus SigLIP-SO400M with its head (428.2 M), the projector (4608·2048 +
-        // 2048 + 2048² + 2048) and the two 2048-vectors.
-        let vision = 428_225_600u64;
-        let projector = 4608 * 2048 + 2048 + 2048 * 2048 + 2048 + 2 * 2048;
-        assert_eq!(all + vision + projector, 16_148_349_504, "all = {all}");
-        // "2.8B activated" (model card) includes the vision tower; the LM reads about 2.4 B.
-        assert!((2.3e9..2.6e9).contains(&(read as f64)), "read = {read}");
-        assert_eq!(deepseek_v2_kv_values(&spec), 27 * 576);
-        Ok(())
-    }
-
     /// The bytes counted on a loaded f32 model are the analytic parameter count × 4, for both
     /// families (v1 Llama; VL2 MLA + MoE with noaux_tc routing).
     #[test]
@@ -1033,7 +815,7 @@ mod tests {
             fixtures.join("v2/models/vl2-base-random"),
         ] {
             let p = Pipeline::load(&dir, &dsvl::engine::LoadOptions::default())?;
-            let facts = LlmFacts::of(p.config());
+            let facts = p.config().llm_facts();
             assert_eq!(
                 p.model().decode_weight_bytes(),
                 facts.decode_params * 4,

@@ -53,14 +53,11 @@ pub fn load_pipeline(m: &ModelArgs) -> anyhow::Result<Pipeline> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let layout = match pipeline.config() {
-        dsvl::config::ModelConfig::V1(s) => format!("{:?} layout", s.layout),
-        dsvl::config::ModelConfig::V2(_) => "deepseek-ai layout".to_string(),
-    };
     tracing::info!(
-        "loaded {} {} ({layout}, {:?}) in {:.1}s",
+        "loaded {} {} ({:?} layout, {:?}) in {:.1}s",
         pipeline.config().family(),
         dir.display(),
+        pipeline.config().layout(),
         dtype,
         t.elapsed().as_secs_f64()
     );

@@ -140,12 +140,7 @@ fn write_grounding(
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let (Some(path), Some(src)) = (&a.draw_boxes, last_image) {
-        let img = match src {
-            ImageSource::Path(p) => dsvl::image::load(p, a.model.max_image_pixels)?,
-            ImageSource::Bytes { name, data } => {
-                dsvl::image::decode(data, name, a.model.max_image_pixels)?
-            }
-        };
+        let img = src.decode(a.model.max_image_pixels)?;
         let drawn = dsvl::grounding::draw_boxes(&img, &grounding.objects);
         std::fs::write(path, drawn.to_png()?)
             .with_context(|| format!("cannot write {}", path.display()))?;

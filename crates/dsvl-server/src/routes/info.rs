@@ -48,13 +48,7 @@ pub async fn model(
 fn model_card(s: &AppState) -> Result<Value, ApiError> {
     let config = s.engine()?.pipeline().config();
     // v1: every image is 576 tokens of one 384/1024 view; VL2: 421 untiled, more when tiled.
-    let (image_tokens, image_size) = match config {
-        dsvl::config::ModelConfig::V1(spec) => (
-            spec.processor.num_image_tokens,
-            spec.processor.image_size as u32,
-        ),
-        dsvl::config::ModelConfig::V2(spec) => (spec.image_tokens(1, 1), spec.processor.tile_size),
-    };
+    let (image_tokens, image_size) = (config.tokens_per_image(), config.image_size());
     Ok(json!({
         "id": s.model_name(),
         "object": "model",

@@ -1,13 +1,11 @@
 //! `/tokenize`, `/detokenize` and `/apply-template`: see the prompt the model would get
-//! (llama.cpp's debug routes).
-//! v1 images are counted, not loaded; VL2 images are loaded, since their tiling sets the count.
+//! (llama.cpp's debug routes), as the library prepares it.
+//! Images are only counted where the prompt depends on their number alone (v1); otherwise (VL2,
+//! whose tiling sets each image's token count) they are loaded.
 
 use axum::extract::State;
 use axum::Json;
-use dsvl::config::ModelConfig;
-use dsvl::engine::Pipeline;
-use dsvl::prompt::expand::expand_prompt;
-use dsvl::prompt::template::{render, DEFAULT_SYSTEM_PROMPT};
+use dsvl::engine::{Pipeline, PromptText};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
@@ -102,46 +100,45 @@ pub async fn apply_template(
     let turns = turns_for_prompt(&s, &req.messages).await?;
     let _slot = s.preparing().enter().await?;
     let limits = s.limits().clone();
-    let prompt = prepare_blocking(turns, move |turns| match pipeline.config() {
-        ModelConfig::V1(_) => {
-            render(DEFAULT_SYSTEM_PROMPT, &template_messages(turns)).map_err(ApiError::from_engine)
-        }
-        ModelConfig::V2(_) => Ok(prepare(&pipeline, turns, &limits, Some(1))?.0.prompt),
-    })
-    .await?;
+    let prompt = prepare_blocking(turns, move |turns| prompt_text(&pipeline, &limits, turns))
+        .await?
+        .prompt;
     Ok(Json(json!({ "prompt": prompt })))
 }
 
-/// The conversation's turns; for VL2, whose prompt depends on the images, with remote images
-/// fetched (v1 images are only counted).
+/// The conversation's turns; where the prompt depends on the images themselves (VL2), with
+/// remote images fetched (otherwise images are only counted).
 async fn turns_for_prompt(s: &AppState, messages: &[WireMessage]) -> Result<Vec<Turn>, ApiError> {
     let pipeline = s.engine()?.pipeline();
     let marker = pipeline.config().image_marker();
     let mut turns = conversation(messages, s.limits().max_images_per_request, marker)?;
     refuse_unfittable(pipeline, s.limits(), &turns)?;
-    if let ModelConfig::V2(_) = pipeline.config() {
+    if pipeline.config().prompt_reads_images() {
         s.limits().media.fetch_remote(&mut turns).await?;
     }
     Ok(turns)
 }
 
 fn prompt_ids(pipeline: &Pipeline, limits: &Limits, turns: &[Turn]) -> Result<Vec<u32>, ApiError> {
-    let ModelConfig::V1(spec) = pipeline.config() else {
-        return Ok(prepare(pipeline, turns, limits, Some(1))?.0.ids);
-    };
-    let n_images = turns.iter().map(|t| t.images.len()).sum();
-    let prompt =
-        render(DEFAULT_SYSTEM_PROMPT, &template_messages(turns)).map_err(ApiError::from_engine)?;
-    let tok = pipeline.tokenizer();
-    let ids = tok.encode_prompt(&prompt).map_err(ApiError::from_engine)?;
-    let p = &spec.processor;
-    let expanded = expand_prompt(
-        &ids,
-        tok.image_id(),
-        p.num_image_tokens,
-        n_images,
-        &p.image_tag,
-    )
-    .map_err(ApiError::from_engine)?;
-    Ok(expanded.ids)
+    Ok(prompt_text(pipeline, limits, turns)?.ids)
+}
+
+/// The prompt the model would get: from the images' count alone where the family allows it,
+/// else from the full preparation (images loaded, tiled, and checked against the context).
+fn prompt_text(
+    pipeline: &Pipeline,
+    limits: &Limits,
+    turns: &[Turn],
+) -> Result<PromptText, ApiError> {
+    let counted = pipeline
+        .prompt_from_counts(None, &template_messages(turns))
+        .map_err(ApiError::from_engine)?;
+    if let Some(prompt) = counted {
+        return Ok(prompt);
+    }
+    let (prepared, _) = prepare(pipeline, turns, limits, Some(1))?;
+    Ok(PromptText {
+        prompt: prepared.prompt,
+        ids: prepared.ids,
+    })
 }

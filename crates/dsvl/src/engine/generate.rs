@@ -388,20 +388,20 @@ impl Pipeline {
     ) -> Result<Vec<(Tensor, u64)>> {
         let model = self.model();
         let mut out = Vec::with_capacity(prepared.n_images);
-        for super::ImageInput { pixels, grid } in prepared.image_inputs()? {
+        for image in &prepared.images {
             let key = if cache.is_some() || want_keys {
-                FeatureCache::key(&pixels)?
+                FeatureCache::key(image.pixels())?
             } else {
                 0
             };
             let Some(cache) = cache.as_deref_mut() else {
-                out.push((model.encode_image(&pixels, grid)?, key));
+                out.push((model.encode_image(image)?, key));
                 continue;
             };
             let emb = match cache.get(key) {
                 Some(e) => e,
                 None => {
-                    let e = model.encode_image(&pixels, grid)?;
+                    let e = model.encode_image(image)?;
                     cache.insert(key, e.clone());
                     e
                 }

@@ -18,7 +18,6 @@ use super::generate::{
     Timings, TokenEvent, DEFAULT_PREFILL_CHUNK,
 };
 use super::{FeatureCache, Pipeline, Prepared};
-use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::llm::KvCache;
 use crate::sampling::processors::{log_softmax, top_logprobs};
@@ -154,7 +153,7 @@ impl Pipeline {
 
         let skip_special = params
             .skip_special_tokens
-            .unwrap_or(matches!(self.config(), ModelConfig::V1(_)));
+            .unwrap_or(self.config().skip_special_tokens());
         let decode: DecodeFn<'_> = Box::new(move |ids: &[u32]| tok.decode(ids, skip_special));
         Ok(Sequence {
             pipeline: self,

@@ -9,7 +9,7 @@ use super::step::StepCtx;
 use super::KvCache;
 use crate::nn::{fuse_projections, qlinear, sdpa, Linear, Quant, Scale, SharedInput};
 
-/// The sizes of one [`Attention`]: what the v1 Llama (`LlamaSpec`) and the DeepSeek-V2 MHA
+/// The sizes of one `Attention`: what the v1 Llama (`LlamaSpec`) and the DeepSeek-V2 MHA
 /// variant (`AttentionKind::Mha`) both resolve to. The RoPE tables come with each forward call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttentionSpec {

@@ -30,6 +30,24 @@ pub struct LlamaSpec {
 }
 
 impl LlamaSpec {
+    /// Parameters, the embedding and `lm_head` included.
+    pub fn param_count(&self) -> u64 {
+        let (d, f, hd) = (
+            self.hidden_size as u64,
+            self.intermediate_size as u64,
+            self.head_dim as u64,
+        );
+        let (q, kv) = (self.num_heads as u64 * hd, self.num_kv_heads as u64 * hd);
+        let per_layer = d * q + 2 * d * kv + q * d + 3 * d * f + 2 * d;
+        let vocab = self.vocab_size as u64;
+        vocab * d + self.num_layers as u64 * per_layer + d + vocab * d
+    }
+
+    /// Cached values per position over all layers (keys and values).
+    pub fn kv_values_per_position(&self) -> u64 {
+        2 * (self.num_layers * self.num_kv_heads * self.head_dim) as u64
+    }
+
     /// The sizes of each layer's attention.
     pub fn attention(&self) -> AttentionSpec {
         AttentionSpec {
@@ -291,6 +309,33 @@ mod tests {
             })
             .collect();
         VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu)
+    }
+
+    /// v1 §1: the 1.3B LLM has 1,652,656,128 parameters, the 7B one 6,910,365,696.
+    #[test]
+    fn llm_parameter_counts_match_the_spec() {
+        let small = LlamaSpec {
+            vocab_size: 102_400,
+            hidden_size: 2048,
+            intermediate_size: 5632,
+            num_layers: 24,
+            num_heads: 16,
+            num_kv_heads: 16,
+            head_dim: 128,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1e4,
+            max_position_embeddings: 16384,
+        };
+        assert_eq!(small.param_count(), 1_652_656_128);
+        let big = LlamaSpec {
+            hidden_size: 4096,
+            intermediate_size: 11008,
+            num_layers: 30,
+            num_heads: 32,
+            num_kv_heads: 32,
+            ..small
+        };
+        assert_eq!(big.param_count(), 6_910_365_696);
     }
 
     /// The GPU's fused q/k/v and gate/up projections, run on the CPU, against the checkpoint's

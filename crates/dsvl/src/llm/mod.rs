@@ -1,7 +1,7 @@
 //! Language models: the Llama decoder of DeepSeek-VL v1 (v1 §7), the DeepSeek-V2 / DeepSeekMoE
 //! decoder of DeepSeek-VL2 (v2 §8), and what they share: the multi-head attention
-//! ([`attention`]), the RoPE tables ([`rope`]), the per-forward context and causal mask
-//! ([`step`]), the output head ([`logits`]) and the KV cache ([`kv_cache`]).
+//! ([`attention`]), the RoPE tables (`rope`), the per-forward context and causal mask
+//! (`step`), the output head ([`logits`]) and the KV cache ([`kv_cache`]).
 
 pub mod attention;
 pub mod deepseek_v2;

@@ -1,5 +1,5 @@
 //! Building blocks shared by the vision towers, the aligners and the language models, one file
-//! per concern: [`linear`] (float and quantized linears), [`matmul`] (cuBLAS-safe and mixed
+//! per concern: [`mod@linear`] (float and quantized linears), [`mod@matmul`] (cuBLAS-safe and mixed
 //! f32 × bf16 products), [`attention`] (the one `sdpa` kernel), [`norm`] (LayerNorm, RMSNorm),
 //! [`mlp`] (activations, the towers' two-layer MLP), [`conv`] (Conv2d), [`quant`] (GGML block
 //! formats) and [`rowmat`] (the few-row, batch-invariant product).

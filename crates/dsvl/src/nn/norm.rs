@@ -39,7 +39,7 @@ impl RmsNorm {
     /// The same in two kernels instead of about nine (what a GPU spends its decode step on):
     /// candle's fused RMSNorm accumulates in f32 and rounds `scale·x·1` once — with a unit
     /// weight that is the reference's normalised, rounded `x` — then the weight multiplies the
-    /// rounded value as in the reference. The CPU keeps [`Self::forward_ops`]: candle's CPU
+    /// rounded value as in the reference. The CPU keeps `Self::forward_ops`: candle's CPU
     /// kernel divides by the square root instead of multiplying by its reciprocal.
     pub fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
         if x.dtype() != self.unit.dtype() {

@@ -71,6 +71,22 @@ impl TokenizerConfig {
 }
 
 impl PromptTokenizer {
+    /// The tokenizer of a model directory: its `tokenizer.json` and, when present, its
+    /// `tokenizer_config.json`, with `image_token` as the image marker
+    /// ([`Self::from_files_with_image_token`]).
+    pub fn from_model_dir(dir: &Path, image_token: &str) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        if !json.is_file() {
+            return Err(Error::Tokenizer {
+                path: json,
+                message: "file not found; the model directory must contain the tokenizer.json published with the model".into(),
+            });
+        }
+        let cfg = dir.join("tokenizer_config.json");
+        let cfg = cfg.is_file().then_some(cfg.as_path());
+        Self::from_files_with_image_token(&json, cfg, image_token)
+    }
+
     /// Load `tokenizer.json` alone (BOS/EOS texts of v1 §2.5, `add_bos_token` true).
     pub fn from_file(tokenizer_json: impl AsRef<Path>) -> Result<Self> {
         Self::from_files(tokenizer_json, None)

@@ -8,12 +8,36 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use dsvl::engine::{ChatMessage, GenerateParams, ImageSource, LoadOptions, Pipeline, Prepared};
+use dsvl::engine::{
+    ChatMessage, GenerateParams, ImageInput, ImageSource, LoadOptions, Pipeline, Prepared,
+};
+use dsvl::models::DeepseekVl;
 use dsvl::prompt::template::Role;
 use dsvl::sampling::SamplingParams;
 use serde::Deserialize;
 
 use crate::tol::{assert_close, BF16_LOGITS, F32_STAGE};
+
+/// The v1 model behind a pipeline, for its per-stage API.
+fn v1(p: &Pipeline) -> &DeepseekVl {
+    p.model().downcast_ref::<DeepseekVl>().expect("a v1 model")
+}
+
+/// Every image's square view stacked, `[N, 3, S, S]` (`None` for a text-only prompt).
+fn pixels(prepared: &Prepared) -> anyhow::Result<Option<Tensor>> {
+    let views = prepared
+        .images
+        .iter()
+        .map(|image| match image {
+            ImageInput::Square(px) => Ok(px.clone()),
+            ImageInput::Tiled(_) => anyhow::bail!("a v1 prompt with a tiled image"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if views.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::stack(&views, 0)?))
+}
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
@@ -114,7 +138,8 @@ fn check_f32(model: &str, case_name: &str) -> anyhow::Result<()> {
         load_case(&format!("{}__{case_name}", model.trim_end_matches("-hf")))?;
     let p = load_model(model, DType::F32)?;
     let prepared = prepare(&p, &case)?;
-    let m = p.model().v1().expect("a v1 model");
+    let m = v1(&p);
+    let pixels = pixels(&prepared)?;
     let t = |k: &str| {
         tensors
             .get(k)
@@ -122,7 +147,7 @@ fn check_f32(model: &str, case_name: &str) -> anyhow::Result<()> {
     };
 
     // Pixels (v1 §3.1): exact bytes.
-    if let (Some(want), Some(px)) = (tensors.get("pixels_u8"), &prepared.pixels) {
+    if let (Some(want), Some(px)) = (tensors.get("pixels_u8"), &pixels) {
         let got = (px.permute((0, 2, 3, 1))? * 255.0)?
             .round()?
             .to_dtype(DType::U8)?;
@@ -136,7 +161,7 @@ fn check_f32(model: &str, case_name: &str) -> anyhow::Result<()> {
         );
     }
 
-    let image_embeds = match &prepared.pixels {
+    let image_embeds = match &pixels {
         Some(px) => {
             let st = m.vision_stages(px)?;
             if let Ok(want) = t("low_res") {
@@ -281,24 +306,13 @@ fn both_layouts_give_identical_logits() -> anyhow::Result<()> {
         for model in [orig, hf] {
             let p = load_model(model, DType::F32)?;
             let prepared = prepare(&p, &c)?;
-            let img = prepared
-                .pixels
-                .as_ref()
-                .map(|px| p.model().v1().expect("a v1 model").encode_images(px))
+            let img = pixels(&prepared)?
+                .map(|px| v1(&p).encode_images(&px))
                 .transpose()?;
-            let e = p.model().v1().expect("a v1 model").input_embeddings(
-                &prepared.ids,
-                p.tokenizer().image_id(),
-                img.as_ref(),
-            )?;
-            let mut cache = p.model().v1().expect("a v1 model").llm().new_cache();
-            logits.push(
-                p.model()
-                    .v1()
-                    .expect("a v1 model")
-                    .forward_embeds(&e, &mut cache)?
-                    .to_vec1::<f32>()?,
-            );
+            let e =
+                v1(&p).input_embeddings(&prepared.ids, p.tokenizer().image_id(), img.as_ref())?;
+            let mut cache = v1(&p).llm().new_cache();
+            logits.push(v1(&p).forward_embeds(&e, &mut cache)?.to_vec1::<f32>()?);
         }
         anyhow::ensure!(logits[0] == logits[1], "{orig} vs {hf}: logits differ");
     }
@@ -351,11 +365,9 @@ fn hybrid_bf16_matches_reference_bf16() -> anyhow::Result<()> {
     let Loaded { case, tensors } = load_case("hybrid-tiny__single_bf16")?;
     let p = load_model("hybrid-tiny", DType::BF16)?;
     let prepared = prepare(&p, &case)?;
-    let m = p.model().v1().expect("a v1 model");
-    let img = prepared
-        .pixels
-        .as_ref()
-        .map(|px| m.encode_images(px))
+    let m = v1(&p);
+    let img = pixels(&prepared)?
+        .map(|px| m.encode_images(&px))
         .transpose()?;
     let e = m.input_embeddings(&prepared.ids, p.tokenizer().image_id(), img.as_ref())?;
     let mut cache = m.llm().new_cache();

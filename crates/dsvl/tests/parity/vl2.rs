@@ -7,7 +7,10 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
-use dsvl::engine::{ChatMessage, Event, GenerateParams, ImageSource, LoadOptions, Pipeline};
+use dsvl::engine::{
+    ChatMessage, Event, GenerateParams, ImageInput, ImageSource, LoadOptions, Pipeline,
+};
+use dsvl::models::DeepseekVl2;
 use dsvl::prompt::template::Role;
 use dsvl::sampling::SamplingParams;
 use serde::Deserialize;
@@ -168,8 +171,20 @@ fn check_case(name: &str) -> anyhow::Result<()> {
 
     let m = p
         .model()
-        .v2()
+        .downcast_ref::<DeepseekVl2>()
         .ok_or_else(|| anyhow::anyhow!("{name}: not loaded as a VL2 model"))?;
+    // Every image's tiles, in order: `[T, 3, S, S]`.
+    let tiles = prepared
+        .images
+        .iter()
+        .map(|image| match image {
+            ImageInput::Tiled(t) => Ok(t.tiles().clone()),
+            ImageInput::Square(_) => anyhow::bail!("{name}: a VL2 prompt with a square image"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tiles = (!tiles.is_empty())
+        .then(|| Tensor::cat(&tiles, 0))
+        .transpose()?;
     let dump = |file: &str| -> anyhow::Result<Option<Tensor>> {
         if !reference.dumps.contains_key(file) {
             return Ok(None);
@@ -177,7 +192,7 @@ fn check_case(name: &str) -> anyhow::Result<()> {
         let path = vl2_fixtures().join("ref").join(name).join(file);
         Ok(Some(npy::Npy::read(&path)?.tensor()?))
     };
-    if let (Some(px), Some(want_proj)) = (&prepared.pixels, dump("projector_out.npy")?) {
+    if let (Some(px), Some(want_proj)) = (&tiles, dump("projector_out.npy")?) {
         let st = m.vision_stages(px)?;
         if let Some(want) = dump("vision_out_tile0.npy")? {
             assert_close(

@@ -106,6 +106,85 @@ impl DeepseekV2Spec {
         }
     }
 
+    /// (all parameters, parameters one decode step reads): attention, norms, dense MLPs; for a
+    /// MoE layer the router (with its noaux_tc bias) and the shared experts, plus all routed
+    /// experts in the first count and `num_experts_per_tok` of them in the second; the
+    /// embedding and `lm_head` (one embedding row read per step).
+    pub fn param_counts(&self) -> (u64, u64) {
+        let d = self.hidden_size as u64;
+        let heads = self.num_heads as u64;
+        let attention = match self.attention {
+            AttentionKind::Mha { head_dim } => {
+                let (q, kv) = (
+                    heads * head_dim as u64,
+                    self.num_kv_heads as u64 * head_dim as u64,
+                );
+                d * q + 2 * d * kv + q * d
+            }
+            AttentionKind::Mla {
+                kv_lora_rank,
+                qk_nope_head_dim,
+                qk_rope_head_dim,
+                v_head_dim,
+                ..
+            } => {
+                let (c, nope, rope, v) = (
+                    kv_lora_rank as u64,
+                    qk_nope_head_dim as u64,
+                    qk_rope_head_dim as u64,
+                    v_head_dim as u64,
+                );
+                d * heads * (nope + rope)
+                    + d * (c + rope)
+                    + c
+                    + c * heads * (nope + v)
+                    + heads * v * d
+            }
+        };
+        let (mut all, mut read) = (0u64, 0u64);
+        for layer in 0..self.num_layers {
+            let norms = 2 * d;
+            let (ffn_all, ffn_read) = match (&self.moe, self.is_moe_layer(layer)) {
+                (Some(m), true) => {
+                    let expert = 3 * d * m.moe_intermediate_size as u64;
+                    let shared = m.n_shared_experts as u64 * expert;
+                    let gate = m.n_routed_experts as u64 * d
+                        + if m.topk_method == TopkMethod::NoauxTc {
+                            m.n_routed_experts as u64
+                        } else {
+                            0
+                        };
+                    (
+                        gate + shared + m.n_routed_experts as u64 * expert,
+                        gate + shared + m.num_experts_per_tok as u64 * expert,
+                    )
+                }
+                _ => {
+                    let dense = 3 * d * self.intermediate_size as u64;
+                    (dense, dense)
+                }
+            };
+            all += attention + norms + ffn_all;
+            read += attention + norms + ffn_read;
+        }
+        let vocab = self.vocab_size as u64 * d;
+        (all + 2 * vocab + d, read + vocab + 2 * d)
+    }
+
+    /// Cached values per position over all layers: MHA keys and values; MLA the normalised
+    /// latent and the rope key.
+    pub fn kv_values_per_position(&self) -> u64 {
+        let per_layer = match self.attention {
+            AttentionKind::Mha { head_dim } => 2 * self.num_kv_heads * head_dim,
+            AttentionKind::Mla {
+                kv_lora_rank,
+                qk_rope_head_dim,
+                ..
+            } => kv_lora_rank + qk_rope_head_dim,
+        };
+        (self.num_layers * per_layer) as u64
+    }
+
     /// Reads `language_config` (`v`, an object) of the `config.json` at `path`.
     pub fn from_language_config(path: &Path, v: &Value) -> Result<Self> {
         let raw = parse_raw(path, v)?;
@@ -503,6 +582,45 @@ mod tests {
             o.insert(k.into(), x);
         }
         v
+    }
+
+    /// v2 §1.1: the language models' share of the published totals, and the MLA cache size.
+    #[test]
+    fn deepseek_v2_parameter_counts() -> Result<()> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/v2/models/vl2-small-random/config.json");
+        let v: Value = crate::config::read_json(&path)?;
+        let mut lc = v["language_config"].clone();
+        // deepseek-vl2-small's language model (v2 §1.3).
+        for (k, x) in [
+            ("hidden_size", 2048),
+            ("intermediate_size", 10944),
+            ("moe_intermediate_size", 1408),
+            ("num_hidden_layers", 27),
+            ("num_attention_heads", 16),
+            ("num_key_value_heads", 16),
+            ("n_routed_experts", 64),
+            ("n_shared_experts", 2),
+            ("num_experts_per_tok", 6),
+            ("kv_lora_rank", 512),
+            ("qk_nope_head_dim", 128),
+            ("qk_rope_head_dim", 64),
+            ("v_head_dim", 128),
+            ("vocab_size", 102400),
+        ] {
+            lc[k] = serde_json::json!(x);
+        }
+        let spec = DeepseekV2Spec::from_language_config(&path, &lc)?;
+        let (all, read) = spec.param_counts();
+        // 16.148 B in all minus SigLIP-SO400M with its head (428.2 M), the projector (4608·2048 +
+        // 2048 + 2048² + 2048) and the two 2048-vectors.
+        let vision = 428_225_600u64;
+        let projector = 4608 * 2048 + 2048 + 2048 * 2048 + 2048 + 2 * 2048;
+        assert_eq!(all + vision + projector, 16_148_349_504, "all = {all}");
+        // "2.8B activated" (model card) includes the vision tower; the LM reads about 2.4 B.
+        assert!((2.3e9..2.6e9).contains(&(read as f64)), "read = {read}");
+        assert_eq!(spec.kv_values_per_position(), 27 * 576);
+        Ok(())
     }
 
     #[test]

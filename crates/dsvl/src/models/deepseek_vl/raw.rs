@@ -1,5 +1,5 @@
 //! Serde mirrors of the JSON files in a model directory, field names exactly as published.
-//! Defaults are the reference classes' defaults; `resolve` turns these into a checked [`super::ModelSpec`].
+//! Defaults are the reference classes' defaults; `resolve` turns these into a checked [`super::DeepseekVlSpec`].
 
 use serde::Deserialize;
 use serde_json::Value;

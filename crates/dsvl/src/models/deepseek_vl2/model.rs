@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::merge::merge_image_embeddings;
-use crate::config::{GlobalViewPos, Vl2Spec};
-use crate::error::{Error, Result};
+use super::config::{DeepseekVl2Spec, GlobalViewPos};
+use crate::error::Result;
 use crate::llm::deepseek_v2::DeepseekV2;
-use crate::llm::KvCache;
-use crate::llm::Logits;
+use crate::llm::{KvCache, Logits};
+use crate::models::inputs::TiledImage;
+use crate::models::merge::merge_image_embeddings;
 use crate::nn::QuantPlan;
 use crate::projector::DownsampleProjector;
 use crate::vision::siglip::Siglip;
@@ -26,8 +26,9 @@ pub struct Vl2VisionStages {
     pub projector_out: Tensor,
 }
 
+/// A loaded DeepSeek-VL2 model.
 pub struct DeepseekVl2 {
-    spec: Vl2Spec,
+    spec: DeepseekVl2Spec,
     vision: Siglip,
     projector: DownsampleProjector,
     image_newline: Tensor,
@@ -41,7 +42,7 @@ impl DeepseekVl2 {
     /// Loads the weights of `spec.dir` in `dtype` on `device`; the LLM's linear layers are
     /// stored as `quant` says (the vision tower and the projector are never quantized).
     pub fn load(
-        spec: &Vl2Spec,
+        spec: &DeepseekVl2Spec,
         dtype: DType,
         device: &Device,
         quant: QuantPlan,
@@ -75,7 +76,7 @@ impl DeepseekVl2 {
         })
     }
 
-    pub fn spec(&self) -> &Vl2Spec {
+    pub fn spec(&self) -> &DeepseekVl2Spec {
         &self.spec
     }
     pub fn llm(&self) -> &DeepseekV2 {
@@ -115,15 +116,9 @@ impl DeepseekVl2 {
 
     /// The image's embedding sequence `[N, hidden]` (v2 §5, §7) from its tiles
     /// `[1 + nw·nh, 3, S, S]` (global view first, then the local tiles row-major).
-    pub fn encode_image(&self, tiles: &Tensor, nw: usize, nh: usize) -> Result<Tensor> {
-        let n = tiles.dim(0)?;
-        if n != 1 + nw * nh {
-            return Err(Error::Unsupported {
-                what: format!("{n} tiles for a {nw}x{nh} layout"),
-                hint: "internal: the processor yields 1 + nw·nh tiles per image".into(),
-            });
-        }
-        let feats = self.vision_stages(tiles)?.projector_out;
+    pub fn encode_tiled(&self, image: &TiledImage) -> Result<Tensor> {
+        let (nw, nh) = image.grid();
+        let feats = self.vision_stages(image.tiles())?.projector_out;
         self.layout_image(&feats, nw, nh)
     }
 
@@ -182,12 +177,12 @@ impl DeepseekVl2 {
         Ok(self.llm.forward(embeds, cache, Logits::Last)?.squeeze(0)?)
     }
 
-    /// One decode step for token `id`; f32 logits `[vocab]`.
     /// One decode step for each of several sequences; f32 logits `[B, vocab]`.
     pub fn decode_batch(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
         Ok(self.llm.decode_batch(ids, caches)?)
     }
 
+    /// One decode step for token `id`; f32 logits `[vocab]`.
     pub fn decode_step(&self, id: u32, cache: &mut KvCache) -> Result<Tensor> {
         let ids = Tensor::new(&[id], &self.device)?.unsqueeze(0)?;
         let embeds = self.llm.embed(&ids)?;

@@ -1,5 +1,5 @@
 //! DeepSeek-VL2 model directories (v2 §1): `config.json` with `model_type: deepseek_vl_v2` and
-//! `processor_config.json`, resolved into a checked [`Vl2Spec`].
+//! `processor_config.json`, resolved into a checked [`DeepseekVl2Spec`].
 //!
 //! Every key missing from the files takes the default of the official config classes
 //! (`VisionEncoderConfig`, `MlpProjectorConfig`, `DeepseekV2Config`, `DeepseekVLV2Processor`),
@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{config_err, parse_value, read_json_opt};
+use crate::config::{config_err, parse_value, read_json_opt};
 use crate::error::{Error, Result};
 use crate::llm::deepseek_v2::DeepseekV2Spec;
+use crate::models::registry::ConfigFile;
 use crate::nn::Activation;
 use crate::projector::DownsampleProjectorSpec;
 use crate::vision::siglip::SiglipSpec;
@@ -50,8 +51,12 @@ impl Vl2ProcessorSpec {
     }
 }
 
+/// The `model_type` of a DeepSeek-VL2 `config.json`.
+pub(crate) const MODEL_TYPES: &[&str] = &["deepseek_vl_v2"];
+
+/// A resolved DeepSeek-VL2 model directory.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Vl2Spec {
+pub struct DeepseekVl2Spec {
     pub dir: PathBuf,
     pub vision: SiglipSpec,
     pub projector: DownsampleProjectorSpec,
@@ -177,9 +182,14 @@ fn pad_token() -> String {
     "<｜▁pad▁｜>".into()
 }
 
-impl Vl2Spec {
-    /// Resolves a VL2 directory whose `config.json` (at `config_path`) was already read as `value`.
-    pub fn from_config(dir: &Path, config_path: &Path, value: serde_json::Value) -> Result<Self> {
+impl DeepseekVl2Spec {
+    /// Resolves a VL2 directory whose `config.json` the registry has read, with its
+    /// `processor_config.json`.
+    pub(crate) fn resolve(file: ConfigFile) -> Result<Self> {
+        let ConfigFile {
+            dir, path, value, ..
+        } = file;
+        let (dir, config_path) = (dir.as_path(), path.as_path());
         let cfg: Vl2ConfigJson = parse_value(config_path, value)?;
         if cfg.tile_tag != "2D" {
             return Err(Error::Unsupported {
@@ -212,7 +222,7 @@ impl Vl2Spec {
             )
         })?;
         let processor = processor_spec(&proc_path, proc)?;
-        let spec = Vl2Spec {
+        let spec = DeepseekVl2Spec {
             dir: dir.to_path_buf(),
             vision,
             projector,

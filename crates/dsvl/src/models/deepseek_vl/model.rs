@@ -5,21 +5,40 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::merge::merge_image_embeddings;
-use crate::config::{ModelSpec, VisionSpec};
-use crate::error::{Error, Result};
-use crate::llm::Logits;
-use crate::llm::{KvCache, Llama};
+use super::config::{DeepseekVlSpec, VisionSpec};
+use crate::error::Result;
+use crate::llm::{KvCache, Llama, Logits};
+use crate::models::merge::merge_image_embeddings;
 use crate::nn::QuantPlan;
-use crate::projector::{Aligner, VisionFeatures};
-use crate::vision::{normalize, sam::Sam, siglip::Siglip};
+use crate::projector::{Aligner, HybridAligner};
+use crate::vision::normalize;
+use crate::vision::sam::{Sam, SamSpec};
+use crate::vision::siglip::{Siglip, SiglipSpec};
 use crate::weights::{Checkpoint, Progress};
 
+/// The vision tower(s), each with the spec of its input (size, normalisation), and the aligner
+/// that takes their features.
 enum VisionTower {
     /// `vision_model.vision_tower` (CLIPVisionTower around SigLIP).
-    Siglip(Siglip),
+    Siglip(Box<SiglipTower>),
     /// `vision_model.vision_tower_high.vision_tower` (SAM) and `…_low.vision_tower` (SigLIP).
-    Hybrid { sam: Box<Sam>, siglip: Siglip },
+    Hybrid(Box<HybridTower>),
+}
+
+/// The 1.3B `CLIPVisionTower` and its aligner.
+struct SiglipTower {
+    siglip: Siglip,
+    spec: SiglipSpec,
+    aligner: Aligner,
+}
+
+/// The 7B `HybridVisionTower` and its split aligner.
+struct HybridTower {
+    sam: Sam,
+    sam_spec: SamSpec,
+    siglip: Siglip,
+    siglip_spec: SiglipSpec,
+    aligner: HybridAligner,
 }
 
 /// Per-stage outputs of the vision path, for parity tests and debugging.
@@ -32,10 +51,10 @@ pub struct VisionStages {
     pub aligner_out: Tensor,
 }
 
+/// A loaded DeepSeek-VL model.
 pub struct DeepseekVl {
-    spec: ModelSpec,
+    spec: DeepseekVlSpec,
     vision: VisionTower,
-    aligner: Aligner,
     llm: Llama,
     dtype: DType,
     device: Device,
@@ -45,7 +64,7 @@ impl DeepseekVl {
     /// Loads the weights of `spec.dir` in `dtype` on `device`; the LLM's linear layers are
     /// stored as `quant` says (the vision towers and the aligner are never quantized).
     pub fn load(
-        spec: &ModelSpec,
+        spec: &DeepseekVlSpec,
         dtype: DType,
         device: &Device,
         quant: QuantPlan,
@@ -55,34 +74,35 @@ impl DeepseekVl {
         let vb = ckpt.var_builder(dtype, device);
         let built = (|| -> candle_core::Result<_> {
             let vm = vb.pp("vision_model");
+            // Fields load in the order written: the tower(s), then the aligner.
             let vision = match &spec.vision {
-                VisionSpec::Siglip(s) => {
-                    VisionTower::Siglip(Siglip::new(s, vm.pp("vision_tower"))?)
-                }
-                VisionSpec::Hybrid { sam, siglip } => VisionTower::Hybrid {
-                    sam: Box::new(Sam::new(
-                        sam,
-                        vm.pp("vision_tower_high").pp("vision_tower"),
-                    )?),
+                VisionSpec::Siglip(s) => VisionTower::Siglip(Box::new(SiglipTower {
+                    siglip: Siglip::new(s, vm.pp("vision_tower"))?,
+                    spec: s.clone(),
+                    aligner: Aligner::new(&spec.aligner, vb.pp("aligner"))?,
+                })),
+                VisionSpec::Hybrid { sam, siglip } => VisionTower::Hybrid(Box::new(HybridTower {
+                    sam: Sam::new(sam, vm.pp("vision_tower_high").pp("vision_tower"))?,
+                    sam_spec: sam.clone(),
                     siglip: Siglip::new(siglip, vm.pp("vision_tower_low").pp("vision_tower"))?,
-                },
+                    siglip_spec: siglip.clone(),
+                    aligner: HybridAligner::new(&spec.aligner, vb.pp("aligner"))?,
+                })),
             };
-            let aligner = Aligner::new(&spec.aligner, vb.pp("aligner"))?;
             let llm = Llama::new_quantized(&spec.llm, quant, vb.pp("language_model"))?;
-            Ok((vision, aligner, llm))
+            Ok((vision, llm))
         })();
-        let (vision, aligner, llm) = ckpt.finish(built)?;
+        let (vision, llm) = ckpt.finish(built)?;
         Ok(Self {
             spec: spec.clone(),
             vision,
-            aligner,
             llm,
             dtype,
             device: device.clone(),
         })
     }
 
-    pub fn spec(&self) -> &ModelSpec {
+    pub fn spec(&self) -> &DeepseekVlSpec {
         &self.spec
     }
     pub fn llm(&self) -> &Llama {
@@ -104,36 +124,34 @@ impl DeepseekVl {
         // anything goes to a GPU, instead of copying the image back from it.
         let x_host = pixels.to_dtype(self.dtype)?;
         let x = x_host.to_device(&self.device)?;
-        let (features, low_res, sam_out) = match (&self.vision, &self.spec.vision) {
-            (VisionTower::Siglip(siglip), VisionSpec::Siglip(s)) => {
+        let (siglip_out, aligner_out, low_res, sam_out) = match &self.vision {
+            VisionTower::Siglip(tower) => {
+                let SiglipTower {
+                    siglip,
+                    spec: s,
+                    aligner,
+                } = tower.as_ref();
                 let out = siglip.forward(&normalize(&x, s.pixel_mean, s.pixel_std)?)?;
-                (VisionFeatures::Single(out), x, None)
+                let aligned = aligner.forward(&out)?;
+                (out, aligned, x, None)
             }
-            (
-                VisionTower::Hybrid { sam, siglip },
-                VisionSpec::Hybrid {
-                    sam: ss,
-                    siglip: ls,
-                },
-            ) => {
+            VisionTower::Hybrid(tower) => {
+                let HybridTower {
+                    sam,
+                    sam_spec: ss,
+                    siglip,
+                    siglip_spec: ls,
+                    aligner,
+                } = tower.as_ref();
                 // v1 §3.3: the 384 view is derived from the (model-dtype) padded image, in f32, with
                 // antialiased bilinear, before either branch normalises.
                 let low = low_res_view(&x_host, ls.image_size)?.to_device(&self.device)?;
                 let high = sam.forward(&normalize(&x, ss.pixel_mean, ss.pixel_std)?)?;
                 let lo = siglip.forward(&normalize(&low, ls.pixel_mean, ls.pixel_std)?)?;
-                (VisionFeatures::Hybrid(high.clone(), lo), low, Some(high))
-            }
-            _ => {
-                return Err(Error::Unsupported {
-                    what: "vision tower/spec mismatch".into(),
-                    hint: "internal".into(),
-                })
+                let aligned = aligner.forward(&high, &lo)?;
+                (lo, aligned, low, Some(high))
             }
         };
-        let siglip_out = match &features {
-            VisionFeatures::Single(x) | VisionFeatures::Hybrid(_, x) => x.clone(),
-        };
-        let aligner_out = self.aligner.forward(&features)?;
         Ok(VisionStages {
             low_res,
             siglip_out,
@@ -171,12 +189,12 @@ impl DeepseekVl {
         Ok(self.llm.forward(embeds, cache, Logits::Last)?.squeeze(0)?)
     }
 
-    /// One decode step for token `id`; f32 logits `[vocab]`.
     /// One decode step for each of several sequences; f32 logits `[B, vocab]`.
     pub fn decode_batch(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
         Ok(self.llm.decode_batch(ids, caches)?)
     }
 
+    /// One decode step for token `id`; f32 logits `[vocab]`.
     pub fn decode_step(&self, id: u32, cache: &mut KvCache) -> Result<Tensor> {
         let embeds = self.input_embeddings(&[id], u32::MAX, None)?;
         self.forward_embeds(&embeds, cache)

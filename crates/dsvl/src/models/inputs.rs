@@ -1,0 +1,134 @@
+//! What a family's processor takes (a conversation with its images) and what it makes of it
+//! (prompt ids and one vision input per image), shared by every family.
+
+use std::path::PathBuf;
+
+use candle_core::Tensor;
+
+use crate::error::{Error, Result};
+use crate::image::{self, RgbImage};
+use crate::prompt::template::Role;
+
+/// Where an image comes from.
+#[derive(Debug, Clone)]
+pub enum ImageSource {
+    Path(PathBuf),
+    /// Raw file bytes (e.g. a base64 data URL), with a name for error messages.
+    Bytes {
+        name: String,
+        data: Vec<u8>,
+    },
+}
+
+impl ImageSource {
+    /// Decodes the image, refusing more than `max_pixels` pixels before decoding.
+    pub fn decode(&self, max_pixels: u64) -> Result<RgbImage> {
+        match self {
+            ImageSource::Path(p) => image::load(p, max_pixels),
+            ImageSource::Bytes { name, data } => image::decode(data, name, max_pixels),
+        }
+    }
+}
+
+/// One conversation turn with its images, in placeholder order.
+#[derive(Debug, Clone)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+    pub images: Vec<ImageSource>,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            images: Vec::new(),
+        }
+    }
+    pub fn with_images(mut self, images: Vec<ImageSource>) -> Self {
+        self.images = images;
+        self
+    }
+}
+
+/// One image's vision-tower input, as its family's processor made it. Each variant carries
+/// exactly what its vision path needs.
+#[derive(Debug, Clone)]
+pub enum ImageInput {
+    /// DeepSeek-VL: the resized, padded square view `[3, S, S]`, f32 in [0, 1] (v1 §3.1; the
+    /// model normalises it).
+    Square(Tensor),
+    /// DeepSeek-VL2: the global view and the local tiles (v2 §2).
+    Tiled(TiledImage),
+}
+
+impl ImageInput {
+    /// The preprocessed pixels: `[3, S, S]`, or the tiles `[1 + nw·nh, 3, S, S]`.
+    pub fn pixels(&self) -> &Tensor {
+        match self {
+            ImageInput::Square(px) => px,
+            ImageInput::Tiled(t) => &t.tiles,
+        }
+    }
+}
+
+/// A DeepSeek-VL2 image: its tiles `[1 + nw·nh, 3, S, S]`, normalised f32 (global view first, then
+/// the local tiles row-major), and its tile layout `nw × nh`. The tile count always matches the
+/// layout ([`TiledImage::new`] checks it).
+#[derive(Debug, Clone)]
+pub struct TiledImage {
+    tiles: Tensor,
+    nw: usize,
+    nh: usize,
+}
+
+impl TiledImage {
+    /// `tiles` `[1 + nw·nh, 3, S, S]` laid out `nw` tiles wide and `nh` high.
+    pub fn new(tiles: Tensor, nw: usize, nh: usize) -> Result<Self> {
+        let n = tiles.dim(0)?;
+        if n != 1 + nw * nh {
+            return Err(Error::Unsupported {
+                what: format!("{n} tiles for a {nw}x{nh} layout"),
+                hint: "a tiled image has its global view and nw·nh local tiles".into(),
+            });
+        }
+        Ok(Self { tiles, nw, nh })
+    }
+
+    /// `[1 + nw·nh, 3, S, S]`.
+    pub fn tiles(&self) -> &Tensor {
+        &self.tiles
+    }
+
+    /// `(nw, nh)`: local tiles across and down.
+    pub fn grid(&self) -> (usize, usize) {
+        (self.nw, self.nh)
+    }
+}
+
+/// A conversation turned into model inputs.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The prompt as text, one marker per image (v1: exactly what is tokenized; VL2: for display,
+    /// since VL2 tokenizes the segments between images separately).
+    pub prompt: String,
+    /// Token ids with every image expanded to its image-token positions.
+    pub ids: Vec<u32>,
+    /// Each image's vision-tower input, in order.
+    pub images: Vec<ImageInput>,
+    /// Each image's decoded `(width, height)`, in order (grounding boxes map to these).
+    pub image_sizes: Vec<(u32, u32)>,
+    pub n_images: usize,
+    pub preprocess_ms: f64,
+}
+
+/// The prompt of a conversation without its vision inputs: what `/tokenize` and
+/// `/apply-template` show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptText {
+    /// The prompt as text, one marker per image.
+    pub prompt: String,
+    /// Token ids with every image expanded to its image-token positions.
+    pub ids: Vec<u32>,
+}

@@ -166,6 +166,8 @@ impl ApiError {
             E::ContextOverflow { .. } | E::PromptTooLong { .. } => {
                 Self::invalid("messages", msg).with_code("context_length_exceeded")
             }
+            E::QueueFull { capacity } => Self::overloaded(capacity),
+            E::EngineStopped => Self::unavailable(msg),
             E::Conversation(_) => Self::invalid("messages", msg),
             E::Tokenize(_) => Self::invalid("messages", msg),
             E::Sampling(ref detail) => {

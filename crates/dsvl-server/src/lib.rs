@@ -5,17 +5,17 @@
 //!   and silent clients are cut by the header and body timeouts; connections are capped.
 //! - [`router`] builds every route around an [`AppState`], so tests call `oneshot` without a socket;
 //!   [`AppState::from_pipeline`] wraps an already-loaded model.
-//! - Generation runs on one engine thread fed by a bounded queue (`engine`); handlers only parse,
-//!   validate, prepare the prompt, submit and map (STYLE §3.10).
+//! - Generation runs on the library's engine thread ([`dsvl::engine::EngineHandle`], continuous
+//!   batching); handlers only parse, validate, prepare the prompt, submit and map (STYLE §3.10).
 //!
-//! Modules: `openai` (wire types and their conversion), `media` (image URLs), `engine` (the
-//! thread and its request type), `routes` (handlers), `error` (OpenAI error bodies), `metrics`,
-//! `grounding` (the VL2 boxes extension field).
+//! Modules: `openai` (wire types and their conversion), `media` (image URLs), `routes`
+//! (handlers), `error` (OpenAI error bodies), `metrics`, `grounding` (the VL2 boxes extension
+//! field), `preparing` (the bound on request preparation), `release` (memory after large
+//! requests).
 //!
 //! Sampling defaults follow OpenAI, not the reference CLI: `temperature` 1 and `top_p` 1 when
 //! omitted, no top-k, a random seed. Send `"temperature": 0` for the reference's greedy output.
 
-pub mod engine;
 pub mod error;
 pub mod extract;
 pub mod grounding;

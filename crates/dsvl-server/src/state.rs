@@ -5,9 +5,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use candle_core::DType;
-use dsvl::engine::Pipeline;
+use dsvl::engine::{EngineConfig, EngineHandle, Pipeline, Policy, DEFAULT_PREFILL_TOKENS_PER_STEP};
 
-use crate::engine::EngineHandle;
 use crate::error::ApiError;
 use crate::media::{MediaPolicy, RemoteImages};
 use crate::metrics::Metrics;
@@ -193,22 +192,26 @@ impl AppState {
     }
 
     /// A ready state around an already-loaded model (tests, embedding). Starts the engine thread.
-    pub fn from_pipeline(pipeline: Arc<Pipeline>, cfg: &ServerConfig) -> std::io::Result<Self> {
+    pub fn from_pipeline(pipeline: Arc<Pipeline>, cfg: &ServerConfig) -> dsvl::Result<Self> {
         let state = Self::loading(cfg);
         state.set_ready(pipeline)?;
         Ok(state)
     }
 
     /// Starts the engine thread on `pipeline`; from now on the model routes answer.
-    pub fn set_ready(&self, pipeline: Arc<Pipeline>) -> std::io::Result<()> {
-        let handle = EngineHandle::spawn(
-            pipeline,
-            self.inner.limits.max_queue,
-            self.inner.limits.max_running,
-            self.inner.limits.image_cache_bytes,
-            self.inner.limits.prefix_cache_bytes,
-            self.inner.metrics.clone(),
-        )?;
+    pub fn set_ready(&self, pipeline: Arc<Pipeline>) -> dsvl::Result<()> {
+        let l = &self.inner.limits;
+        let cfg = EngineConfig {
+            max_queue: l.max_queue,
+            policy: Policy {
+                max_running: l.max_running,
+                prefill_tokens_per_step: DEFAULT_PREFILL_TOKENS_PER_STEP,
+            },
+            image_cache_bytes: l.image_cache_bytes,
+            prefix_cache_bytes: l.prefix_cache_bytes,
+        };
+        let stats = self.inner.metrics.engine.clone();
+        let handle = EngineHandle::spawn_with_stats(pipeline, &cfg, stats)?;
         // A second call keeps the first engine: the state serves one model for its whole life.
         let _ = self.inner.engine.set(handle);
         Ok(())

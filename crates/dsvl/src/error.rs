@@ -81,6 +81,10 @@ pub enum Error {
         min_tokens: usize,
         max: usize,
     },
+    #[error("the engine's queue is full ({capacity} requests waiting); retry shortly")]
+    QueueFull { capacity: usize },
+    #[error("the engine has stopped; no more requests are taken")]
+    EngineStopped,
     #[error("conversation: {0}")]
     Conversation(String),
 

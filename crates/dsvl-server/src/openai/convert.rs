@@ -10,8 +10,8 @@ use dsvl::sampling::SamplingParams;
 
 use super::request::{ChatRequest, Content, Part, Stop, WireMessage};
 use super::response::{TokenLogprob, TopLogprob};
-use crate::engine::TokenOut;
 use crate::error::ApiError;
+use dsvl::engine::TokenOut;
 
 /// OpenAI caps `top_logprobs` at 20.
 pub const MAX_TOP_LOGPROBS: u64 = 20;

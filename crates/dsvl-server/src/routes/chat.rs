@@ -6,17 +6,17 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use dsvl::engine::{ChatMessage, Pipeline, Prepared};
+use dsvl::engine::{ChatMessage, Pipeline, Prepared, Request};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::stream;
-use crate::engine::EngineEvent;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::openai::convert::{finish_reason, token_logprob, ChatPlan, Turn};
 use crate::openai::request::ChatRequest;
 use crate::openai::response::{AssistantMessage, ChatCompletion, Choice, Logprobs, Usage};
 use crate::state::{AppState, Limits};
+use dsvl::engine::EngineEvent;
 
 /// New tokens when the request gives no `max_tokens`: this many, or what the context has left.
 pub const DEFAULT_MAX_TOKENS: usize = 2048;
@@ -57,7 +57,9 @@ pub async fn chat_completions(
     .await?;
     plan.params.sampling.max_new_tokens = max_new;
     let with_logprobs = plan.params.logprobs.is_some();
-    let events = engine.submit(prepared, plan.params)?;
+    let events = engine
+        .submit(Request::new(prepared, plan.params))
+        .map_err(ApiError::from_engine)?;
     let meta = ReplyMeta::new(s.model_name());
     Ok(if plan.stream {
         stream::sse(events, meta, plan.include_usage, with_logprobs).into_response()
@@ -201,9 +203,9 @@ async fn collect(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::engine::TokenOut;
     use crate::grounding::answer_grounding;
     use dsvl::engine::FinishReason;
+    use dsvl::engine::TokenOut;
     use tokio::sync::mpsc::unbounded_channel;
 
     /// Engine events of a VL2 answer with grounding markup, as the worker sends them.

@@ -14,10 +14,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 
 use super::chat::ReplyMeta;
-use crate::engine::EngineEvent;
 use crate::error::ApiError;
 use crate::openai::convert::{finish_reason, token_logprob};
 use crate::openai::response::{ChatChunk, ChunkChoice, Delta, Logprobs, Usage};
+use dsvl::engine::EngineEvent;
 
 pub fn sse(
     events: UnboundedReceiver<EngineEvent>,

@@ -6,6 +6,7 @@
 //! callback that can stop generation. [`Pipeline::start`], [`Sequence::step`] and
 //! [`Pipeline::decode_batch`] are the same loop cut into steps, for decoding many requests together.
 
+mod batch;
 mod feature_cache;
 mod generate;
 mod sequence;
@@ -25,6 +26,10 @@ use crate::prompt::tokenizer::PromptTokenizer;
 use crate::weights::Progress;
 
 pub use crate::models::{ChatMessage, ImageInput, ImageSource, Prepared, PromptText, TiledImage};
+pub use batch::{
+    EngineConfig, EngineEvent, EngineHandle, EngineStats, Histogram, Policy, Request, TokenOut,
+    DEFAULT_PREFILL_TOKENS_PER_STEP,
+};
 pub use feature_cache::FeatureCache;
 pub use generate::{
     Conversation, Event, FinishReason, GenerateParams, Outcome, PrefixCache, Timings, TokenEvent,

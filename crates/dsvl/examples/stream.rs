@@ -8,8 +8,7 @@ use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use dsvl::engine::{ChatMessage, GenerateParams, ImageSource, LoadOptions, Pipeline};
-use dsvl::prompt::template::Role;
+use dsvl::{ChatMessage, GenerateParams, ImageSource, LoadOptions, Pipeline, Role};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -25,7 +24,7 @@ fn main() -> anyhow::Result<()> {
         .with_images(vec![ImageSource::Path(PathBuf::from(image))]);
     let mut params = GenerateParams::default();
     params.sampling.max_new_tokens = 256;
-    let prepared = pipeline.prepare(None, &[message], params.sampling.max_new_tokens)?;
+    let prepared = pipeline.prepare(None, &[message])?;
 
     let mut out = std::io::stdout().lock();
     let outcome = pipeline.generate(&prepared, &params, |event| {

@@ -13,6 +13,10 @@
 //! blocks, `engine` ties it together. `grounding` turns DeepSeek-VL2 `<|ref|>/<|det|>` answers
 //! into boxes and draws them.
 //!
+//! The crate root re-exports what a program needs: [`Pipeline`] (load, prepare, generate),
+//! [`EngineHandle`] (continuous batching for many concurrent requests), messages, images,
+//! generation parameters, events and errors.
+//!
 //! Describe an image (here the tiny random-weight test model, so the answer is noise; give a
 //! published model folder for a real one). `examples/describe.rs` and `examples/stream.rs` are
 //! the same as programs.
@@ -21,8 +25,7 @@
 //! use std::ops::ControlFlow;
 //! use std::path::Path;
 //!
-//! use dsvl::engine::{ChatMessage, GenerateParams, ImageSource, LoadOptions, Pipeline};
-//! use dsvl::prompt::template::Role;
+//! use dsvl::{ChatMessage, GenerateParams, ImageSource, LoadOptions, Pipeline, Role};
 //!
 //! # fn main() -> dsvl::Result<()> {
 //! let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1");
@@ -32,7 +35,7 @@
 //!
 //! let mut params = GenerateParams::default(); // greedy
 //! params.sampling.max_new_tokens = 8;
-//! let prepared = pipeline.prepare(None, &[question], params.sampling.max_new_tokens)?;
+//! let prepared = pipeline.prepare(None, &[question])?;
 //! let mut streamed = String::new();
 //! let answer = pipeline.generate(&prepared, &params, |event| {
 //!     streamed.push_str(event.text());
@@ -44,21 +47,42 @@
 //! # }
 //! ```
 
-pub mod config;
 pub mod device;
 pub mod engine;
 pub mod error;
 pub mod grounding;
 pub mod image;
-pub mod llm;
-pub mod memory;
 pub mod models;
-pub mod nn;
-pub mod projector;
 pub mod prompt;
 pub mod sampling;
+
+// Stage internals: public so that the parity tests can check each stage against the reference,
+// and for the benchmarks and developer tools; not part of the supported API (hidden from the
+// docs, may change in any release).
+#[doc(hidden)]
+pub mod config;
+#[doc(hidden)]
+pub mod llm;
+#[doc(hidden)]
+pub mod memory;
+#[doc(hidden)]
+pub mod nn;
+#[doc(hidden)]
+pub mod projector;
+#[doc(hidden)]
 pub mod text;
+#[doc(hidden)]
 pub mod vision;
+#[doc(hidden)]
 pub mod weights;
 
+pub use device::DeviceChoice;
+pub use engine::{
+    ChatMessage, EngineConfig, EngineEvent, EngineHandle, Event, FinishReason, GenerateParams,
+    ImageSource, LoadOptions, Outcome, Pipeline, Prepared, Request, TokenOut,
+};
 pub use error::{CheckpointLayout, Error, Result};
+pub use grounding::Grounding;
+pub use nn::Quant;
+pub use prompt::template::Role;
+pub use sampling::SamplingParams;

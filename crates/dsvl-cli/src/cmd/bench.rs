@@ -365,7 +365,7 @@ fn one_run(
         prefill_chunk: None,
     };
     let mut conversation = Conversation::new(256 << 20);
-    let prepared = pipeline.prepare(None, turn1, decode_tokens)?;
+    let prepared = pipeline.prepare(None, turn1)?;
     let (outcome, tok_s) = timed_generate(pipeline, &prepared, &params, &mut conversation)?;
     ensure!(
         outcome.ids.len() == decode_tokens,
@@ -390,7 +390,7 @@ fn one_run(
             },
             ..params.clone()
         };
-        let prepared2 = pipeline.prepare(None, turn2, 1)?;
+        let prepared2 = pipeline.prepare(None, turn2)?;
         let out2 = pipeline.generate_in(&mut conversation, &prepared2, &one, |_| {
             ControlFlow::Continue(())
         })?;

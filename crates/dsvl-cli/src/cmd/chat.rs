@@ -80,15 +80,14 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         let user =
             ChatMessage::new(Role::User, text.join(" ")).with_images(std::mem::take(&mut pending));
         history.push(user);
-        let prepared =
-            match pipeline.prepare(system.as_deref(), &history, params.sampling.max_new_tokens) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    history.pop();
-                    continue;
-                }
-            };
+        let prepared = match pipeline.prepare(system.as_deref(), &history) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e}");
+                history.pop();
+                continue;
+            }
+        };
         let outcome = pipeline.generate_in(&mut conversation, &prepared, &params, |ev| {
             let _ = out.write_all(ev.text().as_bytes());
             let _ = out.flush();

@@ -77,11 +77,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let params = generate_params(&a.sampling, a.logprobs.map(|k| k as usize));
     params.sampling.validate()?;
     let pipeline = load_pipeline(&a.model)?;
-    let prepared = pipeline.prepare(
-        a.sampling.system.as_deref(),
-        &messages,
-        params.sampling.max_new_tokens,
-    )?;
+    let prepared = pipeline.prepare(a.sampling.system.as_deref(), &messages)?;
     let mut out = std::io::stdout().lock();
     let mut io_err = None;
     let outcome = pipeline.generate(&prepared, &params, |ev| {

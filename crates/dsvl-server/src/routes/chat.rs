@@ -112,7 +112,7 @@ pub(crate) fn prepare(
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let prepared = pipeline
-        .prepare(None, &messages, requested.unwrap_or(1))
+        .prepare(None, &messages)
         .map_err(ApiError::from_engine)?;
     let n = prepared.ids.len();
     if let Some(max) = limits.max_prompt_tokens.filter(|&max| n > max) {
@@ -123,6 +123,9 @@ pub(crate) fn prepare(
             ),
         )
         .with_code("context_length_exceeded"));
+    }
+    if let Some(r) = requested {
+        pipeline.check_fits(n, r).map_err(ApiError::from_engine)?;
     }
     // `prepare` checked that n + 1 fits, so the remaining context is at least 1.
     let left = pipeline.config().context_length().saturating_sub(n).max(1);

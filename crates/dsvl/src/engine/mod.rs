@@ -111,14 +111,11 @@ impl Pipeline {
         self.config.as_ref()
     }
 
-    /// Renders, tokenizes and expands the prompt, checks it fits, and preprocesses the images.
-    /// `system`: `None` for the family's default (v1: the official system prompt; VL2: none).
-    pub fn prepare(
-        &self,
-        system: Option<&str>,
-        messages: &[ChatMessage],
-        max_new_tokens: usize,
-    ) -> Result<Prepared> {
+    /// Renders, tokenizes and expands the prompt, checks that it leaves room for at least one
+    /// new token, and preprocesses the images. `system`: `None` for the family's default (v1:
+    /// the official system prompt; VL2: none). The new-token budget is given once, in the
+    /// [`GenerateParams`] of the generation, which checks that prompt and budget fit.
+    pub fn prepare(&self, system: Option<&str>, messages: &[ChatMessage]) -> Result<Prepared> {
         let _span = tracing::debug_span!("prepare", messages = messages.len()).entered();
         let t0 = Instant::now();
         let text_bytes =
@@ -128,13 +125,15 @@ impl Pipeline {
         let mut prepared =
             self.config
                 .prepare(&self.tokenizer, system, messages, self.max_image_pixels)?;
-        check_context(
-            prepared.ids.len(),
-            max_new_tokens,
-            self.config.context_length(),
-        )?;
+        self.check_fits(prepared.ids.len(), 1)?;
         prepared.preprocess_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(prepared)
+    }
+
+    /// [`Error::ContextOverflow`] unless `prompt_tokens` and up to `max_new_tokens` fit in the
+    /// model's context.
+    pub fn check_fits(&self, prompt_tokens: usize, max_new_tokens: usize) -> Result<()> {
+        check_context(prompt_tokens, max_new_tokens, self.config.context_length())
     }
 
     /// Refuses, without tokenizing it, prompt text of `text_bytes` bytes that cannot fit in

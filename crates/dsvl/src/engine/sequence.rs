@@ -88,6 +88,7 @@ impl Pipeline {
     ) -> Result<Sequence<'_>> {
         let sp = &params.sampling;
         sp.validate()?;
+        self.check_fits(prepared.ids.len(), sp.max_new_tokens)?;
         let sampler = Sampler::new(sp)?;
         let stops = StopMatcher::new(&sp.stop)?;
         let model = self.model();

@@ -39,7 +39,7 @@ fn prompts(p: &Pipeline, image: ImageSource) -> Vec<(dsvl::engine::Prepared, usi
             let images = if i == 0 { vec![image.clone()] } else { vec![] };
             let msg = vec![ChatMessage::new(Role::User, t.as_str()).with_images(images)];
             let max = 3 + 2 * i;
-            (p.prepare(None, &msg, max).expect("prompt prepares"), max)
+            (p.prepare(None, &msg).expect("prompt prepares"), max)
         })
         .collect()
 }
@@ -161,7 +161,7 @@ fn f32_kv_cache_of_a_bf16_model_changes_no_bit() {
             return; // the f32 cache is a CPU policy
         }
         let msg = vec![ChatMessage::new(Role::User, "Count to five, slowly.")];
-        let prep = p.prepare(None, &msg, 4).expect("prepare");
+        let prep = p.prepare(None, &msg).expect("prepare");
         let embeds = model
             .input_embeddings(&prep.ids, p.tokenizer().image_id(), &[])
             .expect("embeddings");

@@ -75,7 +75,7 @@ fn check(p: &Pipeline, image: ImageSource, other: ImageSource, what: &str) {
         format!("{marker}What is in this picture?"),
         vec![image],
     )];
-    let prep1 = p.prepare(None, &history, NEW_TOKENS).expect("prepare");
+    let prep1 = p.prepare(None, &history).expect("prepare");
     let turn1 = answer(p, &prep1, Some(&mut conv));
     assert_eq!(turn1.0.reused_prompt_tokens, 0, "{what}: turn 1");
     same_answer(p, &prep1, &turn1, &format!("{what} turn 1"));
@@ -85,7 +85,7 @@ fn check(p: &Pipeline, image: ImageSource, other: ImageSource, what: &str) {
     // answer's first) is not prefilled again; the image is not encoded again.
     history.push(ChatMessage::new(Role::Assistant, turn1.0.text.clone()));
     history.push(user("And what colour is it?".into(), vec![]));
-    let prep2 = p.prepare(None, &history, NEW_TOKENS).expect("prepare");
+    let prep2 = p.prepare(None, &history).expect("prepare");
     let turn2 = answer(p, &prep2, Some(&mut conv));
     let reused = turn2.0.reused_prompt_tokens;
     assert!(
@@ -106,7 +106,7 @@ fn check(p: &Pipeline, image: ImageSource, other: ImageSource, what: &str) {
         format!("{marker}What is in this picture?"),
         vec![other],
     )];
-    let prep3 = p.prepare(None, &history, NEW_TOKENS).expect("prepare");
+    let prep3 = p.prepare(None, &history).expect("prepare");
     let first_image_pos = prep3
         .ids
         .iter()

@@ -79,7 +79,7 @@ fn bad_images_are_clear_errors() -> anyhow::Result<()> {
     );
     for name in &names {
         let err = p
-            .prepare(None, &user("What is this?", vec![bad_input(name)]), 8)
+            .prepare(None, &user("What is this?", vec![bad_input(name)]))
             .unwrap_err();
         let msg = err.to_string();
         match &err {
@@ -96,7 +96,7 @@ fn bad_images_are_clear_errors() -> anyhow::Result<()> {
         }
     }
     let missing = p
-        .prepare(None, &user("x", vec![image_file("nope.png")]), 8)
+        .prepare(None, &user("x", vec![image_file("nope.png")]))
         .unwrap_err();
     anyhow::ensure!(
         matches!(missing, Error::Io { .. }) && missing.to_string().contains("nope.png"),
@@ -110,11 +110,7 @@ fn placeholder_count_mismatch_is_an_error() -> anyhow::Result<()> {
     let p = load_model("siglip-tiny", DType::F32)?;
     let two = "<image_placeholder>A <image_placeholder>B";
     let err = p
-        .prepare(
-            None,
-            &user(two, vec![image_file("landscape_500x333.png")]),
-            8,
-        )
+        .prepare(None, &user(two, vec![image_file("landscape_500x333.png")]))
         .unwrap_err();
     anyhow::ensure!(matches!(err, Error::ImageCountMismatch { .. }), "{err:?}");
     anyhow::ensure!(
@@ -123,13 +119,12 @@ fn placeholder_count_mismatch_is_an_error() -> anyhow::Result<()> {
         "{err}"
     );
     // A typed placeholder with no image at all is a mismatch too (v1 §14).
-    let err = p.prepare(None, &user(two, vec![]), 8).unwrap_err();
+    let err = p.prepare(None, &user(two, vec![])).unwrap_err();
     anyhow::ensure!(matches!(err, Error::ImageCountMismatch { .. }), "{err:?}");
     // Images without placeholders get one each, at the start of the turn.
     let ok = p.prepare(
         None,
         &user("Describe.", vec![image_file("landscape_500x333.png")]),
-        8,
     )?;
     anyhow::ensure!(
         ok.prompt.contains("User: <image_placeholder>Describe."),
@@ -143,7 +138,12 @@ fn placeholder_count_mismatch_is_an_error() -> anyhow::Result<()> {
 fn prompt_over_the_context_is_refused_not_truncated() -> anyhow::Result<()> {
     let p = load_model("siglip-tiny", DType::F32)?;
     let max = p.config().context_length();
-    let err = p.prepare(None, &user("Hello", vec![]), max).unwrap_err();
+    let prepared = p.prepare(None, &user("Hello", vec![]))?;
+    let mut params = dsvl::engine::GenerateParams::default();
+    params.sampling.max_new_tokens = max;
+    let err = p
+        .generate(&prepared, &params, |_| std::ops::ControlFlow::Continue(()))
+        .unwrap_err();
     anyhow::ensure!(matches!(err, Error::ContextOverflow { .. }), "{err:?}");
     anyhow::ensure!(
         err.to_string().contains(&format!("context holds {max}")),

@@ -643,7 +643,7 @@ fn quant_fixtures_fall_back_to_float_bit_for_bit() -> anyhow::Result<()> {
             if quant.is_some() {
                 assert_eq!(r.fallbacks, r.linears, "{}: {r}", dir.display());
             }
-            let prepared = p.prepare(None, &[ChatMessage::new(Role::User, "Hello there")], 6)?;
+            let prepared = p.prepare(None, &[ChatMessage::new(Role::User, "Hello there")])?;
             let params = GenerateParams {
                 sampling: SamplingParams {
                     max_new_tokens: 6,

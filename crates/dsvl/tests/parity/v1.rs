@@ -104,11 +104,7 @@ fn messages(case: &Case) -> anyhow::Result<Vec<ChatMessage>> {
 }
 
 fn prepare(p: &Pipeline, case: &Case) -> anyhow::Result<Prepared> {
-    let prepared = p.prepare(
-        Some(&case.system_prompt),
-        &messages(case)?,
-        case.greedy_ids.len(),
-    )?;
+    let prepared = p.prepare(Some(&case.system_prompt), &messages(case)?)?;
     anyhow::ensure!(
         prepared.prompt == case.prompt,
         "prompt differs:\n{:?}\n{:?}",

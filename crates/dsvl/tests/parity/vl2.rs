@@ -161,7 +161,7 @@ fn check_case(name: &str) -> anyhow::Result<()> {
     let (case, reference) = load(name)?;
     let p = load_vl2_model(&case.model, DType::F32)?;
     let msgs = messages(&case)?;
-    let prepared = p.prepare(None, &msgs, case.max_new_tokens)?;
+    let prepared = p.prepare(None, &msgs)?;
     anyhow::ensure!(
         prepared.ids == reference.input_ids,
         "{name}: prompt ids differ (got {} ids, want {})",
@@ -311,7 +311,7 @@ fn vl2_greedy_without_cache_matches() -> anyhow::Result<()> {
     for (_, name) in shortest.values() {
         let (case, reference) = load(name)?;
         let p = load_vl2_model(&case.model, DType::F32)?;
-        let prepared = p.prepare(None, &messages(&case)?, case.max_new_tokens)?;
+        let prepared = p.prepare(None, &messages(&case)?)?;
         let images = p.image_embeddings(&prepared, None)?;
         let model = p.model();
         let mut ids = prepared.ids.clone();
@@ -353,7 +353,7 @@ fn vl2_bf16_stays_close_to_the_f32_reference() -> anyhow::Result<()> {
     for name in &names {
         let (case, reference) = load(name)?;
         let p = load_vl2_model(&case.model, DType::BF16)?;
-        let prepared = p.prepare(None, &messages(&case)?, case.max_new_tokens)?;
+        let prepared = p.prepare(None, &messages(&case)?)?;
         let images = p.image_embeddings(&prepared, None)?;
         let model = p.model();
         let e = model.input_embeddings(&prepared.ids, p.tokenizer().image_id(), &images)?;
@@ -411,7 +411,7 @@ fn vl2_chunked_prefill_matches_one_pass() -> anyhow::Result<()> {
             continue;
         }
         let p = load_vl2_model(&case.model, DType::F32)?;
-        let prepared = p.prepare(None, &messages(&case)?, case.max_new_tokens)?;
+        let prepared = p.prepare(None, &messages(&case)?)?;
         let images = p.image_embeddings(&prepared, None)?;
         let model = p.model();
         let e = model.input_embeddings(&prepared.ids, p.tokenizer().image_id(), &images)?;

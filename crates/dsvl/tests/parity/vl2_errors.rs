@@ -151,7 +151,7 @@ fn vl2_requests_with_wrong_markers_or_too_many_tokens_fail_clearly() -> anyhow::
         vec![ChatMessage::new(Role::User, "<image>\n<image>\nCompare.")
             .with_images(vec![img.clone()])];
     let e = p
-        .prepare(None, &two, 8)
+        .prepare(None, &two)
         .err()
         .ok_or_else(|| anyhow::anyhow!("accepted"))?;
     anyhow::ensure!(
@@ -171,14 +171,16 @@ fn vl2_requests_with_wrong_markers_or_too_many_tokens_fail_clearly() -> anyhow::
         ChatMessage::new(Role::User, "<image_placeholder>What is it?")
             .with_images(vec![img.clone()]),
     ];
-    p.prepare(None, &v1_marker, 8)?;
+    p.prepare(None, &v1_marker)?;
     // Context overflow: prompt plus new tokens over 4096.
+    let prepared = p.prepare(
+        None,
+        &[ChatMessage::new(Role::User, "Hi.").with_images(vec![img.clone()])],
+    )?;
+    let mut params = dsvl::engine::GenerateParams::default();
+    params.sampling.max_new_tokens = 4000;
     let e = p
-        .prepare(
-            None,
-            &[ChatMessage::new(Role::User, "Hi.").with_images(vec![img.clone()])],
-            4000,
-        )
+        .generate(&prepared, &params, |_| std::ops::ControlFlow::Continue(()))
         .err()
         .ok_or_else(|| anyhow::anyhow!("accepted"))?;
     anyhow::ensure!(matches!(e, Error::ContextOverflow { .. }), "{e:?}");
@@ -191,7 +193,6 @@ fn vl2_requests_with_wrong_markers_or_too_many_tokens_fail_clearly() -> anyhow::
         .prepare(
             None,
             &[ChatMessage::new(Role::User, "What?").with_images(vec![bad])],
-            8,
         )
         .err()
         .ok_or_else(|| anyhow::anyhow!("accepted"))?;
@@ -203,7 +204,7 @@ fn vl2_requests_with_wrong_markers_or_too_many_tokens_fail_clearly() -> anyhow::
         ChatMessage::new(Role::User, "And?"),
     ];
     let e = p
-        .prepare(None, &conv, 8)
+        .prepare(None, &conv)
         .err()
         .ok_or_else(|| anyhow::anyhow!("accepted"))?;
     expect(&e, &["assistant", "user messages only"])

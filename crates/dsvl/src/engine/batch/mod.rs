@@ -12,11 +12,11 @@
 //! ```no_run
 //! # fn main() -> dsvl::Result<()> {
 //! use std::sync::Arc;
-//! use dsvl::engine::{EngineConfig, EngineEvent, EngineHandle, LoadOptions, Pipeline, Request};
-//! # let (dir, messages): (&std::path::Path, Vec<dsvl::engine::ChatMessage>) = todo!();
+//! use dsvl::{EngineConfig, EngineEvent, EngineHandle, LoadOptions, Pipeline, Request};
+//! # let (dir, messages): (&std::path::Path, Vec<dsvl::ChatMessage>) = todo!();
 //! let pipeline = Arc::new(Pipeline::load(dir, &LoadOptions::default())?);
 //! let engine = EngineHandle::spawn(pipeline.clone(), &EngineConfig::default())?;
-//! let request = Request::new(pipeline.prepare(None, &messages, 256)?, Default::default());
+//! let request = Request::new(pipeline.prepare(None, &messages)?, Default::default());
 //! let mut events = engine.submit(request)?;
 //! while let Some(event) = events.blocking_recv() {
 //!     if let EngineEvent::Token(t) = event { print!("{}", t.text) }

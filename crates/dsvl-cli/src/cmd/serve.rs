@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use dsvl::engine::LoadOptions;
 use dsvl_server::ServerConfig;
 
 use crate::args::{DtypeArg, QuantArg};
@@ -121,16 +122,19 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         host: a.host,
         port: a.port,
         model_dir,
-        dtype: crate::args::dtype_for(a.dtype, &device),
-        device,
-        quant: a.quant.map(|q| q.quant()),
-        quant_lm_head: a.quant_lm_head,
+        load: LoadOptions {
+            dtype: crate::args::dtype_for(a.dtype, &device),
+            device,
+            progress: None,
+            max_image_pixels: a.max_image_pixels,
+            quant: a.quant.map(|q| q.quant()),
+            quant_lm_head: a.quant_lm_head,
+        },
         api_key: a.api_key,
         max_queue: a.max_queue,
         max_running: usize::from(a.max_running),
         max_body_bytes: a.max_body_bytes,
         max_images_per_request: a.max_images,
-        max_image_pixels: a.max_image_pixels,
         max_prompt_tokens: a.max_prompt_tokens,
         allowed_local_media_path: a.allowed_local_media_path,
         allow_remote_images: a.allow_remote_images,

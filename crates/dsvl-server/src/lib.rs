@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use axum::Router;
-use dsvl::engine::{LoadOptions, Pipeline};
+use dsvl::engine::Pipeline;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -145,15 +145,7 @@ async fn load_in_background(
     failed: oneshot::Sender<anyhow::Error>,
 ) {
     let loaded = tokio::task::spawn_blocking(move || {
-        let opts = LoadOptions {
-            dtype: cfg.dtype,
-            device: cfg.device.clone(),
-            quant: cfg.quant,
-            quant_lm_head: cfg.quant_lm_head,
-            max_image_pixels: cfg.max_image_pixels,
-            ..Default::default()
-        };
-        Pipeline::load(&cfg.model_dir, &opts)
+        Pipeline::load(&cfg.model_dir, &cfg.load)
             .with_context(|| format!("while loading {}", cfg.model_dir.display()))
     })
     .await;

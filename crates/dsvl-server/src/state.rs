@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use candle_core::DType;
-use dsvl::engine::{EngineConfig, EngineHandle, Pipeline, Policy, DEFAULT_PREFILL_TOKENS_PER_STEP};
+use dsvl::engine::{
+    EngineConfig, EngineHandle, LoadOptions, Pipeline, Policy, DEFAULT_PREFILL_TOKENS_PER_STEP,
+};
 
 use crate::error::ApiError;
 use crate::media::{MediaPolicy, RemoteImages};
@@ -19,14 +20,9 @@ pub struct ServerConfig {
     pub host: String,
     pub port: u16,
     pub model_dir: PathBuf,
-    /// Compute dtype of the loaded model.
-    pub dtype: DType,
-    /// Where the model runs.
-    pub device: candle_core::Device,
-    /// Quantize the language model's linear layers at load time (`--quant`).
-    pub quant: Option<dsvl::nn::Quant>,
-    /// With `quant`, quantize lm_head too.
-    pub quant_lm_head: bool,
+    /// How the model is loaded: dtype, device, quantization, and the image-size limit (images
+    /// with more pixels are refused before decoding, 413).
+    pub load: LoadOptions,
     /// When set, every route but `/health` and `/ready` needs `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
     /// Requests waiting for the engine before new ones get 429.
@@ -37,8 +33,6 @@ pub struct ServerConfig {
     /// Largest request body (base64 images included); larger ones get 413.
     pub max_body_bytes: usize,
     pub max_images_per_request: usize,
-    /// Images with more pixels are refused before decoding (413).
-    pub max_image_pixels: u64,
     /// Longest prompt in tokens (image tokens included); `None`: the model's context.
     pub max_prompt_tokens: Option<usize>,
     /// Directory `file://` image URLs may point into; `None`: `file://` refused.
@@ -80,16 +74,12 @@ impl Default for ServerConfig {
             host: "127.0.0.1".into(),
             port: 8080,
             model_dir: PathBuf::new(),
-            dtype: DType::F32,
-            device: candle_core::Device::Cpu,
-            quant: None,
-            quant_lm_head: false,
+            load: LoadOptions::default(),
             api_key: None,
             max_queue: 64,
             max_running: 8,
             max_body_bytes: 32 << 20,
             max_images_per_request: 8,
-            max_image_pixels: dsvl::image::DEFAULT_MAX_PIXELS,
             max_prompt_tokens: None,
             allowed_local_media_path: None,
             allow_remote_images: false,

@@ -37,16 +37,11 @@ pub fn load_pipeline(m: &ModelArgs) -> anyhow::Result<Pipeline> {
             bar.set_position(done);
         }) as dsvl::weights::Progress
     });
-    let device = select_device(m.device)?;
-    let dtype = crate::args::dtype_for(m.dtype, &device);
     let opts = LoadOptions {
-        dtype,
-        device,
         progress,
-        max_image_pixels: m.max_image_pixels,
-        quant: m.quant.map(|q| q.quant()),
-        quant_lm_head: m.quant_lm_head,
+        ..load_options(m, select_device(m.device)?)
     };
+    let dtype = opts.dtype;
     let t = Instant::now();
     let pipeline = Pipeline::load(&dir, &opts)
         .with_context(|| format!("while loading the model from {}", dir.display()))?;
@@ -65,6 +60,19 @@ pub fn load_pipeline(m: &ModelArgs) -> anyhow::Result<Pipeline> {
         tracing::info!("language model {}", pipeline.model().quant_report());
     }
     Ok(pipeline)
+}
+
+/// `--dtype` (resolved for `device`), `--quant`, `--quant-lm-head` and `--max-image-pixels` as
+/// load options for `device`, without a progress callback.
+pub fn load_options(m: &ModelArgs, device: candle_core::Device) -> LoadOptions {
+    LoadOptions {
+        dtype: crate::args::dtype_for(m.dtype, &device),
+        device,
+        progress: None,
+        max_image_pixels: m.max_image_pixels,
+        quant: m.quant.map(|q| q.quant()),
+        quant_lm_head: m.quant_lm_head,
+    }
 }
 
 /// Resolves `--device` and says on stderr which device runs the model (and, for `auto` without

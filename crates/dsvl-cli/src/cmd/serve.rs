@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use dsvl_server::ServerConfig;
 
-use crate::args::{DtypeArg, QuantArg};
+use crate::args::ModelArgs;
 use crate::model_path::resolve_model;
 
 #[derive(Args, Debug)]
@@ -17,29 +17,13 @@ use crate::model_path::resolve_model;
     \"image_url\": {\"url\": \"data:image/png;base64,…\"}}, {\"type\": \"text\", \"text\": \"Describe it.\"}]}]}'\n\n\
     /health answers 503 while the model loads, then 200. Ctrl-C or SIGTERM shuts down gracefully.")]
 pub struct ServeArgs {
-    /// Model folder, or a Hugging Face repo id such as deepseek-ai/deepseek-vl-1.3b-chat.
-    #[arg(short, long)]
-    pub model: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Address to bind (loopback by default; use 0.0.0.0 to accept other machines).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Compute dtype (default: f32 on the CPU, bf16 on a GPU).
-    #[arg(long, value_enum)]
-    pub dtype: Option<DtypeArg>,
-    /// Where to run: auto, cpu, cuda or cuda:N (as for `dsvl run`).
-    #[arg(long, default_value = "auto", value_parser = crate::args::parse_device)]
-    pub device: dsvl::device::DeviceChoice,
-    /// CPU threads for tensor maths (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Quantize the language model's linear layers at load time (as for `dsvl run`).
-    #[arg(long, value_enum)]
-    pub quant: Option<QuantArg>,
-    /// With --quant, quantize lm_head too.
-    #[arg(long, requires = "quant")]
-    pub quant_lm_head: bool,
     /// Require `Authorization: Bearer KEY` on every route except /health and /ready.
     #[arg(long, env = "DSVL_API_KEY")]
     pub api_key: Option<String>,
@@ -56,9 +40,6 @@ pub struct ServeArgs {
     /// Most images in one request.
     #[arg(long, default_value_t = 8)]
     pub max_images: usize,
-    /// Refuse images with more pixels than this, before decoding them.
-    #[arg(long, default_value_t = dsvl::image::DEFAULT_MAX_PIXELS)]
-    pub max_image_pixels: u64,
     /// Largest prompt in tokens (default: the model's context).
     #[arg(long)]
     pub max_prompt_tokens: Option<usize>,
@@ -114,23 +95,19 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
-    super::apply_threads(a.threads)?;
-    let model_dir = resolve_model(&a.model, true)?;
-    let device = super::select_device(a.device)?;
+    super::apply_threads(a.model.threads)?;
+    let model_dir = resolve_model(&a.model.model, true)?;
+    let load = super::load_options(&a.model, super::select_device(a.model.device)?);
     let cfg = ServerConfig {
         host: a.host,
         port: a.port,
         model_dir,
-        dtype: crate::args::dtype_for(a.dtype, &device),
-        device,
-        quant: a.quant.map(|q| q.quant()),
-        quant_lm_head: a.quant_lm_head,
+        load,
         api_key: a.api_key,
         max_queue: a.max_queue,
         max_running: usize::from(a.max_running),
         max_body_bytes: a.max_body_bytes,
         max_images_per_request: a.max_images,
-        max_image_pixels: a.max_image_pixels,
         max_prompt_tokens: a.max_prompt_tokens,
         allowed_local_media_path: a.allowed_local_media_path,
         allow_remote_images: a.allow_remote_images,
@@ -139,7 +116,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         allowed_remote_hosts: a.allowed_remote_hosts,
         model_name: a
             .served_model_name
-            .unwrap_or_else(|| default_model_name(&a.model)),
+            .unwrap_or_else(|| default_model_name(&a.model.model)),
         image_cache_bytes: a.image_cache_mb << 20,
         prefix_cache_bytes: a.prefix_cache_mb << 20,
         max_preparing: a

@@ -1,5 +1,6 @@
-//! `dsvl serve` as a process: what hostile clients cost it in memory, read from its own
-//! `/proc/PID/status` (in-process tests share their address space with every other test).
+//! `dsvl serve` as a process: its flags reaching the served model, and what hostile clients
+//! cost it in memory, read from its own `/proc/PID/status` (in-process tests share their
+//! address space with every other test).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -143,4 +144,43 @@ fn over_context_prompts_cost_little_more_than_their_bytes() {
         sixteen / MIB
     );
     assert_eq!(server.get("/health").0, 200);
+}
+
+/// `serve` takes the model flags `run` takes, and they reach the loaded model: the pixel limit
+/// is the pipeline's, so an image one pixel count over it is refused (413) and one at it is
+/// answered.
+#[test]
+fn model_flags_reach_the_served_model() {
+    let images = super::fixtures()
+        .join("../images/inputs")
+        .canonicalize()
+        .expect("fixture images");
+    let server = Server::start(&[
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--dtype",
+        "f32",
+        "--max-image-pixels",
+        "3072",
+        "--allowed-local-media-path",
+        images.to_str().expect("utf-8 path"),
+    ]);
+    let ask = |name: &str| {
+        let url = format!("file://{}", images.join(name).display());
+        let body = serde_json::json!({"max_tokens": 1, "temperature": 0, "messages": [{"role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Hi"}]}]});
+        server.post_chat(&body.to_string())
+    };
+    // 64 × 48 = 3072 pixels: at the limit.
+    let (status, body) = ask("bilevel_64x48.png");
+    assert_eq!(status, 200, "{body:.500}");
+    // 80 × 60 = 4800 pixels.
+    let (status, body) = ask("gray16_80x60.png");
+    assert_eq!(status, 413, "{body:.500}");
+    assert!(
+        body.contains("over the limit of 3072 pixels"),
+        "{body:.500}"
+    );
 }

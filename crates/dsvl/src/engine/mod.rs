@@ -52,6 +52,20 @@ pub struct LoadOptions {
     pub quant_lm_head: bool,
 }
 
+/// Every field but the progress callback, which prints as whether there is one.
+impl std::fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("dtype", &self.dtype)
+            .field("device", &self.device)
+            .field("progress", &self.progress.as_ref().map(|_| "callback"))
+            .field("max_image_pixels", &self.max_image_pixels)
+            .field("quant", &self.quant)
+            .field("quant_lm_head", &self.quant_lm_head)
+            .finish()
+    }
+}
+
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {

@@ -322,6 +322,12 @@ impl<'p> Sequence<'p> {
     pub fn logits(&self) -> &[f32] {
         &self.logits
     }
+
+    /// The times so far: preprocessing, vision and prefill from [`Pipeline::start`]; the decode
+    /// time is filled in by [`Sequence::finish`].
+    pub fn timings(&self) -> &Timings {
+        &self.timings
+    }
 }
 
 /// Where a new sequence's cache comes from.

@@ -56,6 +56,9 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions with images, streaming).
     Serve(crate::cmd::serve::ServeArgs),
+    /// Ask one question about many images (files, folders) through continuous batching, into a
+    /// resumable JSONL file.
+    Batch(crate::cmd::batch::BatchArgs),
     // about/long_about/after_help: on `BenchArgs` (cmd/bench.rs).
     Bench(crate::cmd::bench::BenchArgs),
 }

@@ -48,6 +48,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chat(a) => cmd::chat::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Batch(a) => cmd::batch::run(a),
         Command::Bench(a) => cmd::bench::run(a),
     }
 }

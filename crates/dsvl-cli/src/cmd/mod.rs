@@ -1,5 +1,6 @@
 //! One module per subcommand, plus the model loading they share.
 
+pub mod batch;
 pub mod bench;
 pub mod chat;
 pub mod inspect;

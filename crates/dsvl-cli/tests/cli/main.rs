@@ -1,5 +1,6 @@
 //! The `dsvl` binary end to end on the tiny fixture models: exit codes, stdout/stderr, formats.
 
+mod batch;
 mod bench;
 mod serve;
 mod vl2;

@@ -1,0 +1,140 @@
+//! `dsvl batch` on the tiny fixture model: answers equal `dsvl run`'s, bad items are error lines,
+//! an interrupted output is repaired and resumed, shards split the job.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::{dsvl, fixtures, model, reference_text, stderr};
+
+const PROMPT: &str = "Describe this image in detail.";
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dsvl-batch-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn batch(inputs: &[&Path], output: &Path, extra: &[&str]) -> std::process::Output {
+    let m = model("siglip-tiny");
+    let mut args = vec!["batch", "--model", &m, "--prompt", PROMPT, "--output"];
+    let out = output.to_str().unwrap();
+    args.push(out);
+    args.extend_from_slice(extra);
+    let inputs: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
+    args.extend(inputs.iter().map(String::as_str));
+    dsvl(&args)
+}
+
+/// Output lines by id (each id must appear once).
+fn lines(output: &Path) -> BTreeMap<String, Value> {
+    let text = std::fs::read_to_string(output).unwrap();
+    let mut by_id = BTreeMap::new();
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let id = v["id"].as_str().unwrap().to_string();
+        assert!(
+            by_id.insert(id.clone(), v).is_none(),
+            "{id} twice in {text}"
+        );
+    }
+    by_id
+}
+
+#[test]
+fn batch_answers_like_run_records_bad_items_and_resumes() {
+    let dir = temp_dir("resume");
+    let images = dir.join("images");
+    std::fs::create_dir_all(images.join("nested")).unwrap();
+    let src = fixtures().join("images");
+    for (name, to) in [
+        ("landscape_500x333.png", "a.png"),
+        ("portrait_333x500.png", "nested/b.png"),
+        ("photo_640x480_q90_420.jpg", "c.jpg"),
+    ] {
+        std::fs::copy(src.join(name), images.join(to)).unwrap();
+    }
+    std::fs::write(images.join("truncated.png"), b"\x89PNG\r\n\x1a\n\0\0").unwrap();
+    std::fs::write(images.join("notes.txt"), "not an image").unwrap();
+    let output = dir.join("out.jsonl");
+
+    let o = batch(
+        &[&images],
+        &output,
+        &["--max-tokens", "32", "--max-running", "2"],
+    );
+    assert!(
+        !o.status.success(),
+        "a failed item makes the exit code non-zero"
+    );
+    assert!(
+        stderr(&o).contains("3 answered, 1 failed"),
+        "{}",
+        stderr(&o)
+    );
+    let first = lines(&output);
+    assert_eq!(first.len(), 4, "{first:?}");
+    let a = &first[&images.join("a.png").display().to_string()];
+    // The same image and question as the fixture case, greedy: `dsvl run`'s answer.
+    assert_eq!(a["answer"], reference_text("siglip-tiny__single"));
+    assert_eq!(a["completion_tokens"], 32);
+    let bad = &first[&images.join("truncated.png").display().to_string()];
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("truncated.png"),
+        "{bad}"
+    );
+
+    // A run killed while writing: the last answer is cut in half.
+    let text = std::fs::read_to_string(&output).unwrap();
+    let last = text.trim_end().rfind('\n').unwrap() + 1;
+    let cut = last + (text.len() - last) / 2;
+    std::fs::write(&output, &text[..cut]).unwrap();
+    std::fs::remove_file(images.join("truncated.png")).unwrap();
+
+    let o = batch(&[&images], &output, &["--max-tokens", "32"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("dropping a partial last line"),
+        "{}",
+        stderr(&o)
+    );
+    let resumed = lines(&output);
+    // The cut item was answered again, the failed one is gone (its file too), the rest kept.
+    assert_eq!(resumed.len(), 3, "{resumed:?}");
+    for (id, v) in &resumed {
+        assert_eq!(v["answer"], first[id]["answer"], "{id}");
+    }
+    // Everything done: a third run does nothing.
+    let o = batch(&[&images], &output, &["--max-tokens", "32"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("3 already in"), "{}", stderr(&o));
+    assert_eq!(lines(&output).len(), 3);
+}
+
+#[test]
+fn shards_are_disjoint_and_cover_the_job() {
+    let dir = temp_dir("shards");
+    let images = fixtures().join("images");
+    let mut all = BTreeMap::new();
+    for shard in ["0/2", "1/2"] {
+        let output = dir.join(format!("part-{}.jsonl", &shard[..1]));
+        let o = batch(
+            &[&images],
+            &output,
+            &["--max-tokens", "2", "--shard", shard],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        for (id, v) in lines(&output) {
+            assert!(all.insert(id.clone(), v).is_none(), "{id} in both shards");
+        }
+    }
+    assert_eq!(all.len(), 3, "{all:?}");
+    let o = batch(&[&images], &dir.join("x.jsonl"), &["--shard", "2/2"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("I must be below N"), "{}", stderr(&o));
+}

@@ -119,9 +119,10 @@ pub fn run(a: BatchArgs) -> anyhow::Result<()> {
         std::thread::spawn(move || write_lines(out, written, &bar))
     };
 
-    // In flight at most: the running set and as many waiting, so the queue never refuses.
-    let (slot_back, slots) = sync_channel::<()>(cfg.max_queue + max_running);
-    for _ in 0..cfg.max_queue + max_running {
+    // In flight (queued or running) at most the queue's capacity, so it never refuses: enough
+    // for a full running set and as many waiting to join it.
+    let (slot_back, slots) = sync_channel::<()>(cfg.max_queue);
+    for _ in 0..cfg.max_queue {
         let _ = slot_back.send(());
     }
     let mut collectors = Vec::with_capacity(items.len());

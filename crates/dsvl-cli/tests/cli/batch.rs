@@ -138,3 +138,58 @@ fn shards_are_disjoint_and_cover_the_job() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("I must be below N"), "{}", stderr(&o));
 }
+
+/// Killed (SIGKILL) at several moments and resumed each time, the job ends with every item once
+/// and the answers of an uninterrupted run.
+#[test]
+fn killed_runs_resume_to_the_uninterrupted_result() {
+    let dir = temp_dir("kill");
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let src = fixtures().join("images");
+    let names = [
+        "landscape_500x333.png",
+        "portrait_333x500.png",
+        "photo_640x480_q90_420.jpg",
+    ];
+    for i in 0..12 {
+        let name = names[i % names.len()];
+        let ext = Path::new(name).extension().unwrap().to_str().unwrap();
+        std::fs::copy(src.join(name), images.join(format!("{i:02}.{ext}"))).unwrap();
+    }
+    let extra = ["--max-tokens", "24", "--max-running", "4"];
+    let whole = dir.join("whole.jsonl");
+    let o = batch(&[&images], &whole, &extra);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let expected = lines(&whole);
+    assert_eq!(expected.len(), 12);
+
+    let output = dir.join("killed.jsonl");
+    let m = model("siglip-tiny");
+    for (round, after_ms) in [150u64, 400, 700, 250, 900].into_iter().enumerate() {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dsvl"))
+            .args(["batch", "--model", &m, "--prompt", PROMPT, "--output"])
+            .arg(&output)
+            .args(extra)
+            .arg(&images)
+            .env("DSVL_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(after_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        eprintln!("round {round}: killed after {after_ms} ms");
+    }
+    let o = batch(&[&images], &output, &extra);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let resumed = lines(&output);
+    assert_eq!(
+        resumed.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    for (id, v) in &resumed {
+        assert_eq!(v["answer"], expected[id]["answer"], "{id}");
+    }
+}

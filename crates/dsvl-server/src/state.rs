@@ -27,7 +27,7 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Requests waiting for the engine before new ones get 429.
     pub max_queue: usize,
-    /// Requests decoded together (continuous batching); at most
+    /// Requests decoded together (continuous batching); the engine caps it at
     /// [`dsvl::nn::rowmat::MAX_ROWS`], the largest batch that stays batch-invariant.
     pub max_running: usize,
     /// Largest request body (base64 images included); larger ones get 413.
@@ -125,7 +125,7 @@ impl Limits {
         Self {
             api_key: cfg.api_key.clone(),
             max_queue: cfg.max_queue,
-            max_running: cfg.max_running.clamp(1, dsvl::nn::rowmat::MAX_ROWS),
+            max_running: cfg.max_running,
             max_body_bytes: cfg.max_body_bytes,
             max_images_per_request: cfg.max_images_per_request,
             max_prompt_tokens: cfg.max_prompt_tokens,

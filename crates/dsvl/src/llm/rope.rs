@@ -103,22 +103,18 @@ mod tests {
             let (cos, sin) = rope.tables(offset, t).unwrap();
             let (want_cos, want_sin) = compute(&rope.inv_freq, offset, t, dtype, &dev).unwrap();
             assert_eq!(cos.dims(), &[t, 32]);
+            let values = |x: Tensor| -> Vec<f32> {
+                x.to_dtype(DType::F32)
+                    .and_then(|x| x.flatten_all())
+                    .and_then(|x| x.to_vec1())
+                    .unwrap()
+            };
             for (got, want) in [(cos, want_cos), (sin, want_sin)] {
-                let got: Vec<f32> = got
-                    .to_dtype(DType::F32)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
-                let want: Vec<f32> = want
-                    .to_dtype(DType::F32)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
-                assert_eq!(got, want, "offset {offset}, t {t}, {dtype:?}");
+                assert_eq!(
+                    values(got),
+                    values(want),
+                    "offset {offset}, t {t}, {dtype:?}"
+                );
             }
             assert_eq!(rope.positions(), 8192);
         }

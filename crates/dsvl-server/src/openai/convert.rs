@@ -4,14 +4,13 @@
 
 use std::str::FromStr;
 
-use dsvl::engine::{FinishReason, GenerateParams};
+use dsvl::engine::{FinishReason, GenerateParams, TokenOut};
 use dsvl::prompt::template::{Message, Role};
 use dsvl::sampling::SamplingParams;
 
 use super::request::{ChatRequest, Content, Part, Stop, WireMessage};
 use super::response::{TokenLogprob, TopLogprob};
 use crate::error::ApiError;
-use dsvl::engine::TokenOut;
 
 /// OpenAI caps `top_logprobs` at 20.
 pub const MAX_TOP_LOGPROBS: u64 = 20;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use dsvl::engine::{ChatMessage, Pipeline, Prepared, Request};
+use dsvl::engine::{ChatMessage, EngineEvent, Pipeline, Prepared, Request};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::stream;
@@ -16,7 +16,6 @@ use crate::openai::convert::{finish_reason, token_logprob, ChatPlan, Turn};
 use crate::openai::request::ChatRequest;
 use crate::openai::response::{AssistantMessage, ChatCompletion, Choice, Logprobs, Usage};
 use crate::state::{AppState, Limits};
-use dsvl::engine::EngineEvent;
 
 /// New tokens when the request gives no `max_tokens`: this many, or what the context has left.
 pub const DEFAULT_MAX_TOKENS: usize = 2048;

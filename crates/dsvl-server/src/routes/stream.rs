@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use dsvl::engine::EngineEvent;
 use tokio::sync::mpsc::{channel, Sender, UnboundedReceiver};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -17,7 +18,6 @@ use super::chat::ReplyMeta;
 use crate::error::ApiError;
 use crate::openai::convert::{finish_reason, token_logprob};
 use crate::openai::response::{ChatChunk, ChunkChoice, Delta, Logprobs, Usage};
-use dsvl::engine::EngineEvent;
 
 pub fn sse(
     events: UnboundedReceiver<EngineEvent>,

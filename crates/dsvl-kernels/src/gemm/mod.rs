@@ -1,0 +1,411 @@
+//! `C = A·Bᵀ` for a linear layer: `A` the activations `[m, k]` (f32 or bf16), `B` the weight
+//! `[n, k]` in the checkpoint's layout, packed once at load into column panels ([`PackedB`]),
+//! `C` `[m, n]` f32.
+//!
+//! ## Layout
+//! `B` is cut into panels of [`NR`] = 32 output columns (the last one zero-padded):
+//! - f32: a panel is `[k][32]`, one row of 32 weights per input index;
+//! - bf16: a panel is `[⌈k/2⌉][32][2]`, two consecutive input indices of a column side by side
+//!   (`k` zero-padded to even), the operand layout of AVX512-BF16's `vdpbf16ps`, which also
+//!   widens to f32 with one shift or mask per half on CPUs without it.
+//!
+//! Every path reads both layouts, so a weight packed once serves whatever level [`crate::isa`]
+//! allows at the call.
+//!
+//! ## Arithmetic
+//! Each output element is accumulated in f32 over `k` in ascending order, in blocks of
+//! [`KC`] inputs: within a block one register chain (one FMA or one `vdpbf16ps` pair-step per
+//! input pair), then the block is added to `C`. The order depends only on `k`, never on `m`,
+//! on the row's place in its tile, on `n` or on the threads, so a row's result is the same
+//! whatever rows are computed with it (batch invariance). bf16 weights with f32 activations
+//! (the widening paths) compute exactly what the f32 path computes on the widened weight;
+//! `vdpbf16ps` rounds the activations to bf16 first (exact when they are bf16 already) and adds
+//! each pair of products into the chain as one step, with round-to-nearest-even and denormals
+//! flushed, as PyTorch's oneDNN bf16 products do.
+//!
+//! ## Threads
+//! Panels are split over rayon's pool (sized by `--threads` through `RAYON_NUM_THREADS`) in
+//! contiguous ranges; `A` is packed once and shared; each task writes its own columns of `C`.
+
+mod portable;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use half::bf16;
+use rayon::prelude::*;
+
+use crate::isa::{self, Isa};
+
+/// Output columns per panel.
+pub const NR: usize = 32;
+/// Inputs per cache block: a bf16 panel block is 32 × 256 × 2 B = 16 KiB, an f32 one 32 KiB,
+/// so it stays in L1 while every row tile of `A` passes over it.
+pub const KC: usize = 256;
+
+/// A weight `[n, k]` packed into panels (module docs).
+#[derive(Clone)]
+pub struct PackedB {
+    n: usize,
+    k: usize,
+    data: PackedData,
+}
+
+#[derive(Clone)]
+enum PackedData {
+    F32(Vec<f32>),
+    /// bf16 bit patterns.
+    Bf16(Vec<u16>),
+}
+
+/// The element type of a packed weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightType {
+    F32,
+    Bf16,
+}
+
+/// Activations `[m, k]`, row-major, rows `stride` elements apart.
+#[derive(Clone, Copy)]
+pub enum Lhs<'a> {
+    F32 { data: &'a [f32], stride: usize },
+    Bf16 { data: &'a [bf16], stride: usize },
+}
+
+impl Lhs<'_> {
+    fn get(&self, r: usize, c: usize) -> f32 {
+        match *self {
+            Lhs::F32 { data, stride } => data[r * stride + c],
+            Lhs::Bf16 { data, stride } => data[r * stride + c].to_f32(),
+        }
+    }
+    fn get_bf16_bits(&self, r: usize, c: usize) -> u16 {
+        match *self {
+            Lhs::F32 { data, stride } => bf16::from_f32(data[r * stride + c]).to_bits(),
+            Lhs::Bf16 { data, stride } => data[r * stride + c].to_bits(),
+        }
+    }
+    fn fits(&self, m: usize, k: usize) -> bool {
+        let (len, stride) = match *self {
+            Lhs::F32 { data, stride } => (data.len(), stride),
+            Lhs::Bf16 { data, stride } => (data.len(), stride),
+        };
+        m == 0 || (stride >= k && len >= (m - 1) * stride + k)
+    }
+}
+
+impl PackedB {
+    /// Packs `w` `[n, k]` (row-major f32) over the threads.
+    pub fn from_f32(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "weight is not [n, k]");
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0f32; panels * k * NR];
+        if k > 0 {
+            data.par_chunks_mut(k * NR)
+                .enumerate()
+                .for_each(|(p, panel)| {
+                    for j in 0..NR.min(n - p * NR) {
+                        let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
+                        for (i, v) in row.iter().enumerate() {
+                            panel[i * NR + j] = *v;
+                        }
+                    }
+                });
+        }
+        Self {
+            n,
+            k,
+            data: PackedData::F32(data),
+        }
+    }
+
+    /// Packs `w` `[n, k]` (row-major bf16) over the threads.
+    pub fn from_bf16(w: &[bf16], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "weight is not [n, k]");
+        let panels = n.div_ceil(NR);
+        let kp = k.div_ceil(2);
+        let mut data = vec![0u16; panels * kp * NR * 2];
+        if k > 0 {
+            data.par_chunks_mut(kp * NR * 2)
+                .enumerate()
+                .for_each(|(p, panel)| {
+                    for j in 0..NR.min(n - p * NR) {
+                        let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
+                        for (i, v) in row.iter().enumerate() {
+                            panel[(i / 2) * NR * 2 + j * 2 + (i % 2)] = v.to_bits();
+                        }
+                    }
+                });
+        }
+        Self {
+            n,
+            k,
+            data: PackedData::Bf16(data),
+        }
+    }
+
+    /// `(n, k)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    pub fn weight_type(&self) -> WeightType {
+        match self.data {
+            PackedData::F32(_) => WeightType::F32,
+            PackedData::Bf16(_) => WeightType::Bf16,
+        }
+    }
+
+    /// Bytes held (padding included).
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            PackedData::F32(d) => d.len() * 4,
+            PackedData::Bf16(d) => d.len() * 2,
+        }
+    }
+
+    /// The weight back as row-major `[n, k]` f32 (for tests and for code that needs the matrix).
+    pub fn unpack_f32(&self) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        let mut out = vec![0f32; n * k];
+        for j in 0..n {
+            for i in 0..k {
+                out[j * k + i] = self.at(j, i);
+            }
+        }
+        out
+    }
+
+    fn at(&self, j: usize, i: usize) -> f32 {
+        let (p, jj) = (j / NR, j % NR);
+        match &self.data {
+            PackedData::F32(d) => d[p * self.k * NR + i * NR + jj],
+            PackedData::Bf16(d) => {
+                let kp = self.k.div_ceil(2);
+                bf16::from_bits(d[p * kp * NR * 2 + (i / 2) * NR * 2 + jj * 2 + i % 2]).to_f32()
+            }
+        }
+    }
+}
+
+/// How a path wants `A`: rows per tile and element form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub isa: Isa,
+    /// Rows per full tile (the last tile may have fewer).
+    pub mr: usize,
+    pub a: AForm,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AForm {
+    /// Tile `[k'][rows]` f32, `k' = k` (f32 weights) or `k` rounded up to even (bf16 weights).
+    F32,
+    /// Tile `[⌈k/2⌉][rows]` u32, each two bf16 of consecutive inputs (low half first).
+    Bf16Pairs,
+}
+
+pub(crate) fn plan(isa: Isa, w: WeightType) -> Plan {
+    let (mr, a) = match (isa, w) {
+        (Isa::Portable, _) => (portable::MR, AForm::F32),
+        (Isa::Avx2, _) => (6, AForm::F32),
+        (Isa::Avx512, _) | (Isa::Avx512Bf16, WeightType::F32) => (12, AForm::F32),
+        (Isa::Avx512Bf16, WeightType::Bf16) => (12, AForm::Bf16Pairs),
+    };
+    Plan { isa, mr, a }
+}
+
+/// `A` packed into row tiles for one plan.
+pub(crate) enum PackedA {
+    F32 { data: Vec<f32>, kk: usize },
+    Pairs { data: Vec<u32>, kp: usize },
+}
+
+fn pack_a(a: &Lhs<'_>, m: usize, k: usize, plan: Plan, w: WeightType) -> PackedA {
+    let mr = plan.mr;
+    let tiles = m.div_ceil(mr);
+    match plan.a {
+        AForm::F32 => {
+            let kk = match w {
+                WeightType::F32 => k,
+                WeightType::Bf16 => k.div_ceil(2) * 2,
+            };
+            let mut data = vec![0f32; m * kk];
+            let a = *a;
+            data.par_chunks_mut(mr * kk)
+                .enumerate()
+                .with_min_len(tiles.div_ceil(64).max(1))
+                .for_each(|(t, tile)| {
+                    let rows = mr.min(m - t * mr);
+                    for r in 0..rows {
+                        for i in 0..k {
+                            tile[i * rows + r] = a.get(t * mr + r, i);
+                        }
+                    }
+                });
+            PackedA::F32 { data, kk }
+        }
+        AForm::Bf16Pairs => {
+            let kp = k.div_ceil(2);
+            let mut data = vec![0u32; m * kp];
+            let a = *a;
+            data.par_chunks_mut(mr * kp)
+                .enumerate()
+                .with_min_len(tiles.div_ceil(64).max(1))
+                .for_each(|(t, tile)| {
+                    let rows = mr.min(m - t * mr);
+                    for r in 0..rows {
+                        for p in 0..kp {
+                            let lo = a.get_bf16_bits(t * mr + r, 2 * p) as u32;
+                            let hi = if 2 * p + 1 < k {
+                                a.get_bf16_bits(t * mr + r, 2 * p + 1) as u32
+                            } else {
+                                0
+                            };
+                            tile[p * rows + r] = lo | (hi << 16);
+                        }
+                    }
+                });
+            PackedA::Pairs { data, kp }
+        }
+    }
+}
+
+/// A raw output pointer shared by tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint column ranges of the output (see `gemm`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// By method, so closures capture the whole (`Send`) wrapper, not its raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// One micro-tile call: rows `rows` (≤ plan.mr) of packed `A` against one panel over the
+/// inputs `[k0, k0 + kc)`, into `c` (row stride `ldc`), `cols` valid columns.
+pub(crate) struct Tile<'a> {
+    pub a: TileA<'a>,
+    pub b: TileB<'a>,
+    pub rows: usize,
+    pub cols: usize,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub accumulate: bool,
+}
+
+/// The tile of `A` for one cache block, already offset to the block's first input.
+pub(crate) enum TileA<'a> {
+    /// `[kc][rows]` f32 (`kc` inputs).
+    F32(&'a [f32]),
+    /// `[kc/2][rows]` pairs.
+    Pairs(&'a [u32]),
+}
+
+/// The panel of `B` for one cache block, offset to the block's first input.
+pub(crate) enum TileB<'a> {
+    /// `[kc][32]`.
+    F32(&'a [f32]),
+    /// `[kc/2][32][2]`.
+    Bf16(&'a [u16]),
+}
+
+/// `c[m, n] = a[m, k] · wᵀ` (module docs). `c` must hold `m * n` values; `a` rows must hold `k`.
+pub fn gemm(a: Lhs<'_>, m: usize, w: &PackedB, c: &mut [f32]) {
+    gemm_with(isa::active(), a, m, w, c)
+}
+
+/// [`gemm`] on the path of `isa` (clamped to the CPU's level).
+pub fn gemm_with(isa: Isa, a: Lhs<'_>, m: usize, w: &PackedB, c: &mut [f32]) {
+    let (n, k) = (w.n, w.k);
+    assert!(a.fits(m, k), "A is not [m, k] with k = {k}");
+    assert_eq!(c.len(), m * n, "C is not [m, n]");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.fill(0.0);
+        return;
+    }
+    let isa = isa.min(Isa::detected());
+    let plan = plan(isa, w.weight_type());
+    let pa = pack_a(&a, m, k, plan, w.weight_type());
+    let panels = n.div_ceil(NR);
+    let threads = rayon::current_num_threads().max(1);
+    // Enough tasks to balance uneven panels, each at least one panel.
+    let per_task = panels.div_ceil(threads * 4).max(1);
+    let tasks = panels.div_ceil(per_task);
+    let out = OutPtr(c.as_mut_ptr());
+    (0..tasks).into_par_iter().for_each(|t| {
+        for p in t * per_task..((t + 1) * per_task).min(panels) {
+            run_panel(plan, &pa, m, w, p, out.get());
+        }
+    });
+}
+
+/// All rows against panel `p`, block by block over `k`.
+fn run_panel(plan: Plan, pa: &PackedA, m: usize, w: &PackedB, p: usize, c: *mut f32) {
+    let (n, k) = (w.n, w.k);
+    let cols = NR.min(n - p * NR);
+    let mr = plan.mr;
+    let mut k0 = 0;
+    while k0 < k {
+        let kc = KC.min(k - k0);
+        let mut i0 = 0;
+        while i0 < m {
+            let rows = mr.min(m - i0);
+            let a = match pa {
+                PackedA::F32 { data, kk } => {
+                    let tile = &data[i0 * kk..i0 * kk + rows * kk];
+                    // bf16 weights: the block spans whole pairs.
+                    let kc_a = match w.data {
+                        PackedData::F32(_) => kc,
+                        PackedData::Bf16(_) => kc.div_ceil(2) * 2,
+                    };
+                    TileA::F32(&tile[k0 * rows..(k0 + kc_a) * rows])
+                }
+                PackedA::Pairs { data, kp } => {
+                    let tile = &data[i0 * kp..i0 * kp + rows * kp];
+                    TileA::Pairs(&tile[(k0 / 2) * rows..(k0 / 2 + kc.div_ceil(2)) * rows])
+                }
+            };
+            let b = match &w.data {
+                PackedData::F32(d) => {
+                    TileB::F32(&d[p * k * NR + k0 * NR..p * k * NR + (k0 + kc) * NR])
+                }
+                PackedData::Bf16(d) => {
+                    let kp = k.div_ceil(2);
+                    let base = p * kp * NR * 2;
+                    TileB::Bf16(
+                        &d[base + (k0 / 2) * NR * 2..base + (k0 / 2 + kc.div_ceil(2)) * NR * 2],
+                    )
+                }
+            };
+            let tile = Tile {
+                a,
+                b,
+                rows,
+                cols,
+                // SAFETY: row i0, column p·NR of `c` ([m, n]); the kernel writes `rows` rows
+                // of `cols` columns from there, all inside `c`.
+                c: unsafe { c.add(i0 * n + p * NR) },
+                ldc: n,
+                accumulate: k0 > 0,
+            };
+            match plan.isa {
+                Isa::Portable => portable::tile(&tile),
+                #[cfg(target_arch = "x86_64")]
+                _ => x86::tile(plan, &tile),
+                #[cfg(not(target_arch = "x86_64"))]
+                _ => portable::tile(&tile),
+            }
+            i0 += rows;
+        }
+        k0 += kc;
+    }
+}
+
+#[cfg(test)]
+mod tests;

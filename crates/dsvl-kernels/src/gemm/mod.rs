@@ -19,9 +19,9 @@
 //! on the row's place in its tile, on `n` or on the threads, so a row's result is the same
 //! whatever rows are computed with it (batch invariance). bf16 weights with f32 activations
 //! (the widening paths) compute exactly what the f32 path computes on the widened weight;
-//! `vdpbf16ps` rounds the activations to bf16 first (exact when they are bf16 already) and adds
-//! each pair of products into the chain as one step, with round-to-nearest-even and denormals
-//! flushed, as PyTorch's oneDNN bf16 products do.
+//! bf16 activations with bf16 weights take `vdpbf16ps` where the CPU has it, which adds each
+//! pair of products into the chain as one step (round-to-nearest-even, denormals flushed), as
+//! PyTorch's oneDNN bf16 products do; f32 activations are never rounded to bf16.
 //!
 //! ## Threads
 //! Panels are split over rayon's pool (sized by `--threads` through `RAYON_NUM_THREADS`) in
@@ -80,6 +80,7 @@ impl Lhs<'_> {
     }
     fn get_bf16_bits(&self, r: usize, c: usize) -> u16 {
         match *self {
+            // Not reached: f32 activations take an f32 form (`plan`).
             Lhs::F32 { data, stride } => bf16::from_f32(data[r * stride + c]).to_bits(),
             Lhs::Bf16 { data, stride } => data[r * stride + c].to_bits(),
         }
@@ -204,12 +205,15 @@ pub(crate) enum AForm {
     Bf16Pairs,
 }
 
-pub(crate) fn plan(isa: Isa, w: WeightType) -> Plan {
-    let (mr, a) = match (isa, w) {
-        (Isa::Portable, _) => (portable::MR, AForm::F32),
-        (Isa::Avx2, _) => (6, AForm::F32),
-        (Isa::Avx512, _) | (Isa::Avx512Bf16, WeightType::F32) => (12, AForm::F32),
-        (Isa::Avx512Bf16, WeightType::Bf16) => (12, AForm::Bf16Pairs),
+/// The path for a level, weight type and activation type. bf16 × bf16 takes `vdpbf16ps`
+/// where the CPU has it; f32 activations are never rounded to bf16 (a bf16 weight with f32
+/// activations, e.g. DeepSeek-V2's router, takes the widening path and computes in f32).
+pub(crate) fn plan(isa: Isa, w: WeightType, a_is_bf16: bool) -> Plan {
+    let (mr, a) = match (isa, w, a_is_bf16) {
+        (Isa::Portable, _, _) => (portable::MR, AForm::F32),
+        (Isa::Avx2, _, _) => (6, AForm::F32),
+        (Isa::Avx512Bf16, WeightType::Bf16, true) => (12, AForm::Bf16Pairs),
+        (Isa::Avx512 | Isa::Avx512Bf16, _, _) => (12, AForm::F32),
     };
     Plan { isa, mr, a }
 }
@@ -330,7 +334,7 @@ pub fn gemm_with(isa: Isa, a: Lhs<'_>, m: usize, w: &PackedB, c: &mut [f32]) {
         return;
     }
     let isa = isa.min(Isa::detected());
-    let plan = plan(isa, w.weight_type());
+    let plan = plan(isa, w.weight_type(), matches!(a, Lhs::Bf16 { .. }));
     let pa = pack_a(&a, m, k, plan, w.weight_type());
     let panels = n.div_ceil(NR);
     let threads = rayon::current_num_threads().max(1);

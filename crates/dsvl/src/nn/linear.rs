@@ -2,12 +2,14 @@
 //! already in memory (`linear_from_weight`), quantized or not (`qlinear`), and several linears
 //! that read the same input (`SharedInput`).
 
+use std::sync::Arc;
+
 use candle_core::{CpuStorage, DType, Device, Module, Result, Storage, Tensor};
 use candle_nn::VarBuilder;
+use dsvl_kernels::{Lhs, PackedB, WeightType};
 
 use super::matmul::matmul;
 use super::quant::{self, linear_from_weight_quant, LinearStorage, Quant};
-use super::rowmat::{self, WeightRows};
 
 /// `nn.Linear(in, out, bias)`: weight `[out, in]`, `y = x·Wᵀ + b` over the last dim of any rank.
 /// Inputs are flattened to 2-D so every call is one GEMM.
@@ -19,10 +21,13 @@ pub struct Linear {
 
 #[derive(Clone)]
 pub(super) enum LinearWeight {
-    /// `[out, in]`, the checkpoint layout, contiguous: a few rows go through [`rowmat`] (one
-    /// pass over the weight, batch-invariant), many rows through candle's GEMM on the
-    /// transposed view.
+    /// `[out, in]`, the checkpoint layout, contiguous, multiplied by candle's matmul on the
+    /// transposed view: weights on a GPU, and float types other than f32 and bf16.
     Float(Tensor),
+    /// f32 or bf16 on the CPU, packed once into our kernels' panels
+    /// ([`dsvl_kernels::gemm`]): one path for decode steps and prefill alike, batch-invariant
+    /// for any number of rows, bf16 multiplied as bf16 (no widening of the weight per call).
+    Packed(Arc<PackedB>),
     /// GGML blocks of `[out, in]`, blocks along `in` ([`quant`]).
     Quant(quant::QuantWeight),
 }
@@ -42,6 +47,7 @@ impl Linear {
     pub fn out_dim(&self) -> usize {
         match &self.weight {
             LinearWeight::Float(w) => w.dim(0).unwrap_or(0),
+            LinearWeight::Packed(p) => p.dims().0,
             LinearWeight::Quant(q) => q.dims().0,
         }
     }
@@ -49,6 +55,7 @@ impl Linear {
     pub fn in_dim(&self) -> usize {
         match &self.weight {
             LinearWeight::Float(w) => w.dim(1).unwrap_or(0),
+            LinearWeight::Packed(p) => p.dims().1,
             LinearWeight::Quant(q) => q.dims().1,
         }
     }
@@ -57,6 +64,10 @@ impl Linear {
     pub fn storage(&self) -> LinearStorage {
         match &self.weight {
             LinearWeight::Float(w) => LinearStorage::Float(w.dtype()),
+            LinearWeight::Packed(p) => LinearStorage::Float(match p.weight_type() {
+                WeightType::F32 => DType::F32,
+                WeightType::Bf16 => DType::BF16,
+            }),
             LinearWeight::Quant(q) => LinearStorage::Quant(q.quant()),
         }
     }
@@ -65,6 +76,14 @@ impl Linear {
     pub fn weight_bytes(&self) -> u64 {
         match &self.weight {
             LinearWeight::Float(w) => (w.elem_count() * w.dtype().size_in_bytes()) as u64,
+            LinearWeight::Packed(p) => {
+                let (n, k) = p.dims();
+                let size = match p.weight_type() {
+                    WeightType::F32 => 4,
+                    WeightType::Bf16 => 2,
+                };
+                (n * k * size) as u64
+            }
             LinearWeight::Quant(q) => q.bytes(),
         }
     }
@@ -78,16 +97,37 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
         None
     };
     Ok(Linear {
-        weight: LinearWeight::Float(weight.contiguous()?),
+        weight: float_weight(&weight)?,
         bias,
     })
+}
+
+/// A float weight `[out, in]` as the forward pass wants it: packed for our kernels on the CPU
+/// (f32 and bf16), as a contiguous tensor otherwise.
+fn float_weight(weight: &Tensor) -> Result<LinearWeight> {
+    let (n, k) = weight.dims2()?;
+    if weight.device().is_cpu() && matches!(weight.dtype(), DType::F32 | DType::BF16) {
+        let weight = weight.contiguous()?;
+        let (storage, layout) = weight.storage_and_layout();
+        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+            let packed = match cpu {
+                CpuStorage::F32(v) => Some(PackedB::from_f32(&v[start..end], n, k)),
+                CpuStorage::BF16(v) => Some(PackedB::from_bf16(&v[start..end], n, k)),
+                _ => None,
+            };
+            if let Some(p) = packed {
+                return Ok(LinearWeight::Packed(Arc::new(p)));
+            }
+        }
+    }
+    Ok(LinearWeight::Float(weight.contiguous()?))
 }
 
 /// A bias-free linear from a weight `[out, in]` already in memory, e.g. two projections
 /// concatenated along `out` to run as one GEMM (DeepSeek-V2's fused gate/up, v2 §8.4).
 pub fn linear_from_weight(weight: &Tensor) -> Result<Linear> {
     Ok(Linear {
-        weight: LinearWeight::Float(weight.contiguous()?),
+        weight: float_weight(weight)?,
         bias: None,
     })
 }
@@ -99,10 +139,8 @@ impl Module for Linear {
         let rows = x.elem_count() / in_dim.max(1);
         let x2 = x.reshape((rows, in_dim))?;
         let y = match &self.weight {
-            LinearWeight::Float(w) => match few_rows(&x2, w)? {
-                Some(y) => y,
-                None => matmul(&x2, &w.t()?)?,
-            },
+            LinearWeight::Float(w) => matmul(&x2, &w.t()?)?,
+            LinearWeight::Packed(p) => packed_matmul(&x2, p)?,
             LinearWeight::Quant(q) => q.matmul_t(&x2)?,
         };
         let y = match &self.bias {
@@ -117,38 +155,43 @@ impl Module for Linear {
     }
 }
 
-/// `x·wᵀ` by [`rowmat`] when `x` has at most [`rowmat::MAX_ROWS`] rows and both live on the
-/// CPU as f32 or bf16; `None` otherwise. A bf16 input is widened first and the result narrowed,
-/// as candle's bf16 matmul does.
-fn few_rows(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+/// `x·wᵀ` for `x` `[rows, in]` by our kernels, in `x`'s dtype: f32 and bf16 activations are
+/// read in place, others widened to f32 first; the f32 result is rounded to bf16 for a bf16
+/// input, as the reference's bf16 matmul rounds its output.
+fn packed_matmul(x: &Tensor, w: &PackedB) -> Result<Tensor> {
     let (rows, k) = x.dims2()?;
-    let n = w.dim(0)?;
+    let n = w.dims().0;
     let dtype = x.dtype();
-    if rows > rowmat::MAX_ROWS
-        || !x.device().is_cpu()
-        || dtype != w.dtype()
-        || !matches!(dtype, DType::F32 | DType::BF16)
+    let x = match dtype {
+        DType::F32 | DType::BF16 => x.contiguous()?,
+        _ => x.to_dtype(DType::F32)?.contiguous()?,
+    };
+    let mut y = vec![0f32; rows * n];
     {
-        return Ok(None);
+        let (storage, layout) = x.storage_and_layout();
+        let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("packed linear: the input is not a contiguous CPU tensor");
+        };
+        let lhs = match cpu {
+            CpuStorage::F32(v) => Lhs::F32 {
+                data: &v[start..end],
+                stride: k,
+            },
+            CpuStorage::BF16(v) => Lhs::Bf16 {
+                data: &v[start..end],
+                stride: k,
+            },
+            _ => candle_core::bail!("packed linear: unexpected input dtype {:?}", x.dtype()),
+        };
+        dsvl_kernels::gemm(lhs, rows, w, &mut y);
     }
-    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let (storage, layout) = w.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        return Ok(None);
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        return Ok(None);
-    };
-    let y = match cpu {
-        CpuStorage::F32(v) => rowmat::matmul_rows(&xs, rows, k, WeightRows::F32(&v[start..end]), n),
-        CpuStorage::BF16(v) => {
-            rowmat::matmul_rows(&xs, rows, k, WeightRows::Bf16(&v[start..end]), n)
-        }
-        _ => return Ok(None),
-    };
-    Tensor::from_vec(y, (rows, n), x.device())?
-        .to_dtype(dtype)
-        .map(Some)
+    let y = Tensor::from_vec(y, (rows, n), x.device())?;
+    match dtype {
+        DType::F32 => Ok(y),
+        DType::BF16 => y.to_dtype(DType::BF16),
+        other => y.to_dtype(other),
+    }
 }
 
 /// A bias-free `[in] -> [out]` linear with weight `{vb}.weight`, stored as `quant` (with the

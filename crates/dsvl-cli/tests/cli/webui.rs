@@ -800,3 +800,12 @@ fn webui_asks_for_the_api_key_and_keeps_it_in_the_tab() {
         "only the refused key's 401s are logged: {log:#?}"
     );
 }
+
+/// `dsvl serve --no-webui`: no page, the API as before.
+#[test]
+fn no_webui_turns_the_page_off() {
+    let server = Server::start(&v1_model(), &["--no-webui"]);
+    assert_eq!(http(server.port, "GET", "/", None).status, 404);
+    assert_eq!(http(server.port, "GET", "/webui/app.js", None).status, 404);
+    assert_eq!(http(server.port, "GET", "/v1/models", None).status, 200);
+}

@@ -43,14 +43,29 @@ impl HttpReply {
 }
 
 fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> HttpReply {
+    request(port, method, path, body, &[])
+}
+
+/// One request with `extra` headers, on its own connection.
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    extra: &[(&str, &str)],
+) -> HttpReply {
     let mut s = TcpStream::connect(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(120))).ok();
     let body = body.map(Value::to_string).unwrap_or_default();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
+         Content-Type: application/json\r\nContent-Length: {}\r\n{}\r\n",
+        body.len(),
+        extra
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect::<String>()
     );
     s.write_all(head.as_bytes()).expect("send");
     s.write_all(body.as_bytes()).expect("send");
@@ -615,6 +630,36 @@ fn webui_answers_like_the_api_stops_and_shows_errors() {
         "And now?"
     );
     b.screenshot("v1-error");
+
+    // The markdown renderer escapes everything it is given and still draws tables and code.
+    let rendered = b.js(
+        "const r = window.dsvl.renderMarkdown; return [ \
+           r('<img src=x onerror=alert(1)> **b**'), \
+           r('| a | b |\\n|---|--:|\\n| <i>1</i> | 2 |'), \
+           r('```\\n<script>x()</script>\\n```'), \
+           r('[x](javascript:alert(1)) [y](https://example.com/)')]",
+        json!([]),
+    );
+    assert_eq!(
+        rendered,
+        json!([
+            "<p>&lt;img src=x onerror=alert(1)&gt; <strong>b</strong></p>",
+            "<div class=\"table-wrap\"><table><thead><tr><th>a</th><th class=\"align-right\">b</th></tr></thead>\
+             <tbody><tr><td>&lt;i&gt;1&lt;/i&gt;</td><td class=\"align-right\">2</td></tr></tbody></table></div>",
+            "<pre><code>&lt;script&gt;x()&lt;/script&gt;</code></pre>",
+            "<p>[x](javascript:alert(1)) <a href=\"https://example.com/\" rel=\"noopener noreferrer\" \
+             target=\"_blank\">y</a></p>",
+        ])
+    );
+
+    // A phone-sized window: nothing wider than the screen.
+    b.cmd("POST", "/window/rect", json!({"width": 390, "height": 844}));
+    let widths = b.js(
+        "return [document.documentElement.scrollWidth, window.innerWidth]",
+        json!([]),
+    );
+    assert!(widths[0].as_f64() <= widths[1].as_f64(), "{widths}");
+    b.screenshot("v1-phone");
     // Chromium logs every failed fetch: that one line, and nothing else.
     let log = b.console();
     let logged = severe(&log);
@@ -786,12 +831,80 @@ fn webui_asks_for_the_api_key_and_keeps_it_in_the_tab() {
     assert_eq!(stored, json!(["sesame", 0, ""]));
     b.click("#settings-toggle");
     set_max_tokens(&b, 3);
-    let (raw, meta) = ask(&b, "Hi");
-    assert!(
-        !raw.is_empty() && meta.contains("3 tokens"),
-        "{raw:?} {meta}"
+    // Several images in one turn, by paste and by drop (events as the browser makes them), one
+    // removed again; the answer is the API's for the same two images.
+    let images = super::fixtures().join("images");
+    let files: Vec<Vec<u8>> = [
+        "landscape_500x333.png",
+        "portrait_333x500.png",
+        "landscape_500x333.png",
+    ]
+    .iter()
+    .map(|n| std::fs::read(images.join(n)).expect("fixture image"))
+    .collect();
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    b.js(
+        "const file = (b64, name) => new File([Uint8Array.from(atob(b64), c => c.charCodeAt(0))], \
+                                             name, {type: 'image/png'}); \
+         const data = (...f) => { const d = new DataTransfer(); f.forEach(x => d.items.add(x)); return d; }; \
+         document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: data(file(arguments[0], 'a.png')), \
+                                                              bubbles: true})); \
+         window.dispatchEvent(new DragEvent('drop', {dataTransfer: data(file(arguments[1], 'b.png'), \
+                                                                        file(arguments[2], 'c.png')), \
+                                                    bubbles: true, cancelable: true}));",
+        json!([b64(&files[0]), b64(&files[1]), b64(&files[2])]),
+    );
+    b.wait_js(
+        "three attached",
+        "return document.querySelectorAll('#pending img').length === 3",
+        json!([]),
+    );
+    b.click("#pending li:last-child button.remove");
+    let pending = b.wait_js(
+        "one removed",
+        "const t = [...document.querySelectorAll('#pending img')].map(i => i.alt); \
+         return t.length === 2 ? t : null",
+        json!([]),
+    );
+    assert_eq!(pending, json!(["Attached: a.png", "Attached: b.png"]));
+    let (raw, meta) = ask(&b, "Compare them.");
+    assert!(meta.contains("3 tokens"), "{meta}");
+    let mut body = page_request("siglip-tiny", &files[0], "Compare them.", 3);
+    body["messages"][0]["content"]
+        .as_array_mut()
+        .expect("parts")
+        .insert(1, image_part(&files[1]));
+    let reply = request(
+        server.port,
+        "POST",
+        "/v1/chat/completions",
+        Some(&body),
+        &[("Authorization", "Bearer sesame")],
+    )
+    .json();
+    assert_eq!(
+        raw,
+        reply["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content")
+    );
+    assert_eq!(
+        b.js(
+            "return document.querySelectorAll('li.msg.user img').length",
+            json!([])
+        ),
+        2
     );
     b.screenshot("api-key");
+
+    b.click("#new-chat");
+    assert_eq!(
+        b.js(
+            "return document.querySelectorAll('#log li').length",
+            json!([])
+        ),
+        0
+    );
     let log = b.console();
     assert!(
         severe(&log).iter().all(|e| e["message"]

@@ -67,10 +67,10 @@ async function describeFailure(res) {
       showKeyForm();
       return "This server needs an API key: enter it above, then send again.";
     case 429:
-      return `The server is busy: ${msg}`;
+      return `Busy (HTTP 429), send again shortly: ${msg}`;
     case 503:
       waitUntilLoaded();
-      return `The model is still loading; send again in a moment. (${msg})`;
+      return `Not ready (HTTP 503), send again in a moment: ${msg}`;
     default:
       return `The server refused the request: ${msg}`;
   }
@@ -410,9 +410,12 @@ function lastImage() {
 }
 
 function setBusy(busy) {
+  const hadFocus = document.activeElement === (busy ? ui.send : ui.stop);
   ui.send.hidden = busy;
   ui.stop.hidden = !busy;
   ui.send.disabled = busy;
+  // A keyboard user who pressed Send lands on Stop (the button in its place), and back.
+  if (hadFocus) (busy ? ui.stop : ui.send).focus();
 }
 
 async function send() {

@@ -922,3 +922,62 @@ fn no_webui_turns_the_page_off() {
     assert_eq!(http(server.port, "GET", "/webui/app.js", None).status, 404);
     assert_eq!(http(server.port, "GET", "/v1/models", None).status, 200);
 }
+
+/// A full queue: the page says the server is busy, with the server's message, and keeps the
+/// question for another try.
+#[test]
+fn webui_says_when_the_server_is_busy() {
+    let server = Server::start(&v1_model(), &["--max-queue", "1", "--max-running", "1"]);
+    let b = Browser::start("busy");
+    b.goto(&server.url());
+    model_line(&b, "DeepSeek-VL");
+    // One long answer running and one waiting fill the queue; their sockets stay open until
+    // the end of the test (closing them cancels both).
+    let long = json!({"messages": [{"role": "user", "content": "Count."}], "temperature": 0,
+                      "max_tokens": 15000, "stream": true})
+    .to_string();
+    let metric = |line: &str| {
+        http(server.port, "GET", "/metrics", None)
+            .text()
+            .lines()
+            .any(|l| l == line)
+    };
+    let mut held = Vec::new();
+    for gauge in ["dsvl_running_sequences 1", "dsvl_queue_depth 1"] {
+        let mut s = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{long}",
+            long.len()
+        );
+        s.write_all(head.as_bytes()).expect("send");
+        held.push(s);
+        wait_for(gauge, Duration::from_secs(30), || metric(gauge));
+    }
+    b.js(
+        "document.getElementById('prompt').value = 'Hello?'",
+        json!([]),
+    );
+    b.click("#send");
+    let shown = b.wait_js(
+        "the busy message",
+        "const s = document.getElementById('status'); return s.hidden ? null : s.textContent",
+        json!([]),
+    );
+    let shown = shown.as_str().unwrap_or_default();
+    assert!(
+        shown.starts_with("Busy (HTTP 429)") && shown.contains("requests queued"),
+        "{shown}"
+    );
+    assert_eq!(
+        b.js("return document.getElementById('prompt').value", json!([])),
+        "Hello?"
+    );
+    b.screenshot("busy");
+    drop(held);
+    wait_for(
+        "the held requests cancelled",
+        Duration::from_secs(10),
+        || metric("dsvl_running_sequences 0") && metric("dsvl_queue_depth 0"),
+    );
+}

@@ -677,7 +677,8 @@ fn webui_answers_like_the_api_stops_and_shows_errors() {
 /// model gives it, no complete box and the problems), then draws boxes where the server's pixels
 /// say. The random fixture never closes a `<|det|>`, so for the boxes the page is given the
 /// server's own stream for the same request with the finish chunk's `grounding` replaced by the
-/// library's parse of an answer with two boxes (`window.fetch` replaced for the chat route).
+/// library's parse of an answer with two boxes (`window.fetch` replaced for the chat route, its
+/// events paced as a server sends them).
 #[test]
 fn webui_draws_vl2_boxes_at_the_servers_pixels() {
     let model = v2_fixtures().join("models/vl2-base-random");
@@ -745,9 +746,13 @@ fn webui_draws_vl2_boxes_at_the_servers_pixels() {
         .collect();
     assert_eq!(patched, 1, "one finish chunk: {sse}");
     b.js(
-        "const sse = arguments[0], real = window.fetch; \
+        "const events = arguments[0].split('\\n\\n').filter(e => e).map(e => e + '\\n\\n'); \
+         const real = window.fetch, bytes = new TextEncoder(); \
+         const body = () => new ReadableStream({async pull(c) { \
+           await new Promise(r => setTimeout(r, 25)); /* one event per 25 ms, as a server sends */ \
+           const e = events.shift(); if (e) c.enqueue(bytes.encode(e)); else c.close(); }}); \
          window.fetch = (url, opts) => String(url).endsWith('v1/chat/completions') \
-           ? Promise.resolve(new Response(sse, {headers: {'Content-Type': 'text/event-stream'}})) \
+           ? Promise.resolve(new Response(body(), {headers: {'Content-Type': 'text/event-stream'}})) \
            : real(url, opts);",
         json!([sse]),
     );
@@ -800,6 +805,12 @@ fn webui_draws_vl2_boxes_at_the_servers_pixels() {
             assert!((g - e).abs() <= 1.0, "box {got} expected at {expect:?}");
         }
     }
+    // Tall enough for the whole conversation (the README's picture, docs/webui.png).
+    b.cmd(
+        "POST",
+        "/window/rect",
+        json!({"width": 1000, "height": 1400}),
+    );
     b.screenshot("vl2-boxes");
     assert_console_clean(&b, "VL2 boxes");
     assert_same_origin_only(&b, &server);

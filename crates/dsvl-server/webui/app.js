@@ -215,8 +215,18 @@ function addUserMessage(turn) {
   text.className = "text";
   text.textContent = turn.text;
   li.append(text);
-  li.scrollIntoView({ block: "end" });
+  scrollToEnd();
   return li;
+}
+
+/** Whether the reader is at the end of the conversation (then a growing answer is followed). */
+function nearEnd() {
+  return window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 120;
+}
+
+/** The end of the page: the last message just above the (sticky) message box. */
+function scrollToEnd() {
+  window.scrollTo(0, document.documentElement.scrollHeight);
 }
 
 /** An answer being streamed: its element, raw text and timings. */
@@ -249,9 +259,10 @@ class Answer {
   }
 
   render() {
+    const follow = nearEnd();
     this.body.innerHTML = renderMarkdown(this.raw);
     this.el.dataset.raw = this.raw;
-    this.el.scrollIntoView({ block: "end" });
+    if (follow) scrollToEnd();
   }
 
   /** The stream ended (`finish`: the finish reason, `usage` when sent, `stopped` by the user). */
@@ -327,8 +338,9 @@ async function copyText(text) {
  * Draws `grounding` (the server's `delta.grounding`: objects with boxes whose `pixels` are
  * inclusive corners in the request's last image, of `image_size` [width, height]) over that
  * image, as absolutely placed boxes sized in percent, so they follow the image when it scales.
+ * `follow`: the reader was at the end, so the page scrolls there once the image is laid out.
  */
-function drawGrounding(answer, grounding, image) {
+function drawGrounding(answer, grounding, image, follow) {
   const size = grounding.image_size;
   const boxes = [];
   for (const obj of grounding.objects || []) {
@@ -341,6 +353,7 @@ function drawGrounding(answer, grounding, image) {
     const frame = document.createElement("div");
     frame.className = "frame";
     const img = document.createElement("img");
+    if (follow) img.addEventListener("load", scrollToEnd, { once: true });
     img.src = image.url;
     const labels = [...new Set(boxes.map((b) => b.label || "unlabelled"))];
     img.alt = `${image.name} with ${boxes.length} box${boxes.length > 1 ? "es" : ""}: ${labels.join(", ")}`;
@@ -461,8 +474,10 @@ async function send() {
     answer.failed(result.error);
     showStatus(`The request failed: ${result.error}`);
   }
-  if (result.grounding) drawGrounding(answer, result.grounding, lastImage());
+  const follow = nearEnd();
+  if (result.grounding) drawGrounding(answer, result.grounding, lastImage(), follow);
   answer.finish(result);
+  if (follow) scrollToEnd();
   state.history.push({ role: "assistant", text: answer.raw, images: [] });
   done();
 }

@@ -11,7 +11,7 @@
 //! Modules: `openai` (wire types and their conversion), `media` (image URLs), `routes`
 //! (handlers), `error` (OpenAI error bodies), `metrics`, `grounding` (the VL2 boxes extension
 //! field), `preparing` (the bound on request preparation), `release` (memory after large
-//! requests).
+//! requests), `webui` (the built-in chat page at `/`).
 //!
 //! Sampling defaults follow OpenAI, not the reference CLI: `temperature` 1 and `top_p` 1 when
 //! omitted, no top-k, a random seed. Send `"temperature": 0` for the reference's greedy output.
@@ -26,6 +26,7 @@ pub mod preparing;
 pub mod release;
 mod routes;
 pub mod state;
+pub mod webui;
 
 use std::future::Future;
 use std::sync::Arc;

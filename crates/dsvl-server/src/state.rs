@@ -66,6 +66,8 @@ pub struct ServerConfig {
     /// A request's whole body must arrive within this time of its header; else 408 and the
     /// connection is closed.
     pub body_timeout: Duration,
+    /// Serve the chat page at `/` (see [`crate::webui`]); off: `/` is a 404.
+    pub webui: bool,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +96,7 @@ impl Default for ServerConfig {
             max_connections: 512,
             header_timeout: Duration::from_secs(15),
             body_timeout: Duration::from_secs(60),
+            webui: true,
         }
     }
 }
@@ -160,6 +163,7 @@ struct Inner {
     preparing: PrepareGate,
     releaser: Releaser,
     metrics: Arc<Metrics>,
+    webui: bool,
 }
 
 impl AppState {
@@ -177,6 +181,7 @@ impl AppState {
                 preparing: PrepareGate::new(cfg.max_preparing, cfg.max_queue),
                 releaser: Releaser::default(),
                 metrics: Arc::new(Metrics::default()),
+                webui: cfg.webui,
             }),
         }
     }
@@ -235,6 +240,10 @@ impl AppState {
     }
     pub fn model_name(&self) -> &str {
         &self.inner.model_name
+    }
+    /// Whether the chat page is served.
+    pub fn webui(&self) -> bool {
+        self.inner.webui
     }
     /// Server start time (Unix seconds), reported as the model's `created`.
     pub fn created(&self) -> u64 {

@@ -15,6 +15,7 @@ use crate::model_path::resolve_model;
     curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n    \
     -d '{\"temperature\": 0, \"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\", \
     \"image_url\": {\"url\": \"data:image/png;base64,…\"}}, {\"type\": \"text\", \"text\": \"Describe it.\"}]}]}'\n\n\
+    Open http://127.0.0.1:8080/ for the chat page (--no-webui turns it off).\n\
     /health answers 503 while the model loads, then 200. Ctrl-C or SIGTERM shuts down gracefully.")]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -92,6 +93,10 @@ pub struct ServeArgs {
     /// the folder's name for a local directory.
     #[arg(long)]
     pub served_model_name: Option<String>,
+    /// Do not serve the chat page at / (open http://HOST:PORT/ in a browser); the API routes
+    /// are unchanged.
+    #[arg(long)]
+    pub no_webui: bool,
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
@@ -125,6 +130,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         max_connections: a.max_connections as usize,
         header_timeout: Duration::from_secs(a.header_timeout),
         body_timeout: Duration::from_secs(a.body_timeout),
+        webui: !a.no_webui,
         ..Default::default()
     };
     tokio::runtime::Runtime::new()?.block_on(dsvl_server::serve(cfg))

@@ -4,6 +4,7 @@ mod batch;
 mod bench;
 mod serve;
 mod vl2;
+mod webui;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -16,7 +16,8 @@ use crate::error::ApiError;
 use crate::release::RELEASE_AFTER_BYTES;
 use crate::state::AppState;
 
-/// Every route. `/health` and `/ready` are open; the others need the API key when one is set.
+/// Every route. `/health`, `/ready` and the web page (`/`, `/webui/*`, unless turned off) are
+/// open; the others need the API key when one is set.
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/v1/models", get(info::models))
@@ -30,10 +31,15 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             require_api_key,
         ));
-    Router::new()
+    let open = Router::new()
         .route("/health", get(info::health))
-        .route("/ready", get(info::ready))
-        .merge(protected)
+        .route("/ready", get(info::ready));
+    let open = if state.webui() {
+        open.merge(crate::webui::routes())
+    } else {
+        open
+    };
+    open.merge(protected)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.limits().max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), body_limits))

@@ -11,6 +11,7 @@
 //!   refused from their length.
 //! - `load`: 64 concurrent socket clients, a fifth with bad inputs, some hanging up mid-stream.
 //! - `remote_images`: `http(s)` image URLs fetched from a loopback server.
+//! - `webui`: the chat page's routes: types, security headers, ETag revalidation, `--no-webui`.
 //! - `openai_compat`: the official `openai` Python package against a running server
 //!   (`#[ignore]`: needs PyPI once).
 
@@ -22,3 +23,4 @@ mod openai_compat;
 mod remote_images;
 mod v1;
 mod vl2;
+mod webui;

@@ -31,6 +31,8 @@ mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use half::bf16;
 use rayon::prelude::*;
 
@@ -141,6 +143,78 @@ impl PackedB {
             n,
             k,
             data: PackedData::Bf16(data),
+        }
+    }
+
+    /// Packs `b` given as `[k, n]` row-major f32 (the right operand of `A·B`, e.g. the values
+    /// of attention), on the calling thread.
+    pub fn from_f32_kn(b: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(b.len(), n * k, "B is not [k, n]");
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0f32; panels * k * NR];
+        for (i, row) in b.chunks_exact(n.max(1)).enumerate().take(k) {
+            for (p, part) in row.chunks(NR).enumerate() {
+                let at = p * k * NR + i * NR;
+                data[at..at + part.len()].copy_from_slice(part);
+            }
+        }
+        Self {
+            n,
+            k,
+            data: PackedData::F32(data),
+        }
+    }
+
+    /// Packs `b` given as `[k, n]` row-major bf16, on the calling thread.
+    pub fn from_bf16_kn(b: &[bf16], k: usize, n: usize) -> Self {
+        assert_eq!(b.len(), n * k, "B is not [k, n]");
+        let panels = n.div_ceil(NR);
+        let kp = k.div_ceil(2);
+        let mut data = vec![0u16; panels * kp * NR * 2];
+        for (i, row) in b.chunks_exact(n.max(1)).enumerate().take(k) {
+            for (j, v) in row.iter().enumerate() {
+                let (p, jj) = (j / NR, j % NR);
+                data[p * kp * NR * 2 + (i / 2) * NR * 2 + jj * 2 + i % 2] = v.to_bits();
+            }
+        }
+        Self {
+            n,
+            k,
+            data: PackedData::Bf16(data),
+        }
+    }
+
+    /// Packs `w` `[n, k]` on the calling thread (for per-call operands such as attention's
+    /// keys, packed inside a task that already runs in parallel with others).
+    pub fn from_bf16_serial(w: &[bf16], n: usize, k: usize) -> Self {
+        let kp = k.div_ceil(2);
+        let mut data = vec![0u16; n.div_ceil(NR) * kp * NR * 2];
+        for (j, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
+            let (p, jj) = (j / NR, j % NR);
+            for (i, v) in row.iter().enumerate() {
+                data[p * kp * NR * 2 + (i / 2) * NR * 2 + jj * 2 + i % 2] = v.to_bits();
+            }
+        }
+        Self {
+            n,
+            k,
+            data: PackedData::Bf16(data),
+        }
+    }
+
+    /// [`PackedB::from_bf16_serial`] for f32.
+    pub fn from_f32_serial(w: &[f32], n: usize, k: usize) -> Self {
+        let mut data = vec![0f32; n.div_ceil(NR) * k * NR];
+        for (j, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
+            let (p, jj) = (j / NR, j % NR);
+            for (i, v) in row.iter().enumerate() {
+                data[p * k * NR + i * NR + jj] = *v;
+            }
+        }
+        Self {
+            n,
+            k,
+            data: PackedData::F32(data),
         }
     }
 
@@ -316,6 +390,14 @@ pub(crate) enum TileB<'a> {
     Bf16(&'a [u16]),
 }
 
+/// Multiply-adds done by [`gemm`] since the process started, all threads and callers together:
+/// read before and after a stage for its achieved FLOP rate (2 FLOPs per multiply-add).
+pub fn flops_done() -> u64 {
+    2 * MACS.load(Ordering::Relaxed)
+}
+
+static MACS: AtomicU64 = AtomicU64::new(0);
+
 /// `c[m, n] = a[m, k] · wᵀ` (module docs). `c` must hold `m * n` values; `a` rows must hold `k`.
 pub fn gemm(a: Lhs<'_>, m: usize, w: &PackedB, c: &mut [f32]) {
     gemm_with(isa::active(), a, m, w, c)
@@ -333,6 +415,7 @@ pub fn gemm_with(isa: Isa, a: Lhs<'_>, m: usize, w: &PackedB, c: &mut [f32]) {
         c.fill(0.0);
         return;
     }
+    MACS.fetch_add((m * n * k) as u64, Ordering::Relaxed);
     let isa = isa.min(Isa::detected());
     let plan = plan(isa, w.weight_type(), matches!(a, Lhs::Bf16 { .. }));
     let pa = pack_a(&a, m, k, plan, w.weight_type());
@@ -344,15 +427,67 @@ pub fn gemm_with(isa: Isa, a: Lhs<'_>, m: usize, w: &PackedB, c: &mut [f32]) {
     let out = OutPtr(c.as_mut_ptr());
     (0..tasks).into_par_iter().for_each(|t| {
         for p in t * per_task..((t + 1) * per_task).min(panels) {
-            run_panel(plan, &pa, m, w, p, out.get());
+            run_panel(plan, &pa, m, w, k, p, n, n, out.get());
         }
     });
 }
 
-/// All rows against panel `p`, block by block over `k`.
-fn run_panel(plan: Plan, pa: &PackedA, m: usize, w: &PackedB, p: usize, c: *mut f32) {
-    let (n, k) = (w.n, w.k);
-    let cols = NR.min(n - p * NR);
+/// `c[r, j] = Σ_{i < k} a[r, i] · w[j, i]` for the first `cols` columns of `w` only
+/// (`cols ≤ n`) over its first `k` inputs (`k ≤` the packed width), rows of `c` `ldc` apart,
+/// on the calling thread: for callers that parallelise themselves (attention, one task per
+/// head and row block, each seeing a prefix of the keys). The same arithmetic as [`gemm`].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_serial(
+    a: Lhs<'_>,
+    m: usize,
+    w: &PackedB,
+    k: usize,
+    cols: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    assert!(k <= w.k, "k {k} of {}", w.k);
+    assert!(a.fits(m, k), "A is not [m, k] with k = {k}");
+    assert!(
+        cols <= w.n && ldc >= cols,
+        "cols {cols} of {} with ldc {ldc}",
+        w.n
+    );
+    assert!(m == 0 || c.len() >= (m - 1) * ldc + cols, "C is too small");
+    if m == 0 || cols == 0 {
+        return;
+    }
+    if k == 0 {
+        for r in 0..m {
+            c[r * ldc..r * ldc + cols].fill(0.0);
+        }
+        return;
+    }
+    MACS.fetch_add((m * cols * k) as u64, Ordering::Relaxed);
+    let isa = isa::active();
+    let plan = plan(isa, w.weight_type(), matches!(a, Lhs::Bf16 { .. }));
+    let pa = pack_a(&a, m, k, plan, w.weight_type());
+    for p in 0..cols.div_ceil(NR) {
+        run_panel(plan, &pa, m, w, k, p, cols, ldc, c.as_mut_ptr());
+    }
+}
+
+/// All rows against panel `p`, block by block over the first `k` inputs, writing the panel's
+/// columns below `n_used` into `c` (rows `ldc` apart). `pa` holds `A` packed for `k` inputs.
+#[allow(clippy::too_many_arguments)]
+fn run_panel(
+    plan: Plan,
+    pa: &PackedA,
+    m: usize,
+    w: &PackedB,
+    k: usize,
+    p: usize,
+    n_used: usize,
+    ldc: usize,
+    c: *mut f32,
+) {
+    let wk = w.k;
+    let cols = NR.min(n_used - p * NR);
     let mr = plan.mr;
     let mut k0 = 0;
     while k0 < k {
@@ -377,10 +512,10 @@ fn run_panel(plan: Plan, pa: &PackedA, m: usize, w: &PackedB, p: usize, c: *mut 
             };
             let b = match &w.data {
                 PackedData::F32(d) => {
-                    TileB::F32(&d[p * k * NR + k0 * NR..p * k * NR + (k0 + kc) * NR])
+                    TileB::F32(&d[p * wk * NR + k0 * NR..p * wk * NR + (k0 + kc) * NR])
                 }
                 PackedData::Bf16(d) => {
-                    let kp = k.div_ceil(2);
+                    let kp = wk.div_ceil(2);
                     let base = p * kp * NR * 2;
                     TileB::Bf16(
                         &d[base + (k0 / 2) * NR * 2..base + (k0 / 2 + kc.div_ceil(2)) * NR * 2],
@@ -392,10 +527,11 @@ fn run_panel(plan: Plan, pa: &PackedA, m: usize, w: &PackedB, p: usize, c: *mut 
                 b,
                 rows,
                 cols,
-                // SAFETY: row i0, column p·NR of `c` ([m, n]); the kernel writes `rows` rows
-                // of `cols` columns from there, all inside `c`.
-                c: unsafe { c.add(i0 * n + p * NR) },
-                ldc: n,
+                // SAFETY: row i0, column p·NR of `c` (rows `ldc` apart, at least `n_used`
+                // columns, checked by the callers); the kernel writes `rows` rows of `cols`
+                // columns from there, all inside `c`.
+                c: unsafe { c.add(i0 * ldc + p * NR) },
+                ldc,
                 accumulate: k0 > 0,
             };
             match plan.isa {

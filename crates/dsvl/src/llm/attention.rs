@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 
 use super::step::StepCtx;
 use super::KvCache;
-use crate::nn::{fuse_projections, qlinear, sdpa, Linear, Quant, Scale, SharedInput};
+use crate::nn::{fuse_projections, qlinear, sdpa_masked, Linear, Mask, Quant, Scale, SharedInput};
 
 /// The sizes of one `Attention`: what the v1 Llama (`LlamaSpec`) and the DeepSeek-V2 MHA
 /// variant (`AttentionKind::Mha`) both resolve to. The RoPE tables come with each forward call.
@@ -121,7 +121,8 @@ impl Attention {
         );
         // Eager attention: softmax(q·kᵀ / √d + causal) in f32, cast back, @ v.
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let o = sdpa(&q, &k, &v, Scale::Scores(scale), ctx.mask.as_ref())?;
+        let mask = ctx.mask.as_ref().map_or(Mask::None, Mask::Causal);
+        let o = sdpa_masked(&q, &k, &v, Scale::Scores(scale), mask)?;
         o.transpose(1, 2)?
             .reshape((b, t, self.heads * self.head_dim))
     }

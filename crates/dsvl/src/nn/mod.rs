@@ -13,7 +13,7 @@ pub mod norm;
 pub mod quant;
 pub mod rowmat;
 
-pub use attention::{sdpa, Scale};
+pub use attention::{sdpa, sdpa_masked, Mask, Scale};
 pub use conv::{conv2d, Conv2d};
 pub(crate) use linear::{fuse_projections, qlinear, SharedInput};
 pub use linear::{linear, linear_from_weight, Linear};

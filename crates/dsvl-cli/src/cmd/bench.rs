@@ -543,7 +543,7 @@ fn chart_bmp(w: u32, h: u32, variant: u32) -> Vec<u8> {
             if i < 5 && inside > 8 && inside < bar_w - 8 && y0 - y < heights[i as usize] {
                 return colors[i as usize];
             }
-            if y % 40 == 0 {
+            if y.is_multiple_of(40) {
                 return [220, 220, 220]; // grid line
             }
         }

@@ -83,12 +83,14 @@ fn on_kernels(
     let dtype = q.dtype();
     let float = |t: &Tensor| matches!(t.dtype(), DType::F32 | DType::BF16);
     let rank = q.rank();
-    if !q.device().is_cpu()
-        || !(float(q) && float(k) && float(v))
-        || !(rank == 3 || rank == 4)
-        || k.rank() != rank
-        || v.rank() != rank
-    {
+    let applies = q.device().is_cpu()
+        && float(q)
+        && float(k)
+        && float(v)
+        && (rank == 3 || rank == 4)
+        && k.rank() == rank
+        && v.rank() == rank;
+    if !applies {
         return Ok(None);
     }
     let (tq, d) = (q.dim(rank - 2)?, q.dim(rank - 1)?);

@@ -93,7 +93,7 @@ impl DeepseekV2Spec {
     /// Whether decoder layer `l` is a MoE layer. ref: `n_routed_experts is not None and
     /// layer_idx >= first_k_dense_replace and layer_idx % moe_layer_freq == 0`.
     pub fn is_moe_layer(&self, l: usize) -> bool {
-        self.moe.is_some() && l >= self.first_k_dense_replace && l % self.moe_layer_freq == 0
+        self.moe.is_some() && l >= self.first_k_dense_replace && l.is_multiple_of(self.moe_layer_freq)
     }
 
     /// Dims of the rotated part of each query/key (the RoPE table width).
@@ -411,7 +411,7 @@ fn resolve(path: &Path, c: &DeepseekV2ConfigJson) -> Result<DeepseekV2Spec> {
             v_head_dim: required(path, "v_head_dim", c.v_head_dim, why)?,
         }
     } else {
-        if c.hidden_size % heads != 0 {
+        if !c.hidden_size.is_multiple_of(heads) {
             return Err(config_err(
                 path,
                 "hidden_size",
@@ -421,7 +421,7 @@ fn resolve(path: &Path, c: &DeepseekV2ConfigJson) -> Result<DeepseekV2Spec> {
                 ),
             ));
         }
-        if kv_heads == 0 || heads % kv_heads != 0 {
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(config_err(
                 path,
                 "num_key_value_heads",
@@ -429,7 +429,7 @@ fn resolve(path: &Path, c: &DeepseekV2ConfigJson) -> Result<DeepseekV2Spec> {
             ));
         }
         let head_dim = c.hidden_size / heads;
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(config_err(
                 path,
                 "hidden_size",

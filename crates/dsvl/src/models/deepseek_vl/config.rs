@@ -285,7 +285,7 @@ fn llama_spec(path: &Path, c: &LlamaConfigJson) -> Result<LlamaSpec> {
     }
     let heads = c.num_attention_heads;
     let kv = c.num_key_value_heads.unwrap_or(heads);
-    if heads == 0 || c.hidden_size % heads != 0 || kv == 0 || heads % kv != 0 {
+    if heads == 0 || !c.hidden_size.is_multiple_of(heads) || kv == 0 || !heads.is_multiple_of(kv) {
         return Err(config_err(
             path,
             format!(

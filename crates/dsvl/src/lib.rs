@@ -77,6 +77,9 @@ pub mod vision;
 pub mod weights;
 
 pub use device::DeviceChoice;
+/// The CPU matrix kernels (instruction-set level, FLOP counter, peak probe), for tools.
+#[doc(hidden)]
+pub use dsvl_kernels as kernels;
 pub use engine::{
     ChatMessage, EngineConfig, EngineEvent, EngineHandle, Event, FinishReason, GenerateParams,
     ImageSource, LoadOptions, Outcome, Pipeline, Prepared, Request, TokenOut,

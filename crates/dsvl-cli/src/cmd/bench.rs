@@ -114,6 +114,8 @@ struct Run {
     second_reused_tokens: Option<usize>,
     long_prefill_tok_s: Option<f64>,
     long_decode_tok_s: Option<f64>,
+    vision_flops: u64,
+    prefill_flops: u64,
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
@@ -229,6 +231,25 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let second_reused = runs.iter().find_map(|r| r.second_reused_tokens);
     let long_prefill = med(&|r| r.long_prefill_tok_s);
     let long_decode = med(&|r| r.long_decode_tok_s);
+    // Achieved GFLOP/s of the CPU kernels per stage, against their peak on this machine for the
+    // model's dtype (the same kernel on a large square product).
+    let gflop_s = |flops: &dyn Fn(&Run) -> u64, ms: &dyn Fn(&Run) -> f64| {
+        med(&|r| (flops(r) > 0 && ms(r) > 0.0).then(|| flops(r) as f64 / (ms(r) * 1e6)))
+    };
+    let vision_gflop_s = gflop_s(&|r| r.vision_flops, &|r| r.vision_ms);
+    let prefill_gflop_s = gflop_s(&|r| r.prefill_flops, &|r| r.prefill_ms);
+    let kernel_weight = match pipeline.model().dtype() {
+        candle_core::DType::BF16 => Some(dsvl::kernels::WeightType::Bf16),
+        candle_core::DType::F32 => Some(dsvl::kernels::WeightType::F32),
+        _ => None,
+    };
+    let peak_gflop_s = kernel_weight
+        .filter(|_| pipeline.model().device().is_cpu())
+        .map(dsvl::kernels::gemm::peak_gflops);
+    let share = |got: Option<f64>| match (got, peak_gflop_s) {
+        (Some(g), Some(p)) if p > 0.0 => Some(100.0 * g / p),
+        _ => None,
+    };
 
     // Decode at the short context reads the weights plus a KV cache of ~prompt length.
     let short_ctx = prompt_tokens + a.decode_tokens / 2;
@@ -297,6 +318,16 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         "prefill_ms": prefill_ms,
         "prefill_tokens_per_s": prefill_ms.map(|p| prompt_tokens as f64 / (p / 1e3)),
         "ttft_ms": ttft_ms,
+        "kernels": {
+            "isa": dsvl::kernels::isa::active().name(),
+            "cpu_features": dsvl::kernels::Isa::cpu_features(),
+            "peak_gflop_s": peak_gflop_s,
+            "vision_gflop_s": vision_gflop_s,
+            "vision_pct_of_peak": share(vision_gflop_s),
+            "prefill_gflop_s": prefill_gflop_s,
+            "prefill_pct_of_peak": share(prefill_gflop_s),
+            "note": "FLOPs of the linear layers and attention done by dsvl's CPU kernels over the stage's whole time (element-wise work included in the time, not in the FLOPs); peak = the same kernels on a 768 x 2048 x 2048 product in the model's dtype",
+        },
         "decode_tokens_per_s": decode_tok_s,
         "second_turn": if a.no_second_turn { Value::Null } else { json!({
             "ttft_ms": second_ttft,
@@ -376,6 +407,8 @@ fn one_run(
     let mut run = Run {
         preprocess_ms: t.preprocess_ms,
         vision_ms: t.vision_ms,
+        vision_flops: t.vision_flops,
+        prefill_flops: t.prefill_flops,
         prefill_ms: t.prefill_ms,
         ttft_ms: t.time_to_first_token_ms(),
         decode_tok_s: tok_s,
@@ -707,6 +740,19 @@ fn print_table(r: &Value) {
         m["dtype"].as_str().unwrap_or("?"),
         m["llm_layers"],
     );
+    let k = &r["kernels"];
+    println!(
+        "CPU kernels: {} path; CPU features: {}",
+        k["isa"].as_str().unwrap_or("?"),
+        k["cpu_features"]
+            .as_array()
+            .map(|f| f
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(" "))
+            .unwrap_or_default()
+    );
     println!(
         "workload: {} image(s), {} prompt tokens ({} question tokens), {} decode tokens, median of {} run(s)",
         w["images"], w["prompt_tokens"], w["question_tokens"], w["decode_tokens"], w["repeats"]
@@ -718,6 +764,20 @@ fn print_table(r: &Value) {
         ("prefill", f(&r["prefill_tokens_per_s"], 1), "tokens/s"),
         ("time to first token", f(&r["ttft_ms"], 1), "ms"),
         ("decode", f(&r["decode_tokens_per_s"], 2), "tokens/s"),
+        (
+            "vision / prefill GFLOP/s",
+            format!(
+                "{} / {}",
+                f(&r["kernels"]["vision_gflop_s"], 1),
+                f(&r["kernels"]["prefill_gflop_s"], 1)
+            ),
+            "(matrix kernels' FLOPs over the stage's time)",
+        ),
+        (
+            "kernel peak",
+            f(&r["kernels"]["peak_gflop_s"], 1),
+            "GFLOP/s (vision / prefill reach the shares in the JSON report)",
+        ),
         (
             "second-turn TTFT",
             if r["second_turn"].is_null() {

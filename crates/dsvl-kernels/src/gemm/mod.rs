@@ -398,6 +398,45 @@ pub fn flops_done() -> u64 {
 
 static MACS: AtomicU64 = AtomicU64::new(0);
 
+/// The machine's practical peak for `w` weights on the active path, in GFLOP/s: the best of a
+/// few products of 768 rows by a 2048 × 2048 weight (bf16 activations for bf16 weights, as a
+/// bf16 model multiplies), large enough to be compute-bound on every path. About 0.1–1 s.
+pub fn peak_gflops(w: WeightType) -> f64 {
+    let (m, n, k) = (768, 2048, 2048);
+    let vals: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    let a: Vec<f32> = vals[..m * k].to_vec();
+    let ab: Vec<bf16> = a.iter().map(|&v| bf16::from_f32(v)).collect();
+    let packed = match w {
+        WeightType::F32 => PackedB::from_f32(&vals, n, k),
+        WeightType::Bf16 => {
+            let wb: Vec<bf16> = vals.iter().map(|&v| bf16::from_f32(v)).collect();
+            PackedB::from_bf16(&wb, n, k)
+        }
+    };
+    let lhs = match w {
+        WeightType::F32 => Lhs::F32 {
+            data: &a,
+            stride: k,
+        },
+        WeightType::Bf16 => Lhs::Bf16 {
+            data: &ab,
+            stride: k,
+        },
+    };
+    let mut c = vec![0f32; m * n];
+    let mut best = f64::INFINITY;
+    for _ in 0..4 {
+        let t = std::time::Instant::now();
+        gemm(lhs, m, &packed, &mut c);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    // The probe's own products are not the caller's work.
+    MACS.fetch_sub(4 * (m * n * k) as u64, Ordering::Relaxed);
+    2.0 * (m * n * k) as f64 / best / 1e9
+}
+
 /// `c[m, n] = a[m, k] · wᵀ` (module docs). `c` must hold `m * n` values; `a` rows must hold `k`.
 pub fn gemm(a: Lhs<'_>, m: usize, w: &PackedB, c: &mut [f32]) {
     gemm_with(isa::active(), a, m, w, c)

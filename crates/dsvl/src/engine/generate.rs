@@ -91,6 +91,11 @@ pub struct Timings {
     pub vision_ms: f64,
     pub prefill_ms: f64,
     pub decode_ms: f64,
+    /// FLOPs our CPU kernels did during the vision pass and the prefill (linear layers and
+    /// attention; element-wise work not counted). Read from a process-wide counter, so exact
+    /// only while no other request runs (benchmarks); 0 on a GPU.
+    pub vision_flops: u64,
+    pub prefill_flops: u64,
 }
 
 impl Timings {

@@ -98,6 +98,7 @@ impl Pipeline {
         };
 
         let t = Instant::now();
+        let flops = dsvl_kernels::gemm::flops_done();
         let keep_positions = !matches!(reuse, Reuse::Nothing);
         let keyed = self.keyed_image_embeddings(prepared, cache, keep_positions)?;
         // A GPU runs the tower asynchronously: wait for it, so the vision time is the tower's
@@ -106,6 +107,8 @@ impl Pipeline {
             model.device().synchronize()?;
         }
         timings.vision_ms = ms(t);
+        let flops_after_vision = dsvl_kernels::gemm::flops_done();
+        timings.vision_flops = flops_after_vision - flops;
 
         let t = Instant::now();
         let tok = self.tokenizer();
@@ -148,6 +151,7 @@ impl Pipeline {
         let chunk = params.prefill_chunk.unwrap_or(DEFAULT_PREFILL_CHUNK);
         let logits = self.prefill(&embeds, &mut kv, chunk)?.to_vec1::<f32>()?;
         timings.prefill_ms = ms(t);
+        timings.prefill_flops = dsvl_kernels::gemm::flops_done() - flops_after_vision;
         // The vision tower and the prefill free hundreds of MB of temporaries that glibc would
         // otherwise keep (in every worker thread's arena) for the life of the process.
         crate::memory::release_freed();

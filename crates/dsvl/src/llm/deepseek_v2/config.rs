@@ -93,7 +93,9 @@ impl DeepseekV2Spec {
     /// Whether decoder layer `l` is a MoE layer. ref: `n_routed_experts is not None and
     /// layer_idx >= first_k_dense_replace and layer_idx % moe_layer_freq == 0`.
     pub fn is_moe_layer(&self, l: usize) -> bool {
-        self.moe.is_some() && l >= self.first_k_dense_replace && l.is_multiple_of(self.moe_layer_freq)
+        self.moe.is_some()
+            && l >= self.first_k_dense_replace
+            && l.is_multiple_of(self.moe_layer_freq)
     }
 
     /// Dims of the rotated part of each query/key (the RoPE table width).

@@ -1,7 +1,7 @@
 //! Scaled-dot-product attention, written once for every model (STYLE §3.4): the models differ
 //! only in where the scale goes ([`Scale`]) and in the bias they add (causal mask, SAM rel-pos).
 //!
-//! On the CPU, prompts and vision passes (several query rows) run on our kernels
+//! On a CPU with AVX2 or more, prompts and vision passes (several query rows) run on our kernels
 //! ([`dsvl_kernels::attention`]): by blocks of query rows, with the reference's bf16 rounding
 //! points, without a `[heads, Tq, Tk]` score tensor, and for a causal prompt over only the keys
 //! each block can see. A decode step (one query row) and GPUs take the tensor path below.
@@ -83,7 +83,9 @@ fn on_kernels(
     let dtype = q.dtype();
     let float = |t: &Tensor| matches!(t.dtype(), DType::F32 | DType::BF16);
     let rank = q.rank();
-    let applies = q.device().is_cpu()
+    // Below AVX2 the kernels' portable path is slower than candle's (see `Linear`).
+    let applies = dsvl_kernels::isa::active() >= dsvl_kernels::Isa::Avx2
+        && q.device().is_cpu()
         && float(q)
         && float(k)
         && float(v)

@@ -10,6 +10,7 @@ use dsvl_kernels::{Lhs, PackedB, WeightType};
 
 use super::matmul::matmul;
 use super::quant::{self, linear_from_weight_quant, LinearStorage, Quant};
+use super::rowmat::{self, WeightRows};
 
 /// `nn.Linear(in, out, bias)`: weight `[out, in]`, `y = x·Wᵀ + b` over the last dim of any rank.
 /// Inputs are flattened to 2-D so every call is one GEMM.
@@ -21,8 +22,11 @@ pub struct Linear {
 
 #[derive(Clone)]
 pub(super) enum LinearWeight {
-    /// `[out, in]`, the checkpoint layout, contiguous, multiplied by candle's matmul on the
-    /// transposed view: weights on a GPU, and float types other than f32 and bf16.
+    /// `[out, in]`, the checkpoint layout, contiguous: weights on a GPU, float types other than
+    /// f32 and bf16, and every weight on a CPU without AVX2 (our kernels' portable path is slower
+    /// than candle's GEMM there, e.g. on aarch64 until they have a NEON path). On the CPU a few
+    /// rows go through [`rowmat`] (one pass over the weight, batch-invariant), more through
+    /// candle's GEMM on the transposed view.
     Float(Tensor),
     /// f32 or bf16 on the CPU, packed once into our kernels' panels
     /// ([`dsvl_kernels::gemm`]): one path for decode steps and prefill alike, batch-invariant
@@ -106,7 +110,8 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
 /// (f32 and bf16), as a contiguous tensor otherwise.
 fn float_weight(weight: &Tensor) -> Result<LinearWeight> {
     let (n, k) = weight.dims2()?;
-    if weight.device().is_cpu() && matches!(weight.dtype(), DType::F32 | DType::BF16) {
+    let kernels = dsvl_kernels::isa::active() >= dsvl_kernels::Isa::Avx2;
+    if kernels && weight.device().is_cpu() && matches!(weight.dtype(), DType::F32 | DType::BF16) {
         let weight = weight.contiguous()?;
         let (storage, layout) = weight.storage_and_layout();
         if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
@@ -139,7 +144,10 @@ impl Module for Linear {
         let rows = x.elem_count() / in_dim.max(1);
         let x2 = x.reshape((rows, in_dim))?;
         let y = match &self.weight {
-            LinearWeight::Float(w) => matmul(&x2, &w.t()?)?,
+            LinearWeight::Float(w) => match few_rows(&x2, w)? {
+                Some(y) => y,
+                None => matmul(&x2, &w.t()?)?,
+            },
             LinearWeight::Packed(p) => packed_matmul(&x2, p)?,
             LinearWeight::Quant(q) => q.matmul_t(&x2)?,
         };
@@ -153,6 +161,40 @@ impl Module for Linear {
         }
         y.reshape(out)
     }
+}
+
+/// `x·wᵀ` by [`rowmat`] when `x` has at most [`rowmat::MAX_ROWS`] rows and both live on the
+/// CPU as f32 or bf16; `None` otherwise. A bf16 input is widened first and the result narrowed,
+/// as candle's bf16 matmul does.
+fn few_rows(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    let (rows, k) = x.dims2()?;
+    let n = w.dim(0)?;
+    let dtype = x.dtype();
+    if rows > rowmat::MAX_ROWS
+        || !x.device().is_cpu()
+        || dtype != w.dtype()
+        || !matches!(dtype, DType::F32 | DType::BF16)
+    {
+        return Ok(None);
+    }
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let (storage, layout) = w.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Ok(None);
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        return Ok(None);
+    };
+    let y = match cpu {
+        CpuStorage::F32(v) => rowmat::matmul_rows(&xs, rows, k, WeightRows::F32(&v[start..end]), n),
+        CpuStorage::BF16(v) => {
+            rowmat::matmul_rows(&xs, rows, k, WeightRows::Bf16(&v[start..end]), n)
+        }
+        _ => return Ok(None),
+    };
+    Tensor::from_vec(y, (rows, n), x.device())?
+        .to_dtype(dtype)
+        .map(Some)
 }
 
 /// `x·wᵀ` for `x` `[rows, in]` by our kernels, in `x`'s dtype: f32 and bf16 activations are

@@ -36,9 +36,13 @@ fn main() -> candle_core::Result<()> {
         ("llm gate/up 5632x2048", 5632, 2048),
         ("llm down 2048x5632", 2048, 5632),
         ("siglip fc1 4096x1024", 4096, 1024),
+        ("lm_head 102400x2048", 102400, 2048),
     ];
     for (name, n, k) in shapes {
         let m = rows;
+        if n > 50_000 && m > 16 {
+            continue; // lm_head runs once per step (one row per sequence)
+        }
         let flop = 2.0 * (m * n * k) as f64 / 1e9;
         let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
         let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
@@ -90,6 +94,21 @@ fn main() -> candle_core::Result<()> {
             line += &format!(" {isa} f32 {:6.1} bf16 {:6.1} |", flop / tf, flop / tb);
         }
         println!("{line}  (GFLOP/s)");
+        if m <= 4 {
+            // Decode: weight bytes read per second.
+            let tb = best_of(iters, || {
+                gemm_with(Isa::detected(), Lhs::Bf16 { data: &xbv, stride: k }, m, &pb, &mut c)
+            });
+            let tf = best_of(iters, || {
+                gemm_with(Isa::detected(), Lhs::F32 { data: &xv, stride: k }, m, &pf, &mut c)
+            });
+            println!(
+                "{:<24} weight read: bf16 {:.1} GB/s, f32 {:.1} GB/s",
+                "",
+                (n * k * 2) as f64 / tb / 1e9,
+                (n * k * 4) as f64 / tf / 1e9
+            );
+        }
     }
     Ok(())
 }

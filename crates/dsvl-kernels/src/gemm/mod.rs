@@ -74,12 +74,6 @@ pub enum Lhs<'a> {
 }
 
 impl Lhs<'_> {
-    fn get(&self, r: usize, c: usize) -> f32 {
-        match *self {
-            Lhs::F32 { data, stride } => data[r * stride + c],
-            Lhs::Bf16 { data, stride } => data[r * stride + c].to_f32(),
-        }
-    }
     fn get_bf16_bits(&self, r: usize, c: usize) -> u16 {
         match *self {
             // Not reached: f32 activations take an f32 form (`plan`).
@@ -301,6 +295,7 @@ pub(crate) enum PackedA {
 fn pack_a(a: &Lhs<'_>, m: usize, k: usize, plan: Plan, w: WeightType) -> PackedA {
     let mr = plan.mr;
     let tiles = m.div_ceil(mr);
+    let min_len = tiles.div_ceil(64).max(1);
     match plan.a {
         AForm::F32 => {
             let kk = match w {
@@ -311,12 +306,24 @@ fn pack_a(a: &Lhs<'_>, m: usize, k: usize, plan: Plan, w: WeightType) -> PackedA
             let a = *a;
             data.par_chunks_mut(mr * kk)
                 .enumerate()
-                .with_min_len(tiles.div_ceil(64).max(1))
+                .with_min_len(min_len)
                 .for_each(|(t, tile)| {
                     let rows = mr.min(m - t * mr);
                     for r in 0..rows {
-                        for i in 0..k {
-                            tile[i * rows + r] = a.get(t * mr + r, i);
+                        let row = t * mr + r;
+                        match a {
+                            Lhs::F32 { data, stride } => {
+                                let src = &data[row * stride..row * stride + k];
+                                for (i, v) in src.iter().enumerate() {
+                                    tile[i * rows + r] = *v;
+                                }
+                            }
+                            Lhs::Bf16 { data, stride } => {
+                                let src = &data[row * stride..row * stride + k];
+                                for (i, v) in src.iter().enumerate() {
+                                    tile[i * rows + r] = v.to_f32();
+                                }
+                            }
                         }
                     }
                 });
@@ -328,18 +335,30 @@ fn pack_a(a: &Lhs<'_>, m: usize, k: usize, plan: Plan, w: WeightType) -> PackedA
             let a = *a;
             data.par_chunks_mut(mr * kp)
                 .enumerate()
-                .with_min_len(tiles.div_ceil(64).max(1))
+                .with_min_len(min_len)
                 .for_each(|(t, tile)| {
                     let rows = mr.min(m - t * mr);
                     for r in 0..rows {
-                        for p in 0..kp {
-                            let lo = a.get_bf16_bits(t * mr + r, 2 * p) as u32;
-                            let hi = if 2 * p + 1 < k {
-                                a.get_bf16_bits(t * mr + r, 2 * p + 1) as u32
-                            } else {
-                                0
-                            };
-                            tile[p * rows + r] = lo | (hi << 16);
+                        let row = t * mr + r;
+                        let bits = |i: usize| a.get_bf16_bits(row, i) as u32;
+                        match a {
+                            Lhs::Bf16 { data, stride } => {
+                                // Two consecutive bf16 are one little-endian pair.
+                                let src = &data[row * stride..row * stride + k];
+                                for (p, pair) in src.chunks_exact(2).enumerate() {
+                                    tile[p * rows + r] =
+                                        pair[0].to_bits() as u32 | (pair[1].to_bits() as u32) << 16;
+                                }
+                                if k % 2 == 1 {
+                                    tile[(kp - 1) * rows + r] = src[k - 1].to_bits() as u32;
+                                }
+                            }
+                            Lhs::F32 { .. } => {
+                                for p in 0..kp {
+                                    let hi = if 2 * p + 1 < k { bits(2 * p + 1) } else { 0 };
+                                    tile[p * rows + r] = bits(2 * p) | (hi << 16);
+                                }
+                            }
                         }
                     }
                 });

@@ -97,10 +97,28 @@ fn main() -> candle_core::Result<()> {
         if m <= 4 {
             // Decode: weight bytes read per second.
             let tb = best_of(iters, || {
-                gemm_with(Isa::detected(), Lhs::Bf16 { data: &xbv, stride: k }, m, &pb, &mut c)
+                gemm_with(
+                    Isa::detected(),
+                    Lhs::Bf16 {
+                        data: &xbv,
+                        stride: k,
+                    },
+                    m,
+                    &pb,
+                    &mut c,
+                )
             });
             let tf = best_of(iters, || {
-                gemm_with(Isa::detected(), Lhs::F32 { data: &xv, stride: k }, m, &pf, &mut c)
+                gemm_with(
+                    Isa::detected(),
+                    Lhs::F32 {
+                        data: &xv,
+                        stride: k,
+                    },
+                    m,
+                    &pf,
+                    &mut c,
+                )
             });
             println!(
                 "{:<24} weight read: bf16 {:.1} GB/s, f32 {:.1} GB/s",

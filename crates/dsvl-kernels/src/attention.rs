@@ -13,6 +13,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use crate::gemm::{gemm_serial, Lhs, PackedB};
+use crate::isa::{self, Isa};
 
 /// Query rows per task.
 const ROWS: usize = 32;
@@ -131,6 +132,8 @@ pub fn attention(
         })
         .collect();
     let blocks = tq.div_ceil(ROWS);
+    // Read on the calling thread (its cap applies), used by every task.
+    let level = isa::active();
     let tasks: Vec<(usize, usize)> = (0..heads)
         .flat_map(|h| (0..blocks).map(move |b| (h, b)))
         .collect();
@@ -139,7 +142,9 @@ pub fn attention(
         .map(|(h, b)| {
             let r0 = b * ROWS;
             let rows = ROWS.min(tq - r0);
-            let o = block(q, &packed[h], dims, h, r0, rows, scale, bias, round_bf16);
+            let o = block(
+                level, q, &packed[h], dims, h, r0, rows, scale, bias, round_bf16,
+            );
             (h, r0, o)
         })
         .collect();
@@ -153,6 +158,7 @@ pub fn attention(
 /// Rows `r0..r0 + rows` of head `h`: `[rows, Dv]`.
 #[allow(clippy::too_many_arguments)]
 fn block(
+    level: Isa,
     q: Heads<'_>,
     (kp, vp): &(PackedB, PackedB),
     dims: Dims,
@@ -186,7 +192,7 @@ fn block(
         QRows::F32(x) => Lhs::F32 { data: x, stride: d },
         QRows::Bf16(x) => Lhs::Bf16 { data: x, stride: d },
     };
-    gemm_serial(lhs, rows, kp, d, seen, &mut scores, seen);
+    gemm_serial(level, lhs, rows, kp, d, seen, &mut scores, seen);
     let score_scale = match scale {
         Scale::Scores(s) if round_bf16 => Some(round(s)),
         Scale::Scores(s) => Some(s),
@@ -232,6 +238,7 @@ fn block(
     if round_bf16 {
         let probs: Vec<bf16> = scores.iter().map(|&p| bf16::from_f32(p)).collect();
         gemm_serial(
+            level,
             Lhs::Bf16 {
                 data: &probs,
                 stride: seen,
@@ -245,6 +252,7 @@ fn block(
         );
     } else {
         gemm_serial(
+            level,
             Lhs::F32 {
                 data: &scores,
                 stride: seen,

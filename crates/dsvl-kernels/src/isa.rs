@@ -127,9 +127,24 @@ fn decode(v: u8) -> Isa {
     Isa::ALL[(v - 1) as usize]
 }
 
+thread_local! {
+    /// A cap for the calling thread only ([`with_each_level`]): kernels read the level once, on
+    /// the thread that calls them, and hand it to their worker tasks.
+    static THREAD_CAP: std::cell::Cell<Option<Isa>> = const { std::cell::Cell::new(None) };
+}
+
 /// The level kernels use now: the detected level, capped by `DSVL_ISA` when it is set (an
-/// unknown value is ignored with a warning on stderr, once).
+/// unknown value is ignored with a warning on stderr, once), and by the calling thread's cap
+/// inside [`with_each_level`].
 pub fn active() -> Isa {
+    let global = global_level();
+    match THREAD_CAP.with(|c| c.get()) {
+        Some(cap) => cap.min(global),
+        None => global,
+    }
+}
+
+fn global_level() -> Isa {
     match ACTIVE.load(Ordering::Relaxed) {
         0 => {
             let detected = Isa::detected();
@@ -162,19 +177,19 @@ pub fn set_cap(cap: Isa) -> Isa {
     isa
 }
 
-/// Runs `f` once per level this CPU supports, with the level capped to it; for tests.
-/// Not for concurrent use with other code that reads the level (tests that call it hold a lock).
+/// Runs `f` once per level this CPU supports (up to the process's level), with the calling
+/// thread's level capped to it; for tests. Other threads are not affected, so tests that run
+/// side by side keep their own paths.
 pub fn with_each_level(mut f: impl FnMut(Isa)) {
-    let _guard = LEVEL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let before = active();
-    for isa in Isa::ALL.into_iter().filter(|&i| i <= Isa::detected()) {
-        set_cap(isa);
+    let before = THREAD_CAP.with(|c| c.get());
+    for isa in Isa::ALL.into_iter().filter(|&i| i <= global_level()) {
+        THREAD_CAP.with(|c| c.set(Some(isa)));
         f(isa);
     }
-    ACTIVE.store(encode(before), Ordering::Relaxed);
+    THREAD_CAP.with(|c| c.set(before));
 }
 
-/// Serialises tests that change the level.
+/// Serialises tests that change the process-wide level ([`set_cap`]).
 pub static LEVEL_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[cfg(test)]
@@ -189,14 +204,16 @@ mod tests {
         assert_eq!(Isa::parse(" AVX2 "), Some(Isa::Avx2));
         assert_eq!(Isa::parse("amx"), None);
         assert!(Isa::Portable < Isa::Avx2 && Isa::Avx512 < Isa::Avx512Bf16);
-        let _guard = LEVEL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let before = active();
-        assert_eq!(set_cap(Isa::Portable), Isa::Portable);
-        assert_eq!(active(), Isa::Portable);
-        assert_eq!(
-            set_cap(Isa::Avx512Bf16),
-            Isa::Avx512Bf16.min(Isa::detected())
-        );
-        set_cap(before);
+        // A thread's cap applies to that thread only.
+        let mut seen = Vec::new();
+        with_each_level(|level| {
+            seen.push(level);
+            assert_eq!(active(), level);
+            let other = std::thread::spawn(active).join().unwrap_or(Isa::Portable);
+            assert_eq!(other, global_level());
+        });
+        assert_eq!(seen.first(), Some(&Isa::Portable));
+        assert_eq!(seen.last(), Some(&global_level()));
+        assert_eq!(active(), global_level());
     }
 }

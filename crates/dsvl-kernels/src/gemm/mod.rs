@@ -493,9 +493,11 @@ pub fn gemm_with(isa: Isa, a: Lhs<'_>, m: usize, w: &PackedB, c: &mut [f32]) {
 /// `c[r, j] = Σ_{i < k} a[r, i] · w[j, i]` for the first `cols` columns of `w` only
 /// (`cols ≤ n`) over its first `k` inputs (`k ≤` the packed width), rows of `c` `ldc` apart,
 /// on the calling thread: for callers that parallelise themselves (attention, one task per
-/// head and row block, each seeing a prefix of the keys). The same arithmetic as [`gemm`].
+/// head and row block, each seeing a prefix of the keys), on the path of `isa` (read by the
+/// caller on its own thread). The same arithmetic as [`gemm`].
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_serial(
+    isa: Isa,
     a: Lhs<'_>,
     m: usize,
     w: &PackedB,
@@ -522,7 +524,7 @@ pub fn gemm_serial(
         return;
     }
     MACS.fetch_add((m * cols * k) as u64, Ordering::Relaxed);
-    let isa = isa::active();
+    let isa = isa.min(Isa::detected());
     let plan = plan(isa, w.weight_type(), matches!(a, Lhs::Bf16 { .. }));
     let pa = pack_a(&a, m, k, plan, w.weight_type());
     for p in 0..cols.div_ceil(NR) {

@@ -313,3 +313,71 @@ impl SharedInput {
 pub(crate) fn fuse_projections(device: &Device, quant: Option<Quant>) -> bool {
     !device.is_cpu() && quant.is_none()
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Module, Tensor};
+    use dsvl_kernels::isa::{self, Isa};
+
+    use super::*;
+
+    /// The packed linear against candle's matmul, on every instruction-set level this CPU has,
+    /// for f32 and bf16 weights and inputs, decode and prefill row counts, with a bias.
+    #[test]
+    fn packed_linear_matches_candle_on_every_level() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, k) = (45, 70);
+        let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, n, &dev)?;
+        isa::with_each_level(|level| {
+            for dtype in [DType::F32, DType::BF16] {
+                let lin = Linear {
+                    weight: float_weight(&w.to_dtype(dtype).unwrap()).unwrap(),
+                    bias: Some(b.to_dtype(dtype).unwrap()),
+                };
+                let packed = matches!(lin.weight, LinearWeight::Packed(_));
+                assert_eq!(packed, level >= Isa::Avx2, "{level}: packed {packed}");
+                for rows in [1, 5, 40] {
+                    let x = Tensor::randn(0f32, 1.0, (2, rows, k), &dev)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap();
+                    let got = lin.forward(&x).unwrap();
+                    assert_eq!(got.dims(), &[2, rows, n]);
+                    assert_eq!(got.dtype(), dtype);
+                    let xf = x.to_dtype(DType::F32).unwrap();
+                    let wf = w.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+                    let bf = b.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+                    let want = xf
+                        .broadcast_matmul(&wf.t().unwrap())
+                        .unwrap()
+                        .broadcast_add(&bf)
+                        .unwrap();
+                    let d = crate::nn::max_abs_diff(&got.to_dtype(DType::F32).unwrap(), &want);
+                    // bf16: the output is rounded to bf16 (|y| up to ~30: 2^-8 relative).
+                    let tol = if dtype == DType::F32 { 1e-4 } else { 0.25 };
+                    assert!(d < tol, "{level} {dtype:?} rows {rows}: {d}");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// f32 activations through a bf16 weight are computed in f32 (never rounded to bf16):
+    /// DeepSeek-V2's router multiplies f32 hidden states by its weight this way.
+    #[test]
+    fn f32_inputs_are_not_rounded_under_bf16_weights() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (40, 64), &dev)?.to_dtype(DType::BF16)?;
+        let lin = Linear {
+            weight: float_weight(&w)?,
+            bias: None,
+        };
+        let x = Tensor::randn(0f32, 1.0, (3, 64), &dev)?;
+        let got = lin.forward(&x)?;
+        let want = x.matmul(&w.to_dtype(DType::F32)?.t()?)?;
+        assert_eq!(got.dtype(), DType::F32);
+        assert!(crate::nn::max_abs_diff(&got, &want) < 1e-4);
+        Ok(())
+    }
+}

@@ -127,6 +127,7 @@ fn generate_params(req: &ChatRequest) -> Result<GenerateParams, ApiError> {
         seed: req.seed.map_or_else(random_seed, |s| s as u64),
         max_new_tokens: 1, // replaced once the prompt length is known
         stop,
+        constraint: None,
     };
     sampling.validate().map_err(ApiError::from_engine)?;
     let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {

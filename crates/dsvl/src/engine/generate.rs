@@ -67,9 +67,9 @@ impl Event {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// EOS or a stop string.
+    /// EOS, a stop string, or the end of a constrained answer.
     Stop,
-    /// `max_new_tokens` reached.
+    /// `max_new_tokens` reached (a constrained answer is then incomplete, not valid).
     Length,
     /// The caller's callback asked to stop.
     Cancelled,

@@ -74,7 +74,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             out.display()
         );
     }
-    let params = generate_params(&a.sampling, a.logprobs.map(|k| k as usize));
+    let params = generate_params(&a.sampling, a.logprobs.map(|k| k as usize))?;
     params.sampling.validate()?;
     let pipeline = load_pipeline(&a.model)?;
     let prepared = pipeline.prepare(a.sampling.system.as_deref(), &messages)?;

@@ -11,7 +11,8 @@
 //! family of a model directory. `config` reads JSON files, `weights` maps checkpoint names,
 //! `prompt` holds the chat templates, tokenizer and image-token expansion, `nn` the shared
 //! blocks, `engine` ties it together. `grounding` turns DeepSeek-VL2 `<|ref|>/<|det|>` answers
-//! into boxes and draws them.
+//! into boxes and draws them. `structured` constrains answers to a JSON Schema, a regex, a choice
+//! or a Lark grammar (llguidance), through [`SamplingParams::constraint`].
 //!
 //! The crate root re-exports what a program needs: [`Pipeline`] (load, prepare, generate),
 //! [`EngineHandle`] (continuous batching for many concurrent requests), messages, images,

@@ -91,6 +91,9 @@ pub struct Timings {
     pub vision_ms: f64,
     pub prefill_ms: f64,
     pub decode_ms: f64,
+    /// Of `decode_ms`, the time spent computing structured-output token masks (0 without a
+    /// constraint).
+    pub constraint_ms: f64,
 }
 
 impl Timings {

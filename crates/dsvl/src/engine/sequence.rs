@@ -226,8 +226,10 @@ impl<'p> Sequence<'p> {
         let id = match self.constraint.as_mut() {
             None => self.sampler.sample(&self.logits, &self.ids)?,
             Some(constraint) => {
+                let t = Instant::now();
                 let mut masked = self.logits.clone();
                 constraint.mask(&mut masked)?;
+                self.timings.constraint_ms += ms(t);
                 self.sampler.sample(&masked, &self.ids)?
             }
         };

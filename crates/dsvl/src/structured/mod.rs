@@ -191,9 +191,19 @@ impl Grammars {
     }
 }
 
-/// llguidance's messages sometimes end with a dump of the parser state; the first line says it.
+/// llguidance's message on one line (regex errors span several: the regex, a caret, the
+/// reason), cut at 400 characters (a parser-state dump may follow the reason).
 fn clean_message(message: &str) -> String {
-    message.lines().next().unwrap_or(message).trim().to_string()
+    let one_line = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    match one_line.char_indices().nth(400) {
+        Some((cut, _)) => format!("{}…", &one_line[..cut]),
+        None => one_line,
+    }
 }
 
 /// One sequence's constraint: which tokens may come next, advanced by each accepted token.

@@ -106,7 +106,7 @@ fn every_constrained_answer_validates_v1_and_vl2() {
                 let prep = prompt(&p, i == 0);
                 let c = Constraint::JsonSchema(schema.clone());
                 let out = p
-                    .generate(&prep, &params(Some(c), seed, 300), |_| {
+                    .generate(&prep, &params(Some(c), seed, 1500), |_| {
                         ControlFlow::Continue(())
                     })
                     .expect("generates");
@@ -288,6 +288,41 @@ fn batched_constrained_and_free_requests() {
                 assert_eq!(finish, Some(FinishReason::Stop), "{what}: {text}");
                 validate(schema, &text, &what);
             }
+        }
+    }
+}
+
+/// VL2's grounding markup through examples/grounding.lark: special tokens by name, well-formed
+/// boxes with coordinates 0–999, greedy and sampled; the answer's boxes are read back.
+#[test]
+fn grounding_grammar_on_vl2() {
+    let p = load(vl2_fixtures().join("models/vl2-tiny-random"), DType::F32);
+    let grammar = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/grounding.lark"),
+    )
+    .expect("example grammar");
+    let prep = prompt(&p, true);
+    for seed in [None, Some(1), Some(2)] {
+        let c = Constraint::Lark(grammar.clone());
+        let out = p
+            .generate(&prep, &params(Some(c), seed, 1500), |_| {
+                ControlFlow::Continue(())
+            })
+            .expect("generates");
+        assert_eq!(out.finish_reason, FinishReason::Stop, "{}", out.text);
+        assert!(out.text.starts_with("<|ref|>"), "{}", out.text);
+        let g = dsvl::grounding::parse_grounding(&out.text, Some((520, 390)));
+        assert!((1..=8).contains(&g.objects.len()), "{}", out.text);
+        assert!(g.objects.iter().all(|o| (1..=10).contains(&o.boxes.len())));
+        // Only box order is left to the model (x1 <= x2 is not part of the grammar).
+        assert!(
+            g.problems.iter().all(|p| p.contains("swapped")),
+            "{}: {:?}",
+            out.text,
+            g.problems
+        );
+        for b in g.objects.iter().flat_map(|o| &o.boxes) {
+            assert!(b.normalized.iter().all(|&v| v <= 999), "{b:?}");
         }
     }
 }

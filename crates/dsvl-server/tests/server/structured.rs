@@ -284,3 +284,41 @@ async fn bad_constraints_are_400s_naming_the_field() {
         assert!(msg.contains(needle), "{extra}: {msg}");
     }
 }
+
+/// DeepSeek-VL2 (MoE): a JSON Schema answer, and the grounding grammar, whose boxes the response
+/// also carries as the `grounding` extension.
+#[tokio::test]
+async fn vl2_schema_and_grounding_grammar() {
+    let app = || super::vl2::app("vl2-tiny-random");
+    let format = json!({"type": "json_schema", "json_schema": {"name": "receipt", "schema": receipt_schema()}});
+    let r = post(
+        app(),
+        "/v1/chat/completions",
+        &ask(json!({"response_format": format})),
+    )
+    .await;
+    let j = r.json();
+    assert_eq!(j["choices"][0]["finish_reason"], "stop", "{j}");
+    check_receipt(
+        j["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content"),
+    );
+
+    let grammar = include_str!("../../../../examples/grounding.lark");
+    let body = ask(json!({"guided_grammar": grammar, "max_tokens": 1500}));
+    let r = post(app(), "/v1/chat/completions", &body).await;
+    let j = r.json();
+    let content = j["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content");
+    assert!(
+        content.starts_with("<|ref|>") && content.ends_with("<|/det|>"),
+        "{content}"
+    );
+    assert_eq!(j["choices"][0]["finish_reason"], "stop", "{j}");
+    let objects = j["choices"][0]["message"]["grounding"]["objects"]
+        .as_array()
+        .expect("grounding");
+    assert!(!objects.is_empty(), "{j}");
+}

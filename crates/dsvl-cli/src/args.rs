@@ -42,6 +42,7 @@ pub enum Command {
         dsvl run --model DIR --image a.jpg --image b.png \"<image_placeholder>A. <image_placeholder>B. Compare them.\"\n  \
         dsvl run --model DIR --messages conversation.json\n  \
         dsvl run --model DIR --image a.jpg --logprobs 5 --format jsonl \"What is this?\"\n  \
+        dsvl run --model DIR --image receipt.png --json-schema receipt.schema.json \"Read this receipt.\"\n  \
         dsvl run --model deepseek-ai/deepseek-vl2-tiny --image street.jpg --draw-boxes boxes.png --boxes-json boxes.json \\\n      \
         \"<|ref|>the red car<|/ref|>.\"\n\n\
         Image markers: <image_placeholder> for DeepSeek-VL, <image> for DeepSeek-VL2. Images without markers in the prompt are placed, one marker each, at the start of the user turn.\n\
@@ -134,6 +135,30 @@ pub struct SamplingArgs {
     /// many image tokens (default 2048; 0 = one pass).
     #[arg(long, value_name = "N")]
     pub prefill_chunk: Option<usize>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Structured output: the answer is generated so that it always matches (at most one of these).
+/// JSON is written compact; an answer cut by --max-tokens is incomplete.
+#[derive(Args, Debug, Clone, Default)]
+#[group(multiple = false)]
+pub struct OutputArgs {
+    /// Answer with JSON valid against this JSON Schema file (the supported subset is in the README).
+    #[arg(long, value_name = "FILE", help_heading = "Structured output")]
+    pub json_schema: Option<PathBuf>,
+    /// Answer with a JSON object.
+    #[arg(long, help_heading = "Structured output")]
+    pub json: bool,
+    /// Answer with text matching this regular expression as a whole.
+    #[arg(long, value_name = "RE", help_heading = "Structured output")]
+    pub regex: Option<String>,
+    /// Answer with exactly one of these strings (repeat: --choice yes --choice no).
+    #[arg(long, value_name = "TEXT", help_heading = "Structured output")]
+    pub choice: Vec<String>,
+    /// Answer following this Lark grammar file (llguidance's dialect; examples/grounding.lark).
+    #[arg(long, value_name = "FILE.lark", help_heading = "Structured output")]
+    pub grammar: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -175,6 +175,9 @@ impl ApiError {
                 let field = detail.split(" = ").next().unwrap_or_default().to_string();
                 Self::invalid(field, msg)
             }
+            E::InvalidConstraint { .. } | E::ConstraintTooLarge { .. } | E::Grammar(_) => {
+                Self::invalid("response_format", msg).with_code("invalid_response_format")
+            }
             other => Self::internal(format!("{other:#?}")),
         }
     }

@@ -106,6 +106,18 @@ pub enum Error {
     // ---- generation --------------------------------------------------------------------------
     #[error("invalid sampling parameter: {0}")]
     Sampling(String),
+    /// A structured-output constraint that cannot be compiled (bad schema, regex or grammar).
+    #[error("invalid {kind}: {message}")]
+    InvalidConstraint { kind: &'static str, message: String },
+    #[error("the {kind} is {bytes} bytes, over the limit of {limit} bytes (MAX_CONSTRAINT_BYTES); simplify it or split the task")]
+    ConstraintTooLarge {
+        kind: &'static str,
+        bytes: usize,
+        limit: usize,
+    },
+    /// The constraint failed while generating (a grammar that allows no token the model has).
+    #[error("structured output: {0}")]
+    Grammar(String),
 
     // ---- devices -----------------------------------------------------------------------------
     /// The requested device cannot be used; the message says why and what to do.

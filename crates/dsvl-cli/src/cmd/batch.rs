@@ -99,8 +99,12 @@ pub fn run(a: BatchArgs) -> anyhow::Result<()> {
     }
 
     let pipeline = Arc::new(super::load_pipeline(&a.model)?);
-    let params = super::generate_params(&a.sampling, None);
+    let params = super::generate_params(&a.sampling, None)?;
     params.sampling.validate()?;
+    // One compile up front: a bad schema or grammar fails the job, not every item.
+    if let Some(c) = &params.sampling.constraint {
+        pipeline.compile_constraint(c)?;
+    }
     let max_running = usize::from(a.max_running);
     let mut cfg = EngineConfig::default();
     cfg.policy.max_running = max_running;

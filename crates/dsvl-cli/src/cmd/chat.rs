@@ -18,7 +18,7 @@ const HELP: &str =
 const CHAT_FEATURE_CACHE_BYTES: usize = 512 << 20;
 
 pub fn run(a: ChatArgs) -> anyhow::Result<()> {
-    let params = generate_params(&a.sampling, None);
+    let params = generate_params(&a.sampling, None)?;
     params.sampling.validate()?;
     let pipeline = load_pipeline(&a.model)?;
     let mut system = a.sampling.system.clone();

@@ -14,8 +14,9 @@ use std::time::Instant;
 use anyhow::Context;
 use dsvl::engine::{GenerateParams, LoadOptions, Pipeline};
 use dsvl::sampling::SamplingParams;
+use dsvl::Constraint;
 
-use crate::args::{ModelArgs, SamplingArgs};
+use crate::args::{ModelArgs, OutputArgs, SamplingArgs};
 use crate::model_path::resolve_model;
 
 /// Resolves `--model`, applies `--threads`, and loads the pipeline with a progress bar on a terminal.
@@ -94,8 +95,11 @@ pub fn apply_threads(threads: Option<usize>) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn generate_params(s: &SamplingArgs, logprobs: Option<usize>) -> GenerateParams {
-    GenerateParams {
+pub fn generate_params(
+    s: &SamplingArgs,
+    logprobs: Option<usize>,
+) -> anyhow::Result<GenerateParams> {
+    Ok(GenerateParams {
         sampling: SamplingParams {
             temperature: s.temperature,
             top_k: (s.top_k > 0).then_some(s.top_k),
@@ -104,11 +108,41 @@ pub fn generate_params(s: &SamplingArgs, logprobs: Option<usize>) -> GeneratePar
             seed: s.seed,
             max_new_tokens: s.max_tokens,
             stop: s.stop.clone(),
+            constraint: constraint(&s.output)?,
             ..Default::default()
         },
         ignore_eos: s.ignore_eos,
         logprobs,
         skip_special_tokens: s.skip_special_tokens.then_some(true),
         prefill_chunk: s.prefill_chunk,
-    }
+    })
+}
+
+/// The structured-output flags as a constraint, checked (sizes, the JSON Schema subset) before
+/// the model loads; the model compiles it when generation starts.
+pub fn constraint(o: &OutputArgs) -> anyhow::Result<Option<Constraint>> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let c = if let Some(path) = &o.json_schema {
+        let schema = serde_json::from_str(&read(path)?)
+            .with_context(|| format!("{}: not valid JSON", path.display()))?;
+        Constraint::JsonSchema(schema)
+    } else if o.json {
+        Constraint::JsonObject
+    } else if let Some(rx) = &o.regex {
+        Constraint::Regex(rx.clone())
+    } else if !o.choice.is_empty() {
+        Constraint::Choice(o.choice.clone())
+    } else if let Some(path) = &o.grammar {
+        Constraint::Lark(read(path)?)
+    } else {
+        return Ok(None);
+    };
+    c.validate()
+        .with_context(|| match (&o.json_schema, &o.grammar) {
+            (Some(p), _) | (_, Some(p)) => format!("in {}", p.display()),
+            _ => "in the structured-output flags".to_string(),
+        })?;
+    Ok(Some(c))
 }

@@ -74,7 +74,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             out.display()
         );
     }
-    let params = generate_params(&a.sampling, a.logprobs.map(|k| k as usize));
+    let params = generate_params(&a.sampling, a.logprobs.map(|k| k as usize))?;
     params.sampling.validate()?;
     let pipeline = load_pipeline(&a.model)?;
     let prepared = pipeline.prepare(a.sampling.system.as_deref(), &messages)?;
@@ -178,6 +178,7 @@ pub fn summary(o: &Outcome) -> serde_json::Value {
             "vision": t.vision_ms,
             "prefill": t.prefill_ms,
             "decode": t.decode_ms,
+            "constraint": t.constraint_ms,
             "time_to_first_token": t.time_to_first_token_ms(),
         },
     })
@@ -209,4 +210,11 @@ pub fn report_timings(o: &Outcome) {
         decode_rate,
         o.finish_reason.as_str()
     );
+    if t.constraint_ms > 0.0 {
+        tracing::debug!(
+            "structured output: token masks took {:.1} ms of the decode ({:.2}%)",
+            t.constraint_ms,
+            100.0 * t.constraint_ms / t.decode_ms
+        );
+    }
 }

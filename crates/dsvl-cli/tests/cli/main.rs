@@ -3,6 +3,7 @@
 mod batch;
 mod bench;
 mod serve;
+mod structured;
 mod vl2;
 mod webui;
 

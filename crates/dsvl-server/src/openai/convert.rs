@@ -7,6 +7,7 @@ use std::str::FromStr;
 use dsvl::engine::{FinishReason, GenerateParams, TokenOut};
 use dsvl::prompt::template::{Message, Role};
 use dsvl::sampling::SamplingParams;
+use dsvl::Constraint;
 
 use super::request::{ChatRequest, Content, Part, Stop, WireMessage};
 use super::response::{TokenLogprob, TopLogprob};
@@ -43,6 +44,9 @@ pub struct ChatPlan {
     pub params: GenerateParams,
     pub stream: bool,
     pub include_usage: bool,
+    /// The request field the constraint came from (`response_format.json_schema.schema`), for
+    /// the errors of its compile.
+    pub constraint_param: Option<String>,
 }
 
 impl ChatPlan {
@@ -59,15 +63,6 @@ impl ChatPlan {
                 format!("n = {n}: only n = 1 is supported"),
             ));
         }
-        if let Some(f) = req.response_format.as_ref().filter(|f| f.r#type != "text") {
-            return Err(ApiError::invalid(
-                "response_format.type",
-                format!(
-                    "response_format `{}` is not supported; only {{\"type\": \"text\"}}",
-                    f.r#type
-                ),
-            ));
-        }
         if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
             return Err(ApiError::invalid(
                 "tools",
@@ -75,12 +70,16 @@ impl ChatPlan {
             ));
         }
         let max_tokens = max_tokens(&req)?;
-        let params = generate_params(&req)?;
+        let mut params = generate_params(&req)?;
+        let constraint = constraint(&req)?;
+        let constraint_param = constraint.as_ref().map(|(_, p)| p.to_string());
+        params.sampling.constraint = constraint.map(|(c, _)| c);
         let turns = conversation(&req.messages, max_images, marker)?;
         Ok(Self {
             turns,
             max_tokens,
             params,
+            constraint_param,
             stream: req.stream.unwrap_or(false),
             include_usage: req
                 .stream_options
@@ -127,6 +126,7 @@ fn generate_params(req: &ChatRequest) -> Result<GenerateParams, ApiError> {
         seed: req.seed.map_or_else(random_seed, |s| s as u64),
         max_new_tokens: 1, // replaced once the prompt length is known
         stop,
+        constraint: None,
     };
     sampling.validate().map_err(ApiError::from_engine)?;
     let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
@@ -152,6 +152,97 @@ fn generate_params(req: &ChatRequest) -> Result<GenerateParams, ApiError> {
         skip_special_tokens: req.skip_special_tokens,
         prefill_chunk: None,
     })
+}
+
+/// The structured-output request, from `response_format` (OpenAI) or vLLM's `guided_*` /
+/// `structured_outputs`: at most one of them; with the JSON path it came from. Checked here
+/// as far as no tokenizer is needed (sizes, the JSON Schema subset).
+fn constraint(req: &ChatRequest) -> Result<Option<(Constraint, &'static str)>, ApiError> {
+    let mut found: Vec<(Constraint, &'static str)> = Vec::new();
+    if let Some(f) = &req.response_format {
+        match f.r#type.as_str() {
+            "text" => {}
+            "json_object" => found.push((Constraint::JsonObject, "response_format")),
+            "json_schema" => {
+                let schema = f.json_schema.as_ref().and_then(|j| j.schema.clone());
+                let Some(schema) = schema else {
+                    return Err(ApiError::invalid(
+                        "response_format.json_schema.schema",
+                        "response_format `json_schema` needs `json_schema.schema`, the JSON Schema of the answer",
+                    ));
+                };
+                found.push((
+                    Constraint::JsonSchema(schema),
+                    "response_format.json_schema.schema",
+                ));
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    "response_format.type",
+                    format!("response_format `{other}` is not supported; use `text`, `json_object` or `json_schema`"),
+                ))
+            }
+        }
+    }
+    if let Some(v) = &req.guided_json {
+        found.push((
+            Constraint::JsonSchema(schema_value(v, "guided_json")?),
+            "guided_json",
+        ));
+    }
+    if let Some(rx) = &req.guided_regex {
+        found.push((Constraint::Regex(rx.clone()), "guided_regex"));
+    }
+    if let Some(c) = &req.guided_choice {
+        found.push((Constraint::Choice(c.clone()), "guided_choice"));
+    }
+    if let Some(g) = &req.guided_grammar {
+        found.push((Constraint::Lark(g.clone()), "guided_grammar"));
+    }
+    if let Some(so) = &req.structured_outputs {
+        if let Some(v) = &so.json {
+            let schema = schema_value(v, "structured_outputs.json")?;
+            found.push((Constraint::JsonSchema(schema), "structured_outputs.json"));
+        }
+        if let Some(rx) = &so.regex {
+            found.push((Constraint::Regex(rx.clone()), "structured_outputs.regex"));
+        }
+        if let Some(c) = &so.choice {
+            found.push((Constraint::Choice(c.clone()), "structured_outputs.choice"));
+        }
+        if let Some(g) = &so.grammar {
+            found.push((Constraint::Lark(g.clone()), "structured_outputs.grammar"));
+        }
+        if so.json_object == Some(true) {
+            found.push((Constraint::JsonObject, "structured_outputs.json_object"));
+        }
+    }
+    if found.len() > 1 {
+        let names: Vec<&str> = found.iter().map(|(_, p)| *p).collect();
+        return Err(ApiError::invalid(
+            names[1],
+            format!(
+                "{} ask for structured output together; send only one",
+                names.join(" and ")
+            ),
+        ));
+    }
+    let Some((c, param)) = found.pop() else {
+        return Ok(None);
+    };
+    c.validate()
+        .map_err(|e| ApiError::from_engine(e).with_param(param))?;
+    Ok(Some((c, param)))
+}
+
+/// A schema given as a JSON object, or as a string holding one (vLLM accepts both).
+fn schema_value(v: &serde_json::Value, param: &str) -> Result<serde_json::Value, ApiError> {
+    match v {
+        serde_json::Value::String(s) => serde_json::from_str(s).map_err(|e| {
+            ApiError::invalid(param, format!("{param} is a string but not JSON: {e}"))
+        }),
+        other => Ok(other.clone()),
+    }
 }
 
 fn random_seed() -> u64 {

@@ -38,6 +38,15 @@ pub struct ChatRequest {
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     pub response_format: Option<ResponseFormat>,
+    /// Extensions (vLLM's guided decoding): at most one of these, or `response_format`.
+    /// A JSON Schema (an object, or a string holding one).
+    pub guided_json: Option<serde_json::Value>,
+    pub guided_regex: Option<String>,
+    pub guided_choice: Option<Vec<String>>,
+    /// A Lark grammar (llguidance's dialect).
+    pub guided_grammar: Option<String>,
+    /// vLLM's current form of the same (`extra_body={"structured_outputs": {...}}`).
+    pub structured_outputs: Option<StructuredOutputs>,
     pub tools: Option<Vec<serde_json::Value>>,
 }
 
@@ -53,9 +62,32 @@ pub struct StreamOptions {
     pub include_usage: Option<bool>,
 }
 
+/// `response_format`: `{"type": "text" | "json_object"}` or
+/// `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`.
 #[derive(Debug, Deserialize)]
 pub struct ResponseFormat {
     pub r#type: String,
+    pub json_schema: Option<JsonSchemaFormat>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct JsonSchemaFormat {
+    /// Required by OpenAI; only echoed in errors here.
+    pub name: Option<String>,
+    pub schema: Option<serde_json::Value>,
+    /// Accepted either way: the schema is always enforced exactly (within the supported subset).
+    #[allow(dead_code)]
+    pub strict: Option<bool>,
+}
+
+/// vLLM's `structured_outputs` (its `StructuredOutputsParams`): one of the fields.
+#[derive(Debug, Default, Deserialize)]
+pub struct StructuredOutputs {
+    pub json: Option<serde_json::Value>,
+    pub regex: Option<String>,
+    pub choice: Option<Vec<String>>,
+    pub grammar: Option<String>,
+    pub json_object: Option<bool>,
 }
 
 /// One chat message.

@@ -50,7 +50,19 @@ pub async fn chat_completions(
         s.limits().clone(),
         plan.max_tokens,
     );
+    let constraint = plan
+        .params
+        .sampling
+        .constraint
+        .clone()
+        .zip(plan.constraint_param.clone());
     let (prepared, max_new) = prepare_blocking(turns, move |turns| {
+        // A schema, regex or grammar that does not compile is a 400 before any image work.
+        if let Some((c, param)) = &constraint {
+            pipeline
+                .compile_constraint(c)
+                .map_err(|e| ApiError::from_engine(e).with_param(param.clone()))?;
+        }
         prepare(&pipeline, turns, &limits, requested)
     })
     .await?;

@@ -12,6 +12,8 @@
 //! - `load`: 64 concurrent socket clients, a fifth with bad inputs, some hanging up mid-stream.
 //! - `remote_images`: `http(s)` image URLs fetched from a loopback server.
 //! - `webui`: the chat page's routes: types, security headers, ETag revalidation, `--no-webui`.
+//! - `structured`: `response_format` (JSON Schema, JSON object) and vLLM's `guided_*` /
+//!   `structured_outputs`, streamed and not, and their errors.
 //! - `openai_compat`: the official `openai` Python package against a running server
 //!   (`#[ignore]`: needs PyPI once).
 
@@ -21,6 +23,7 @@ mod limits;
 mod load;
 mod openai_compat;
 mod remote_images;
+mod structured;
 mod v1;
 mod vl2;
 mod webui;

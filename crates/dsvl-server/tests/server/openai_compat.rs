@@ -33,6 +33,9 @@ fn run(cmd: &mut Command) -> Result<Output, String> {
 
 /// The virtualenv's python with `openai` importable, or why not.
 fn python_with_openai() -> Result<PathBuf, String> {
+    // The two tests here share the virtualenv: one creates it at a time.
+    static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = CREATING.lock().unwrap_or_else(|e| e.into_inner());
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openai-venv");
     let python = venv.join("bin/python");
     let has_openai = |py: &Path| run(Command::new(py).args(["-c", "import openai"])).is_ok();
@@ -142,4 +145,42 @@ async fn openai_compat() {
         );
         let _ = stop.send(());
     }
+}
+
+/// The Pydantic flow of structured output (`client.beta.chat.completions.parse(response_format=
+/// Model)`) against the v1 fixture model: `tests/openai_structured.py`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "installs the openai package from PyPI; run with --ignored"]
+async fn openai_structured() {
+    let python = match tokio::task::spawn_blocking(python_with_openai)
+        .await
+        .expect("task")
+    {
+        Ok(p) => p,
+        Err(why) => {
+            println!("SKIPPED openai_structured: {why}");
+            return;
+        }
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_structured.py");
+    let v1 = engine_fixtures("v1");
+    let (addr, stop) = start(v1.join("models/siglip-tiny")).await;
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script)
+        .arg("--base-url")
+        .arg(format!("http://{addr}/v1"))
+        .arg("--image")
+        .arg(v1.join("images/landscape_500x333.png"));
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("task")
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("ALL OK"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = stop.send(());
 }

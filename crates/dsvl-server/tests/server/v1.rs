@@ -254,8 +254,8 @@ async fn bad_requests_are_openai_errors_naming_the_field() {
             None,
         ),
         (
-            "json mode",
-            json!({"messages": single_image_messages(), "response_format": {"type": "json_object"}}),
+            "response format",
+            json!({"messages": single_image_messages(), "response_format": {"type": "xml"}}),
             Some("response_format.type"),
             None,
         ),

@@ -98,7 +98,7 @@ fn pipeline(model: &str) -> Arc<Pipeline> {
     load_pipeline(&v2().join("models").join(model))
 }
 
-fn app(model: &str) -> Router {
+pub fn app(model: &str) -> Router {
     let state = AppState::from_pipeline(pipeline(model), &ServerConfig::default())
         .expect("engine thread starts");
     router(state)

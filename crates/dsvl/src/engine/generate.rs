@@ -96,6 +96,9 @@ pub struct Timings {
     /// only while no other request runs (benchmarks); 0 on a GPU.
     pub vision_flops: u64,
     pub prefill_flops: u64,
+    /// Of `decode_ms`, the time spent computing structured-output token masks (0 without a
+    /// constraint).
+    pub constraint_ms: f64,
 }
 
 impl Timings {

@@ -12,6 +12,7 @@ mod generate;
 mod sequence;
 
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
@@ -23,6 +24,7 @@ use crate::nn::{Quant, QuantPlan};
 use crate::prompt::expand::check_context;
 use crate::prompt::template::Message;
 use crate::prompt::tokenizer::PromptTokenizer;
+use crate::structured::{Constraint, Grammars, TokenConstraint};
 use crate::weights::Progress;
 
 pub use crate::models::{ChatMessage, ImageInput, ImageSource, Prepared, PromptText, TiledImage};
@@ -85,6 +87,8 @@ pub struct Pipeline {
     model: Box<dyn VisionLanguageModel>,
     tokenizer: PromptTokenizer,
     max_image_pixels: u64,
+    /// Built on the first constrained request (about 0.1 s), so unconstrained use pays nothing.
+    grammars: OnceLock<Grammars>,
 }
 
 impl Pipeline {
@@ -110,6 +114,7 @@ impl Pipeline {
             model,
             tokenizer,
             max_image_pixels: opts.max_image_pixels,
+            grammars: OnceLock::new(),
         })
     }
 
@@ -142,6 +147,22 @@ impl Pipeline {
         self.check_fits(prepared.ids.len(), 1)?;
         prepared.preprocess_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(prepared)
+    }
+
+    /// The structured-output compiler for this model's tokenizer, built on first use.
+    pub fn grammars(&self) -> Result<&Grammars> {
+        if let Some(g) = self.grammars.get() {
+            return Ok(g);
+        }
+        let built = Grammars::new(&self.tokenizer)?;
+        Ok(self.grammars.get_or_init(|| built))
+    }
+
+    /// Compiles `constraint` for this model: a bad schema, regex or grammar is an
+    /// [`Error::InvalidConstraint`] here, before any model work (the server's 400).
+    pub fn compile_constraint(&self, constraint: &Constraint) -> Result<TokenConstraint> {
+        let _span = tracing::debug_span!("compile_constraint", kind = constraint.kind()).entered();
+        self.grammars()?.compile(constraint)
     }
 
     /// [`Error::ContextOverflow`] unless `prompt_tokens` and up to `max_new_tokens` fit in the

@@ -22,6 +22,7 @@ use crate::error::Result;
 use crate::llm::KvCache;
 use crate::sampling::processors::{log_softmax, top_logprobs};
 use crate::sampling::Sampler;
+use crate::structured::TokenConstraint;
 use crate::text::{DecodeStream, StopMatcher};
 
 type DecodeFn<'p> = Box<dyn FnMut(&[u32]) -> Result<String> + 'p>;
@@ -40,6 +41,8 @@ pub struct Sequence<'p> {
     positions: Option<Vec<u64>>,
     logits: Vec<f32>,
     sampler: Sampler,
+    /// Structured output: masks the logits before each sample, advanced by each token.
+    constraint: Option<TokenConstraint>,
     stream: Detokenizer<'p>,
     stops: StopMatcher,
     ids: Vec<u32>,
@@ -91,6 +94,11 @@ impl Pipeline {
         self.check_fits(prepared.ids.len(), sp.max_new_tokens)?;
         let sampler = Sampler::new(sp)?;
         let stops = StopMatcher::new(&sp.stop)?;
+        let constraint = sp
+            .constraint
+            .as_ref()
+            .map(|c| self.compile_constraint(c))
+            .transpose()?;
         let model = self.model();
         let mut timings = Timings {
             preprocess_ms: prepared.preprocess_ms,
@@ -167,6 +175,7 @@ impl Pipeline {
             positions,
             logits,
             sampler,
+            constraint,
             stream: DecodeStream::new(decode),
             stops,
             ids: Vec::new(),
@@ -218,10 +227,23 @@ impl<'p> Sequence<'p> {
             return Ok(None);
         }
         let tok = self.pipeline.tokenizer();
-        let id = self.sampler.sample(&self.logits, &self.ids)?;
-        if id == tok.eos_id() && !self.params.ignore_eos {
+        let id = match self.constraint.as_mut() {
+            None => self.sampler.sample(&self.logits, &self.ids)?,
+            Some(constraint) => {
+                let t = Instant::now();
+                let mut masked = self.logits.clone();
+                constraint.mask(&mut masked)?;
+                self.timings.constraint_ms += ms(t);
+                self.sampler.sample(&masked, &self.ids)?
+            }
+        };
+        // A constrained answer ends at its EOS even with `ignore_eos`: nothing may follow it.
+        if id == tok.eos_id() && (!self.params.ignore_eos || self.constraint.is_some()) {
             self.finish = Some(FinishReason::Stop);
             return Ok(None);
+        }
+        if let Some(constraint) = self.constraint.as_mut() {
+            constraint.accept(id)?;
         }
         self.ids.push(id);
         let (logprob, top) = match self.params.logprobs {
@@ -245,7 +267,13 @@ impl<'p> Sequence<'p> {
             self.finish = Some(FinishReason::Cancelled);
             return Ok(None);
         }
-        if hit.is_some() {
+        // A complete constrained answer (nothing may follow) ends without sampling its EOS.
+        if hit.is_some()
+            || self
+                .constraint
+                .as_ref()
+                .is_some_and(TokenConstraint::is_done)
+        {
             self.finish = Some(FinishReason::Stop);
             return Ok(None);
         }

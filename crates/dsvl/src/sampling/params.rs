@@ -1,6 +1,7 @@
 //! Per-request sampling parameters, validated before a request is queued (STYLE §3.5).
 
 use crate::error::{Error, Result};
+use crate::structured::Constraint;
 
 /// `GenerationConfig.top_k` default of transformers 4.38, silently active whenever the reference samples
 /// (`cli_chat.py`, gradio; v1 §10).
@@ -30,6 +31,10 @@ pub struct SamplingParams {
     pub max_new_tokens: usize,
     /// User stop strings, matched on the decoded text across token boundaries (`text::StopMatcher`).
     pub stop: Vec<String>,
+    /// Structured output: only tokens that keep the answer valid for this constraint may be
+    /// picked (the logits of all others are masked before sampling; see [`crate::structured`]).
+    /// `None`: free text.
+    pub constraint: Option<Constraint>,
 }
 
 impl Default for SamplingParams {
@@ -44,6 +49,7 @@ impl Default for SamplingParams {
             seed: 0,
             max_new_tokens: 512,
             stop: Vec::new(),
+            constraint: None,
         }
     }
 }
@@ -92,6 +98,9 @@ impl SamplingParams {
         }
         if let Some(i) = self.stop.iter().position(|s| s.is_empty()) {
             return Err(bad(&format!("stop[{i}]"), "\"\"", "a non-empty string"));
+        }
+        if let Some(c) = &self.constraint {
+            c.validate()?;
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ mod errors;
 mod image;
 mod npy;
 mod quant;
+mod structured;
 mod tol;
 mod v1;
 mod vl2;

@@ -11,6 +11,7 @@
 
 pub mod gemm;
 pub mod isa;
+pub mod quant;
 
 pub use gemm::{gemm, Lhs, PackedB, WeightType};
 pub use isa::Isa;

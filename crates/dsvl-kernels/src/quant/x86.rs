@@ -1,0 +1,356 @@
+//! x86-64 kernels. Each one takes a group of up to [`ROW_GROUP`] rows against one weight
+//! column, with the column's blocks loaded once per block for the whole group; every row gets
+//! exactly the operations it would get alone (const-generic group size, unrolled per row).
+//!
+//! - `q8_0`: `|w|` (unsigned) times `x` with `w`'s sign (`vpsignb`), 256 bits per block:
+//!   `vpmaddubsw` then `vpmaddwd` by ones (AVX2), or one `vpdpbusd` (AVX512-VNNI). The pair
+//!   sums of `vpmaddubsw` cannot saturate: `|w| ≤ 128` and our quantized activations stay in
+//!   `[−127, 127]`, so a pair is at most 2 · 128 · 127 < 2¹⁵.
+//! - `q4_k`: nibbles (unsigned) times `x` by `vpmaddubsw` (a pair is at most 2 · 15 · 128),
+//!   then `vpmaddwd` by the sub-block's scale (or `vpdpwssd`, AVX512-VNNI), 256 bits per 64
+//!   weights (AVX2) or 512 bits per 128 (AVX-512, the two halves folded at the end of the
+//!   super-block, in integers).
+//!
+//! Integer lane `l` always holds the products of bytes `4l..4l + 4` of each 32-byte group, and
+//! the float steps are those of the portable path, so all paths agree bit for bit.
+
+// The kernels index their per-row register arrays by row on purpose (unrolled per row).
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use half::f16;
+
+use super::{hsum8, BlockQ4K, BlockQ8_0, Out, Path, QRows, QK8_0, QK_K, ROW_GROUP};
+
+/// Quantizes the rows with AVX2 available (SSE4.1's rounding instead of a libm call).
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn quantize_rows(x: &[f32], rows: usize, k: usize, q8k: bool) -> QRows {
+    super::quantize_rows_generic(x, rows, k, q8k)
+}
+
+#[inline]
+#[target_feature(enable = "f16c")]
+fn h2f(h: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx")]
+fn store8(v: __m256) -> [f32; 8] {
+    let mut a = [0f32; 8];
+    // SAFETY: `a` holds 8 floats.
+    unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) };
+    a
+}
+
+macro_rules! by_group {
+    ($g:expr, $write:ident, $f:ident, $($arg:expr),*) => {
+        match $g {
+            1 => $write(&$f::<1>($($arg),*)),
+            2 => $write(&$f::<2>($($arg),*)),
+            3 => $write(&$f::<3>($($arg),*)),
+            4 => $write(&$f::<4>($($arg),*)),
+            g => unreachable!("{g} rows in a group"),
+        }
+    };
+}
+const _: () = assert!(ROW_GROUP == 4);
+
+/// Every row of `xq` against weight columns `col0..` (`w`, `nb` blocks each).
+///
+/// # Safety
+/// `p` is not [`Path::Portable`] and runs on this CPU; `out` columns `col0..col0 + w.len() /
+/// nb` are this task's for every row of `xq`.
+pub(crate) unsafe fn q8_0_cols(
+    p: Path,
+    w: &[BlockQ8_0],
+    nb: usize,
+    col0: usize,
+    xq: &QRows,
+    out: Out,
+) {
+    assert!(xq.qs.len() >= xq.rows * nb * QK8_0 && xq.d.len() >= xq.rows * nb);
+    for (c, wc) in w.chunks_exact(nb).enumerate() {
+        let mut r0 = 0;
+        while r0 < xq.rows {
+            let g = ROW_GROUP.min(xq.rows - r0);
+            let write_group = |v: &[f32]| {
+                for (r, &v) in v.iter().enumerate() {
+                    // SAFETY: by the caller's contract (row `r0 + r` < rows).
+                    unsafe { out.write(r0 + r, col0 + c, v) }
+                }
+            };
+            // SAFETY: the path's features are present; the row range is inside `xq` (checked
+            // above).
+            unsafe {
+                match p {
+                    Path::Avx512 { vnni: true } => by_group!(g, write_group, q8_0_vnni, wc, xq, r0),
+                    _ => by_group!(g, write_group, q8_0_avx2, wc, xq, r0),
+                }
+            }
+            r0 += g;
+        }
+    }
+}
+
+/// # Safety
+/// As [`q8_0_cols`].
+pub(crate) unsafe fn q4k_cols(
+    p: Path,
+    w: &[BlockQ4K],
+    nb: usize,
+    col0: usize,
+    xq: &QRows,
+    out: Out,
+) {
+    assert!(
+        xq.qs.len() >= xq.rows * nb * QK_K
+            && xq.d.len() >= xq.rows * nb
+            && xq.sums.len() >= xq.rows * nb * 8
+    );
+    for (c, wc) in w.chunks_exact(nb).enumerate() {
+        let mut r0 = 0;
+        while r0 < xq.rows {
+            let g = ROW_GROUP.min(xq.rows - r0);
+            let write_group = |v: &[f32]| {
+                for (r, &v) in v.iter().enumerate() {
+                    // SAFETY: by the caller's contract (row `r0 + r` < rows).
+                    unsafe { out.write(r0 + r, col0 + c, v) }
+                }
+            };
+            // SAFETY: the path's features are present; the row range is inside `xq`.
+            unsafe {
+                match p {
+                    Path::Avx512 { vnni: true } => {
+                        by_group!(g, write_group, q4k_512_vnni, wc, xq, r0)
+                    }
+                    Path::Avx512 { vnni: false } => by_group!(g, write_group, q4k_512, wc, xq, r0),
+                    _ => by_group!(g, write_group, q4k_avx2, wc, xq, r0),
+                }
+            }
+            r0 += g;
+        }
+    }
+}
+
+/// The `q8_0` kernel body, generic over the integer dot product of one 32-byte block
+/// (`|w|`, `x` with `w`'s sign) → 8 lanes.
+macro_rules! q8_0_kernel {
+    ($name:ident, $features:literal, |$aw:ident, $sx:ident, $ones:ident| $dot:expr) => {
+        /// `R` rows from `r0` of `xq` against one weight column.
+        ///
+        /// # Safety
+        /// The CPU has the enabled features; rows `r0..r0 + R` exist in `xq`, whose `k` is
+        /// `w.len() · 32` (checked by the caller).
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const R: usize>(w: &[BlockQ8_0], xq: &QRows, r0: usize) -> [f32; R] {
+            let nb = w.len();
+            let k = xq.k;
+            let mut acc = [_mm256_setzero_ps(); R];
+            #[allow(unused_variables)]
+            let $ones = _mm256_set1_epi16(1);
+            // SAFETY: rows r0..r0+R of `k` quants and `nb` scales each are inside `xq`.
+            let xs = unsafe { xq.qs.as_ptr().add(r0 * k) };
+            let ds = unsafe { xq.d.as_ptr().add(r0 * nb) };
+            for (b, blk) in w.iter().enumerate() {
+                // SAFETY: a block's 32 quants are 32 bytes (unaligned load).
+                let wq = unsafe { _mm256_loadu_si256(blk.qs.as_ptr() as *const __m256i) };
+                let $aw = _mm256_sign_epi8(wq, wq);
+                let dw = _mm256_set1_ps(h2f(blk.d));
+                for r in 0..R {
+                    // SAFETY: row r0 + r, block b: inside `xq` (see above).
+                    let (xv, dx) = unsafe {
+                        (
+                            _mm256_loadu_si256(xs.add(r * k + b * QK8_0) as *const __m256i),
+                            _mm256_set1_ps(*ds.add(r * nb + b)),
+                        )
+                    };
+                    let $sx = _mm256_sign_epi8(xv, wq);
+                    let isum: __m256i = $dot;
+                    let s = _mm256_mul_ps(dw, dx);
+                    acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(isum), s));
+                }
+            }
+            let mut out = [0f32; R];
+            for r in 0..R {
+                out[r] = hsum8(store8(acc[r]));
+            }
+            out
+        }
+    };
+}
+
+q8_0_kernel!(
+    q8_0_avx2,
+    "avx2,fma,f16c",
+    |aw, sx, ones| _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones)
+);
+q8_0_kernel!(
+    q8_0_vnni,
+    "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
+    |aw, sx, _ones| _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx)
+);
+
+/// `q4_k`, 256 bits per 64 weights (AVX2).
+///
+/// # Safety
+/// The CPU has AVX2, FMA, F16C; rows `r0..r0 + R` exist in `xq`, whose `k` is `w.len() · 256`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4k_avx2<const R: usize>(w: &[BlockQ4K], xq: &QRows, r0: usize) -> [f32; R] {
+    let nb = w.len();
+    let k = xq.k;
+    let m4 = _mm256_set1_epi8(0xF);
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut mins = [0f32; R];
+    // SAFETY: rows r0..r0+R are inside `xq`.
+    let xs = unsafe { xq.qs.as_ptr().add(r0 * k) };
+    for (b, blk) in w.iter().enumerate() {
+        let (sc, m) = blk.scales_mins();
+        let mut isum = [_mm256_setzero_si256(); R];
+        for c in 0..4 {
+            // SAFETY: 32 bytes of the block's 128 quant bytes.
+            let q = unsafe { _mm256_loadu_si256(blk.qs.as_ptr().add(32 * c) as *const __m256i) };
+            let lo = _mm256_and_si256(q, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            let slo = _mm256_set1_epi16(sc[2 * c] as i16);
+            let shi = _mm256_set1_epi16(sc[2 * c + 1] as i16);
+            // Where the activations for chunk c sit in the reordered q8_K block.
+            let olo = b * QK_K + 128 * (c / 2) + 32 * (c % 2);
+            for r in 0..R {
+                // SAFETY: 32 bytes at olo and olo + 64 of row r0 + r's block b.
+                let (xlo, xhi) = unsafe {
+                    let p = xs.add(r * k + olo);
+                    (
+                        _mm256_loadu_si256(p as *const __m256i),
+                        _mm256_loadu_si256(p.add(64) as *const __m256i),
+                    )
+                };
+                let plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xlo), slo);
+                let phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xhi), shi);
+                isum[r] = _mm256_add_epi32(isum[r], _mm256_add_epi32(plo, phi));
+            }
+        }
+        finish_block(blk, &m, xq, r0, b, nb, &isum, &mut acc, &mut mins);
+    }
+    let mut out = [0f32; R];
+    for r in 0..R {
+        out[r] = hsum8(store8(acc[r])) - mins[r];
+    }
+    out
+}
+
+/// The float steps of one super-block (portable order): `acc += f32(isum) · (d · dx)`,
+/// `mins += f32(Σ m_j · Σx_j) · (dmin · dx)`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+fn finish_block<const R: usize>(
+    blk: &BlockQ4K,
+    m: &[u8; 8],
+    xq: &QRows,
+    r0: usize,
+    b: usize,
+    nb: usize,
+    isum: &[__m256i; R],
+    acc: &mut [__m256; R],
+    mins: &mut [f32; R],
+) {
+    let d = h2f(blk.d);
+    let dmin = h2f(blk.dmin);
+    for r in 0..R {
+        let dx = xq.d[(r0 + r) * nb + b];
+        let sums = &xq.sums[((r0 + r) * nb + b) * 8..][..8];
+        let msum: i32 = (0..8).map(|j| m[j] as i32 * sums[j]).sum();
+        let s = _mm256_set1_ps(d * dx);
+        acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(isum[r]), s));
+        mins[r] += msum as f32 * (dmin * dx);
+    }
+}
+
+/// The `q4_k` 512-bit kernel, generic over the scale step (`vpmaddwd` + add, or `vpdpwssd`).
+macro_rules! q4k_512_kernel {
+    ($name:ident, $features:literal, |$acc:ident, $p:ident, $s:ident| $step:expr) => {
+        /// `q4_k`, 512 bits per 128 weights (AVX-512).
+        ///
+        /// # Safety
+        /// The CPU has the enabled features; rows `r0..r0 + R` exist in `xq`, whose `k` is
+        /// `w.len() · 256`.
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const R: usize>(w: &[BlockQ4K], xq: &QRows, r0: usize) -> [f32; R] {
+            let nb = w.len();
+            let k = xq.k;
+            let m4 = _mm512_set1_epi8(0xF);
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut mins = [0f32; R];
+            // SAFETY: rows r0..r0+R are inside `xq`.
+            let xs = unsafe { xq.qs.as_ptr().add(r0 * k) };
+            for (b, blk) in w.iter().enumerate() {
+                let (sc, m) = blk.scales_mins();
+                let mut wide = [_mm512_setzero_si512(); R];
+                for h in 0..2 {
+                    // SAFETY: 64 of the block's 128 quant bytes.
+                    let q = unsafe {
+                        _mm512_loadu_si512(blk.qs.as_ptr().add(64 * h) as *const __m512i)
+                    };
+                    let lo = _mm512_and_si512(q, m4);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+                    // Chunks 2h (lanes 0–7) and 2h + 1 (lanes 8–15).
+                    let slo = _mm512_inserti64x4(
+                        _mm512_set1_epi16(sc[4 * h] as i16),
+                        _mm256_set1_epi16(sc[4 * h + 2] as i16),
+                        1,
+                    );
+                    let shi = _mm512_inserti64x4(
+                        _mm512_set1_epi16(sc[4 * h + 1] as i16),
+                        _mm256_set1_epi16(sc[4 * h + 3] as i16),
+                        1,
+                    );
+                    let o = b * QK_K + 128 * h;
+                    for r in 0..R {
+                        // SAFETY: 64 bytes at o and o + 64 of row r0 + r's block b.
+                        let (xlo, xhi) = unsafe {
+                            let p = xs.add(r * k + o);
+                            (
+                                _mm512_loadu_si512(p as *const __m512i),
+                                _mm512_loadu_si512(p.add(64) as *const __m512i),
+                            )
+                        };
+                        let $acc = wide[r];
+                        let ($p, $s) = (_mm512_maddubs_epi16(lo, xlo), slo);
+                        let t = $step;
+                        let ($acc, $p, $s) = (t, _mm512_maddubs_epi16(hi, xhi), shi);
+                        wide[r] = $step;
+                    }
+                }
+                let mut isum = [_mm256_setzero_si256(); R];
+                for r in 0..R {
+                    isum[r] = _mm256_add_epi32(
+                        _mm512_castsi512_si256(wide[r]),
+                        _mm512_extracti64x4_epi64(wide[r], 1),
+                    );
+                }
+                finish_block(blk, &m, xq, r0, b, nb, &isum, &mut acc, &mut mins);
+            }
+            let mut out = [0f32; R];
+            for r in 0..R {
+                out[r] = hsum8(store8(acc[r])) - mins[r];
+            }
+            out
+        }
+    };
+}
+
+q4k_512_kernel!(
+    q4k_512,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl",
+    |acc, p, s| _mm512_add_epi32(acc, _mm512_madd_epi16(p, s))
+);
+q4k_512_kernel!(
+    q4k_512_vnni,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    |acc, p, s| _mm512_dpwssd_epi32(acc, p, s)
+);

@@ -22,19 +22,22 @@
 //! ## Arithmetic and reduction order
 //! Every product of 8-bit values is summed exactly in 32-bit integers, in 8 lanes: lane `l`
 //! holds the products of bytes `4l..4l + 4` of each 32-byte group (what `vpmaddubsw` +
-//! `vpmaddwd` and `vpdpbusd` produce on 256-bit registers; the 512-bit `q4_k` path folds its two
-//! halves back into the same 8 integer sums). The float work per output element is then fixed:
-//! - `q8_0`, per block `b` in ascending order: `acc[l] = acc[l] + f32(isum_b[l]) · (dw_b · dx_b)`;
+//! `vpmaddwd` and `vpdpbusd` produce on 256-bit registers; the 512-bit paths hold two such
+//! groups side by side). The float work per output element is then fixed, with `dx` the
+//! activation block's scale and `S_j` the sum of its quants `32j..32j + 32`:
+//! - `q8_0`: two accumulators of 8 lanes, `A` for the even blocks and `B` for the odd ones, each
+//!   block `b` in ascending order doing `acc[l] = acc[l] + f32(isum_b[l]) · (dw_b · dx_b)`;
+//!   then `y = h(A + B)` (lane by lane, then `h` below). Two chains instead of one halve the
+//!   latency of the sum per block; a 512-bit register holds both.
 //! - `q4_k`, per super-block: `acc[l] = acc[l] + f32(isum[l]) · (d · dx)` with
-//!   `isum[l] = Σ_j sc_j · (lane l of sub-block j)`, and one scalar `mins = mins + f32(Σ_j m_j ·
-//!   Σx_j) · (dmin · dx)`;
+//!   `isum[l] = Σ_j sc_j · (lane l of sub-block j)`, and per sub-block
+//!   `mins[j] = mins[j] + f32(m_j · S_j) · (dmin · dx)`; then `y = h(acc) − h(mins)`.
 //!
-//! then `y = ((acc0 + acc4) + (acc2 + acc6)) + ((acc1 + acc5) + (acc3 + acc7))` (minus `mins`
-//! for `q4_k`). Multiplies and adds are separate (no FMA), so **every path gives the same bits**
-//! (portable, AVX2, AVX-512, VNNI), and a row's result never depends on the other rows of the
-//! call or on the threads (batch invariance). Compared with candle's `k_quants::matmul` the
-//! integer sums and the quantized activations are the same; only the float summation order
-//! differs (the last bits of the result).
+//! `h(a) = ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))`. Multiplies and adds are
+//! separate (no FMA), so **every path gives the same bits** (portable, AVX2, AVX-512, VNNI), and
+//! a row's result never depends on the other rows of the call or on the threads (batch
+//! invariance). Compared with candle's `k_quants::matmul` the integer sums and the quantized
+//! activations are the same; only the float summation order differs (the last bits).
 //!
 //! ## Threads
 //! Output columns (weight rows) are split over rayon's pool in contiguous ranges, so each
@@ -92,15 +95,23 @@ impl BlockQ4K {
         }
     }
 
-    /// All eight scales and mins.
+    /// All eight scales and mins, one byte each (`[sc_0..sc_8]`, `[m_0..m_8]`), decoded four
+    /// at a time in 32-bit words.
     #[inline(always)]
-    pub(crate) fn scales_mins(&self) -> ([u8; 8], [u8; 8]) {
-        let mut sc = [0u8; 8];
-        let mut m = [0u8; 8];
-        for j in 0..8 {
-            (sc[j], m[j]) = self.scale_min(j);
-        }
-        (sc, m)
+    pub fn scales_mins(&self) -> ([u8; 8], [u8; 8]) {
+        let q = &self.scales;
+        let a = u32::from_le_bytes([q[0], q[1], q[2], q[3]]);
+        let b = u32::from_le_bytes([q[4], q[5], q[6], q[7]]);
+        let c = u32::from_le_bytes([q[8], q[9], q[10], q[11]]);
+        const LOW6: u32 = 0x3f3f_3f3f;
+        const LOW4: u32 = 0x0f0f_0f0f;
+        const TOP2: u32 = 0x0303_0303;
+        let sc_lo = a & LOW6;
+        let m_lo = b & LOW6;
+        let sc_hi = (c & LOW4) | (((a >> 6) & TOP2) << 4);
+        let m_hi = ((c >> 4) & LOW4) | (((b >> 6) & TOP2) << 4);
+        let join = |lo: u32, hi: u32| (lo as u64 | (hi as u64) << 32).to_le_bytes();
+        (join(sc_lo, sc_hi), join(m_lo, m_hi))
     }
 }
 
@@ -311,7 +322,7 @@ pub(crate) fn quantize_rows_generic(x: &[f32], rows: usize, k: usize, q8k: bool)
     }
 }
 
-/// The fixed reduction of the 8 lanes (module docs).
+/// The fixed reduction `h` of the 8 lanes (module docs).
 #[inline(always)]
 pub(crate) fn hsum8(a: [f32; 8]) -> f32 {
     ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))

@@ -9,18 +9,18 @@ pub(crate) fn dot_q8_0(w: &[BlockQ8_0], xq: &QRows, r: usize) -> f32 {
     let nb = w.len();
     let xs = xq.row_qs(r);
     let dx = &xq.d[r * nb..(r + 1) * nb];
-    let mut acc = [0f32; 8];
+    let mut acc = [[0f32; 8]; 2];
     for (b, blk) in w.iter().enumerate() {
         let x = &xs[b * QK8_0..(b + 1) * QK8_0];
         let s = blk.d.to_f32() * dx[b];
-        for (l, a) in acc.iter_mut().enumerate() {
+        for (l, a) in acc[b % 2].iter_mut().enumerate() {
             let isum: i32 = (4 * l..4 * l + 4)
                 .map(|i| blk.qs[i] as i32 * x[i] as i32)
                 .sum();
             *a += isum as f32 * s;
         }
     }
-    hsum8(acc)
+    hsum8(std::array::from_fn(|l| acc[0][l] + acc[1][l]))
 }
 
 /// One output element of a `q4_k` product.
@@ -30,7 +30,7 @@ pub(crate) fn dot_q4k(w: &[BlockQ4K], xq: &QRows, r: usize) -> f32 {
     let dx = &xq.d[r * nb..(r + 1) * nb];
     let sums = &xq.sums[r * nb * 8..(r + 1) * nb * 8];
     let mut acc = [0f32; 8];
-    let mut mins = 0f32;
+    let mut mins = [0f32; 8];
     for (b, blk) in w.iter().enumerate() {
         let x = &xs[b * QK_K..(b + 1) * QK_K];
         let (sc, m) = blk.scales_mins();
@@ -47,13 +47,14 @@ pub(crate) fn dot_q4k(w: &[BlockQ4K], xq: &QRows, r: usize) -> f32 {
                 *s += sc[2 * c] as i32 * lo + sc[2 * c + 1] as i32 * hi;
             }
         }
-        let msum: i32 = (0..8).map(|j| m[j] as i32 * sums[b * 8 + j]).sum();
         let d = blk.d.to_f32() * dx[b];
         let dmin = blk.dmin.to_f32() * dx[b];
         for (a, s) in acc.iter_mut().zip(isum) {
             *a += s as f32 * d;
         }
-        mins += msum as f32 * dmin;
+        for (j, mn) in mins.iter_mut().enumerate() {
+            *mn += (m[j] as i32 * sums[b * 8 + j]) as f32 * dmin;
+        }
     }
-    hsum8(acc) - mins
+    hsum8(acc) - hsum8(mins)
 }

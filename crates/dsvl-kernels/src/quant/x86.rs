@@ -2,9 +2,11 @@
 //! column, with the column's blocks loaded once per block for the whole group; every row gets
 //! exactly the operations it would get alone (const-generic group size, unrolled per row).
 //!
-//! - `q8_0`: `|w|` (unsigned) times `x` with `w`'s sign (`vpsignb`), 256 bits per block:
-//!   `vpmaddubsw` then `vpmaddwd` by ones (AVX2), or one `vpdpbusd` (AVX512-VNNI). The pair
-//!   sums of `vpmaddubsw` cannot saturate: `|w| ≤ 128` and our quantized activations stay in
+//! - `q8_0`: `|w|` (unsigned) times `x` with `w`'s sign (`vpsignb`, or a masked negation on
+//!   AVX-512), 256 bits per block (AVX2) or 512 bits per pair of blocks (AVX-512, the even
+//!   block's lanes low, the odd one's high: the two accumulators of the portable order):
+//!   `vpmaddubsw` then `vpmaddwd` by ones, or one `vpdpbusd` (AVX512-VNNI). The pair sums of
+//!   `vpmaddubsw` cannot saturate: `|w| ≤ 128` and our quantized activations stay in
 //!   `[−127, 127]`, so a pair is at most 2 · 128 · 127 < 2¹⁵.
 //! - `q4_k`: nibbles (unsigned) times `x` by `vpmaddubsw` (a pair is at most 2 · 15 · 128),
 //!   then `vpmaddwd` by the sub-block's scale (or `vpdpwssd`, AVX512-VNNI), 256 bits per 64
@@ -88,7 +90,10 @@ pub(crate) unsafe fn q8_0_cols(
             // above).
             unsafe {
                 match p {
-                    Path::Avx512 { vnni: true } => by_group!(g, write_group, q8_0_vnni, wc, xq, r0),
+                    Path::Avx512 { vnni: true } => {
+                        by_group!(g, write_group, q8_0_512_vnni, wc, xq, r0)
+                    }
+                    Path::Avx512 { vnni: false } => by_group!(g, write_group, q8_0_512, wc, xq, r0),
                     _ => by_group!(g, write_group, q8_0_avx2, wc, xq, r0),
                 }
             }
@@ -137,62 +142,149 @@ pub(crate) unsafe fn q4k_cols(
     }
 }
 
-/// The `q8_0` kernel body, generic over the integer dot product of one 32-byte block
-/// (`|w|`, `x` with `w`'s sign) → 8 lanes.
-macro_rules! q8_0_kernel {
+/// One `q8_0` block on 256 bits for `R` rows into their accumulators `acc` (AVX2).
+macro_rules! q8_0_block_256 {
+    ($blk:expr, $b:expr, $xs:expr, $ds:expr, $k:expr, $nb:expr, $acc:expr, $R:expr) => {{
+        let blk: &BlockQ8_0 = $blk;
+        // SAFETY: a block's 32 quants are 32 bytes (unaligned load).
+        let wq = unsafe { _mm256_loadu_si256(blk.qs.as_ptr() as *const __m256i) };
+        let aw = _mm256_sign_epi8(wq, wq);
+        let dw = _mm256_set1_ps(h2f(blk.d));
+        let ones = _mm256_set1_epi16(1);
+        for r in 0..$R {
+            // SAFETY: row r0 + r, block b: inside `xq` (checked by the caller).
+            let (xv, dx) = unsafe {
+                (
+                    _mm256_loadu_si256($xs.add(r * $k + $b * QK8_0) as *const __m256i),
+                    _mm256_set1_ps(*$ds.add(r * $nb + $b)),
+                )
+            };
+            let sx = _mm256_sign_epi8(xv, wq);
+            let isum = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
+            let s = _mm256_mul_ps(dw, dx);
+            $acc[r] = _mm256_add_ps($acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(isum), s));
+        }
+    }};
+}
+
+/// `q8_0`, 256 bits per block (AVX2): `R` rows from `r0` of `xq` against one weight column.
+///
+/// # Safety
+/// The CPU has AVX2, FMA, F16C; rows `r0..r0 + R` exist in `xq`, whose `k` is `w.len() · 32`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_avx2<const R: usize>(w: &[BlockQ8_0], xq: &QRows, r0: usize) -> [f32; R] {
+    let nb = w.len();
+    let k = xq.k;
+    let mut even = [_mm256_setzero_ps(); R];
+    let mut odd = [_mm256_setzero_ps(); R];
+    // SAFETY: rows r0..r0+R of `k` quants and `nb` scales each are inside `xq`.
+    let (xs, ds) = unsafe { (xq.qs.as_ptr().add(r0 * k), xq.d.as_ptr().add(r0 * nb)) };
+    let mut b = 0;
+    while b + 1 < nb {
+        q8_0_block_256!(&w[b], b, xs, ds, k, nb, even, R);
+        q8_0_block_256!(&w[b + 1], b + 1, xs, ds, k, nb, odd, R);
+        b += 2;
+    }
+    if b < nb {
+        q8_0_block_256!(&w[b], b, xs, ds, k, nb, even, R);
+    }
+    let mut out = [0f32; R];
+    for r in 0..R {
+        out[r] = hsum8(store8(_mm256_add_ps(even[r], odd[r])));
+    }
+    out
+}
+
+/// The `q8_0` 512-bit kernel (two blocks per register), generic over the integer dot product
+/// of `|w|` and `x` with `w`'s sign.
+macro_rules! q8_0_512_kernel {
     ($name:ident, $features:literal, |$aw:ident, $sx:ident, $ones:ident| $dot:expr) => {
-        /// `R` rows from `r0` of `xq` against one weight column.
+        /// `q8_0`, 512 bits per two blocks (AVX-512): `R` rows from `r0` of `xq` against one
+        /// weight column.
         ///
         /// # Safety
         /// The CPU has the enabled features; rows `r0..r0 + R` exist in `xq`, whose `k` is
-        /// `w.len() · 32` (checked by the caller).
+        /// `w.len() · 32`.
         #[target_feature(enable = $features)]
         unsafe fn $name<const R: usize>(w: &[BlockQ8_0], xq: &QRows, r0: usize) -> [f32; R] {
             let nb = w.len();
             let k = xq.k;
-            let mut acc = [_mm256_setzero_ps(); R];
+            let mut acc = [_mm512_setzero_ps(); R];
             #[allow(unused_variables)]
-            let $ones = _mm256_set1_epi16(1);
+            let $ones = _mm512_set1_epi16(1);
+            let zero = _mm512_setzero_si512();
+            // Lanes 0–7 take the even block's scale, 8–15 the odd one's.
+            let pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
             // SAFETY: rows r0..r0+R of `k` quants and `nb` scales each are inside `xq`.
-            let xs = unsafe { xq.qs.as_ptr().add(r0 * k) };
-            let ds = unsafe { xq.d.as_ptr().add(r0 * nb) };
-            for (b, blk) in w.iter().enumerate() {
-                // SAFETY: a block's 32 quants are 32 bytes (unaligned load).
-                let wq = unsafe { _mm256_loadu_si256(blk.qs.as_ptr() as *const __m256i) };
-                let $aw = _mm256_sign_epi8(wq, wq);
-                let dw = _mm256_set1_ps(h2f(blk.d));
+            let (xs, ds) = unsafe { (xq.qs.as_ptr().add(r0 * k), xq.d.as_ptr().add(r0 * nb)) };
+            let mut b = 0;
+            while b + 1 < nb {
+                let (b0, b1) = (&w[b], &w[b + 1]);
+                // SAFETY: each block's 32 quants are 32 bytes (unaligned loads).
+                let wq = unsafe {
+                    _mm512_inserti64x4(
+                        _mm512_castsi256_si512(
+                            _mm256_loadu_si256(b0.qs.as_ptr() as *const __m256i),
+                        ),
+                        _mm256_loadu_si256(b1.qs.as_ptr() as *const __m256i),
+                        1,
+                    )
+                };
+                let $aw = _mm512_abs_epi8(wq);
+                let neg = _mm512_movepi8_mask(wq);
+                let dw = _mm_cvtph_ps(_mm_set_epi16(
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    b1.d.to_bits() as i16,
+                    b0.d.to_bits() as i16,
+                ));
                 for r in 0..R {
-                    // SAFETY: row r0 + r, block b: inside `xq` (see above).
+                    // SAFETY: row r0 + r, blocks b and b + 1 (64 quants, 2 scales) are inside
+                    // `xq`.
                     let (xv, dx) = unsafe {
                         (
-                            _mm256_loadu_si256(xs.add(r * k + b * QK8_0) as *const __m256i),
-                            _mm256_set1_ps(*ds.add(r * nb + b)),
+                            _mm512_loadu_si512(xs.add(r * k + b * QK8_0) as *const __m512i),
+                            _mm_castpd_ps(_mm_load_sd(ds.add(r * nb + b) as *const f64)),
                         )
                     };
-                    let $sx = _mm256_sign_epi8(xv, wq);
-                    let isum: __m256i = $dot;
-                    let s = _mm256_mul_ps(dw, dx);
-                    acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(isum), s));
+                    let $sx = _mm512_mask_sub_epi8(xv, neg, zero, xv);
+                    let isum: __m512i = $dot;
+                    let s = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(_mm_mul_ps(dw, dx)));
+                    acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_cvtepi32_ps(isum), s));
                 }
+                b += 2;
+            }
+            let mut even = [_mm256_setzero_ps(); R];
+            let mut odd = [_mm256_setzero_ps(); R];
+            for r in 0..R {
+                even[r] = _mm512_castps512_ps256(acc[r]);
+                odd[r] = _mm512_extractf32x8_ps(acc[r], 1);
+            }
+            if b < nb {
+                q8_0_block_256!(&w[b], b, xs, ds, k, nb, even, R);
             }
             let mut out = [0f32; R];
             for r in 0..R {
-                out[r] = hsum8(store8(acc[r]));
+                out[r] = hsum8(store8(_mm256_add_ps(even[r], odd[r])));
             }
             out
         }
     };
 }
 
-q8_0_kernel!(
-    q8_0_avx2,
-    "avx2,fma,f16c",
-    |aw, sx, ones| _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones)
+q8_0_512_kernel!(
+    q8_0_512,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq",
+    |aw, sx, ones| _mm512_madd_epi16(_mm512_maddubs_epi16(aw, sx), ones)
 );
-q8_0_kernel!(
-    q8_0_vnni,
-    "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
-    |aw, sx, _ones| _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx)
+q8_0_512_kernel!(
+    q8_0_512_vnni,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni",
+    |aw, sx, _ones| _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, sx)
 );
 
 /// `q4_k`, 256 bits per 64 weights (AVX2).
@@ -205,7 +297,7 @@ unsafe fn q4k_avx2<const R: usize>(w: &[BlockQ4K], xq: &QRows, r0: usize) -> [f3
     let k = xq.k;
     let m4 = _mm256_set1_epi8(0xF);
     let mut acc = [_mm256_setzero_ps(); R];
-    let mut mins = [0f32; R];
+    let mut mins = [_mm256_setzero_ps(); R];
     // SAFETY: rows r0..r0+R are inside `xq`.
     let xs = unsafe { xq.qs.as_ptr().add(r0 * k) };
     for (b, blk) in w.iter().enumerate() {
@@ -238,13 +330,13 @@ unsafe fn q4k_avx2<const R: usize>(w: &[BlockQ4K], xq: &QRows, r0: usize) -> [f3
     }
     let mut out = [0f32; R];
     for r in 0..R {
-        out[r] = hsum8(store8(acc[r])) - mins[r];
+        out[r] = hsum8(store8(acc[r])) - hsum8(store8(mins[r]));
     }
     out
 }
 
 /// The float steps of one super-block (portable order): `acc += f32(isum) · (d · dx)`,
-/// `mins += f32(Σ m_j · Σx_j) · (dmin · dx)`.
+/// `mins[j] += f32(m_j · S_j) · (dmin · dx)`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
@@ -257,17 +349,23 @@ fn finish_block<const R: usize>(
     nb: usize,
     isum: &[__m256i; R],
     acc: &mut [__m256; R],
-    mins: &mut [f32; R],
+    mins: &mut [__m256; R],
 ) {
     let d = h2f(blk.d);
     let dmin = h2f(blk.dmin);
+    // SAFETY: 8 bytes.
+    let m32 = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(m.as_ptr() as *const __m128i) });
     for r in 0..R {
-        let dx = xq.d[(r0 + r) * nb + b];
-        let sums = &xq.sums[((r0 + r) * nb + b) * 8..][..8];
-        let msum: i32 = (0..8).map(|j| m[j] as i32 * sums[j]).sum();
-        let s = _mm256_set1_ps(d * dx);
-        acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(isum[r]), s));
-        mins[r] += msum as f32 * (dmin * dx);
+        let i = (r0 + r) * nb + b;
+        let dx = xq.d[i];
+        let sums = &xq.sums[i * 8..i * 8 + 8];
+        // SAFETY: `sums` holds 8 i32.
+        let s = unsafe { _mm256_loadu_si256(sums.as_ptr() as *const __m256i) };
+        let ms = _mm256_cvtepi32_ps(_mm256_mullo_epi32(m32, s));
+        let sd = _mm256_set1_ps(d * dx);
+        let smin = _mm256_set1_ps(dmin * dx);
+        acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(isum[r]), sd));
+        mins[r] = _mm256_add_ps(mins[r], _mm256_mul_ps(ms, smin));
     }
 }
 
@@ -284,12 +382,20 @@ macro_rules! q4k_512_kernel {
             let nb = w.len();
             let k = xq.k;
             let m4 = _mm512_set1_epi8(0xF);
+            // Which of the 8 scales (i16 lanes of `sc16`) each i16 lane of a 512-bit step
+            // takes: chunk 2h in lanes 0–15, chunk 2h + 1 in 16–31, low or high nibbles.
+            let pick =
+                |a: i16, b: i16| _mm512_inserti64x4(_mm512_set1_epi16(a), _mm256_set1_epi16(b), 1);
+            let picks = [[pick(0, 2), pick(1, 3)], [pick(4, 6), pick(5, 7)]];
             let mut acc = [_mm256_setzero_ps(); R];
-            let mut mins = [0f32; R];
+            let mut mins = [_mm256_setzero_ps(); R];
             // SAFETY: rows r0..r0+R are inside `xq`.
             let xs = unsafe { xq.qs.as_ptr().add(r0 * k) };
             for (b, blk) in w.iter().enumerate() {
                 let (sc, m) = blk.scales_mins();
+                let sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(
+                    u64::from_le_bytes(sc) as i64,
+                )));
                 let mut wide = [_mm512_setzero_si512(); R];
                 for h in 0..2 {
                     // SAFETY: 64 of the block's 128 quant bytes.
@@ -298,17 +404,8 @@ macro_rules! q4k_512_kernel {
                     };
                     let lo = _mm512_and_si512(q, m4);
                     let hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-                    // Chunks 2h (lanes 0–7) and 2h + 1 (lanes 8–15).
-                    let slo = _mm512_inserti64x4(
-                        _mm512_set1_epi16(sc[4 * h] as i16),
-                        _mm256_set1_epi16(sc[4 * h + 2] as i16),
-                        1,
-                    );
-                    let shi = _mm512_inserti64x4(
-                        _mm512_set1_epi16(sc[4 * h + 1] as i16),
-                        _mm256_set1_epi16(sc[4 * h + 3] as i16),
-                        1,
-                    );
+                    let slo = _mm512_permutexvar_epi16(picks[h][0], sc16);
+                    let shi = _mm512_permutexvar_epi16(picks[h][1], sc16);
                     let o = b * QK_K + 128 * h;
                     for r in 0..R {
                         // SAFETY: 64 bytes at o and o + 64 of row r0 + r's block b.
@@ -337,7 +434,7 @@ macro_rules! q4k_512_kernel {
             }
             let mut out = [0f32; R];
             for r in 0..R {
-                out[r] = hsum8(store8(acc[r])) - mins[r];
+                out[r] = hsum8(store8(acc[r])) - hsum8(store8(mins[r]));
             }
             out
         }

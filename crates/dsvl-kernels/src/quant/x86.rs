@@ -287,6 +287,32 @@ q8_0_512_kernel!(
     |aw, sx, _ones| _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, sx)
 );
 
+/// The float steps of one super-block (portable order): `acc += f32(isum) · (d · dx)`,
+/// `mins[j] += f32(m_j · S_j) · (dmin · dx)`. A macro so it is always inlined into the kernels
+/// (their per-row registers stay registers).
+macro_rules! finish_block {
+    ($blk:expr, $m:expr, $xq:expr, $r0:expr, $b:expr, $nb:expr, $isum:expr, $acc:expr, $mins:expr, $R:expr) => {{
+        let blk: &BlockQ4K = $blk;
+        let m: &[u8; 8] = $m;
+        let xq: &QRows = $xq;
+        let d = h2f(blk.d);
+        let dmin = h2f(blk.dmin);
+        let m32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(u64::from_le_bytes(*m) as i64));
+        for r in 0..$R {
+            let i = ($r0 + r) * $nb + $b;
+            let dx = xq.d[i];
+            let sums = &xq.sums[i * 8..i * 8 + 8];
+            // SAFETY: `sums` holds 8 i32.
+            let s = unsafe { _mm256_loadu_si256(sums.as_ptr() as *const __m256i) };
+            let ms = _mm256_cvtepi32_ps(_mm256_mullo_epi32(m32, s));
+            let sd = _mm256_set1_ps(d * dx);
+            let smin = _mm256_set1_ps(dmin * dx);
+            $acc[r] = _mm256_add_ps($acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps($isum[r]), sd));
+            $mins[r] = _mm256_add_ps($mins[r], _mm256_mul_ps(ms, smin));
+        }
+    }};
+}
+
 /// `q4_k`, 256 bits per 64 weights (AVX2).
 ///
 /// # Safety
@@ -302,14 +328,19 @@ unsafe fn q4k_avx2<const R: usize>(w: &[BlockQ4K], xq: &QRows, r0: usize) -> [f3
     let xs = unsafe { xq.qs.as_ptr().add(r0 * k) };
     for (b, blk) in w.iter().enumerate() {
         let (sc, m) = blk.scales_mins();
+        // The 8 scales as i16 in both 128-bit lanes; `vpshufb` by `pick(j)` spreads scale j.
+        let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(
+            u64::from_le_bytes(sc) as i64,
+        )));
+        let pick = |j: i16| _mm256_set1_epi16(((2 * j + 1) << 8) | (2 * j));
         let mut isum = [_mm256_setzero_si256(); R];
         for c in 0..4 {
             // SAFETY: 32 bytes of the block's 128 quant bytes.
             let q = unsafe { _mm256_loadu_si256(blk.qs.as_ptr().add(32 * c) as *const __m256i) };
             let lo = _mm256_and_si256(q, m4);
             let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            let slo = _mm256_set1_epi16(sc[2 * c] as i16);
-            let shi = _mm256_set1_epi16(sc[2 * c + 1] as i16);
+            let slo = _mm256_shuffle_epi8(sc16, pick(2 * c as i16));
+            let shi = _mm256_shuffle_epi8(sc16, pick(2 * c as i16 + 1));
             // Where the activations for chunk c sit in the reordered q8_K block.
             let olo = b * QK_K + 128 * (c / 2) + 32 * (c % 2);
             for r in 0..R {
@@ -326,47 +357,13 @@ unsafe fn q4k_avx2<const R: usize>(w: &[BlockQ4K], xq: &QRows, r0: usize) -> [f3
                 isum[r] = _mm256_add_epi32(isum[r], _mm256_add_epi32(plo, phi));
             }
         }
-        finish_block(blk, &m, xq, r0, b, nb, &isum, &mut acc, &mut mins);
+        finish_block!(blk, &m, xq, r0, b, nb, isum, acc, mins, R);
     }
     let mut out = [0f32; R];
     for r in 0..R {
         out[r] = hsum8(store8(acc[r])) - hsum8(store8(mins[r]));
     }
     out
-}
-
-/// The float steps of one super-block (portable order): `acc += f32(isum) · (d · dx)`,
-/// `mins[j] += f32(m_j · S_j) · (dmin · dx)`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-fn finish_block<const R: usize>(
-    blk: &BlockQ4K,
-    m: &[u8; 8],
-    xq: &QRows,
-    r0: usize,
-    b: usize,
-    nb: usize,
-    isum: &[__m256i; R],
-    acc: &mut [__m256; R],
-    mins: &mut [__m256; R],
-) {
-    let d = h2f(blk.d);
-    let dmin = h2f(blk.dmin);
-    // SAFETY: 8 bytes.
-    let m32 = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(m.as_ptr() as *const __m128i) });
-    for r in 0..R {
-        let i = (r0 + r) * nb + b;
-        let dx = xq.d[i];
-        let sums = &xq.sums[i * 8..i * 8 + 8];
-        // SAFETY: `sums` holds 8 i32.
-        let s = unsafe { _mm256_loadu_si256(sums.as_ptr() as *const __m256i) };
-        let ms = _mm256_cvtepi32_ps(_mm256_mullo_epi32(m32, s));
-        let sd = _mm256_set1_ps(d * dx);
-        let smin = _mm256_set1_ps(dmin * dx);
-        acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(isum[r]), sd));
-        mins[r] = _mm256_add_ps(mins[r], _mm256_mul_ps(ms, smin));
-    }
 }
 
 /// The `q4_k` 512-bit kernel, generic over the scale step (`vpmaddwd` + add, or `vpdpwssd`).
@@ -382,10 +379,13 @@ macro_rules! q4k_512_kernel {
             let nb = w.len();
             let k = xq.k;
             let m4 = _mm512_set1_epi8(0xF);
-            // Which of the 8 scales (i16 lanes of `sc16`) each i16 lane of a 512-bit step
-            // takes: chunk 2h in lanes 0–15, chunk 2h + 1 in 16–31, low or high nibbles.
-            let pick =
-                |a: i16, b: i16| _mm512_inserti64x4(_mm512_set1_epi16(a), _mm256_set1_epi16(b), 1);
+            // `vpshufb` masks: which of the 8 scales (i16, in every 128-bit lane of `sc16`)
+            // each i16 lane of a 512-bit step takes: chunk 2h in lanes 0–15, chunk 2h + 1 in
+            // 16–31, for the low or the high nibbles.
+            let pick = |a: i16, b: i16| {
+                let word = |j: i16| ((2 * j + 1) << 8) | (2 * j);
+                _mm512_inserti64x4(_mm512_set1_epi16(word(a)), _mm256_set1_epi16(word(b)), 1)
+            };
             let picks = [[pick(0, 2), pick(1, 3)], [pick(4, 6), pick(5, 7)]];
             let mut acc = [_mm256_setzero_ps(); R];
             let mut mins = [_mm256_setzero_ps(); R];
@@ -393,7 +393,7 @@ macro_rules! q4k_512_kernel {
             let xs = unsafe { xq.qs.as_ptr().add(r0 * k) };
             for (b, blk) in w.iter().enumerate() {
                 let (sc, m) = blk.scales_mins();
-                let sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(
+                let sc16 = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(
                     u64::from_le_bytes(sc) as i64,
                 )));
                 let mut wide = [_mm512_setzero_si512(); R];
@@ -404,8 +404,8 @@ macro_rules! q4k_512_kernel {
                     };
                     let lo = _mm512_and_si512(q, m4);
                     let hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-                    let slo = _mm512_permutexvar_epi16(picks[h][0], sc16);
-                    let shi = _mm512_permutexvar_epi16(picks[h][1], sc16);
+                    let slo = _mm512_shuffle_epi8(sc16, picks[h][0]);
+                    let shi = _mm512_shuffle_epi8(sc16, picks[h][1]);
                     let o = b * QK_K + 128 * h;
                     for r in 0..R {
                         // SAFETY: 64 bytes at o and o + 64 of row r0 + r's block b.
@@ -430,7 +430,7 @@ macro_rules! q4k_512_kernel {
                         _mm512_extracti64x4_epi64(wide[r], 1),
                     );
                 }
-                finish_block(blk, &m, xq, r0, b, nb, &isum, &mut acc, &mut mins);
+                finish_block!(blk, &m, xq, r0, b, nb, isum, acc, mins, R);
             }
             let mut out = [0f32; R];
             for r in 0..R {

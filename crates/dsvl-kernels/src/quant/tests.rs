@@ -217,24 +217,30 @@ fn a_row_alone_equals_the_same_row_among_others() {
     let (rows, n, k) = (18, 29, 2 * QK_K);
     let x = values(rows * k, 7);
     let w = weights(n, k, 8);
+    // `q8_0` with an odd block count (the last block outside the 512-bit pairs).
+    let k_odd = 17 * QK8_0;
+    let x_odd = values(rows * k_odd, 9);
+    let w_odd = (q8_0_weight(n, k_odd, 10), Vec::new());
     with_each_level(|isa| {
         for p in paths_at(isa) {
-            each_format(&w, |qw, q8k| {
-                let mut all = vec![0f32; rows * n];
-                matmul_t_with(p, &x, rows, k, qw, n, &mut all);
-                for r in [0, 5, 16, 17] {
-                    let mut one = vec![0f32; n];
-                    matmul_t_with(p, &x[r * k..(r + 1) * k], 1, k, qw, n, &mut one);
-                    assert_eq!(
-                        one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                        all[r * n..(r + 1) * n]
-                            .iter()
-                            .map(|v| v.to_bits())
-                            .collect::<Vec<_>>(),
-                        "{isa} {p:?} q8k={q8k} row {r}"
-                    );
-                }
-            });
+            for (x, w, k) in [(&x, &w, k), (&x_odd, &w_odd, k_odd)] {
+                each_format(w, |qw, q8k| {
+                    let mut all = vec![0f32; rows * n];
+                    matmul_t_with(p, &x, rows, k, qw, n, &mut all);
+                    for r in [0, 5, 16, 17] {
+                        let mut one = vec![0f32; n];
+                        matmul_t_with(p, &x[r * k..(r + 1) * k], 1, k, qw, n, &mut one);
+                        assert_eq!(
+                            one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            all[r * n..(r + 1) * n]
+                                .iter()
+                                .map(|v| v.to_bits())
+                                .collect::<Vec<_>>(),
+                            "{isa} {p:?} q8k={q8k} k={k} row {r}"
+                        );
+                    }
+                });
+            }
         }
     });
 }

@@ -129,7 +129,12 @@ pub(crate) unsafe fn q4k_cols(
             };
             // SAFETY: the path's features are present; the row range is inside `xq`.
             unsafe {
+                // One row alone goes through the 256-bit kernel on every x86 path: on Zen 4 the
+                // 512-bit one's per-super-block setup is not paid back by a single row (10–20 %
+                // slower measured); all kernels give the same bits, so this choice never
+                // changes a result.
                 match p {
+                    _ if g == 1 => by_group!(g, write_group, q4k_avx2, wc, xq, r0),
                     Path::Avx512 { vnni: true } => {
                         by_group!(g, write_group, q4k_512_vnni, wc, xq, r0)
                     }

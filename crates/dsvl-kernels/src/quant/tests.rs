@@ -226,7 +226,7 @@ fn a_row_alone_equals_the_same_row_among_others() {
             for (x, w, k) in [(&x, &w, k), (&x_odd, &w_odd, k_odd)] {
                 each_format(w, |qw, q8k| {
                     let mut all = vec![0f32; rows * n];
-                    matmul_t_with(p, &x, rows, k, qw, n, &mut all);
+                    matmul_t_with(p, x, rows, k, qw, n, &mut all);
                     for r in [0, 5, 16, 17] {
                         let mut one = vec![0f32; n];
                         matmul_t_with(p, &x[r * k..(r + 1) * k], 1, k, qw, n, &mut one);

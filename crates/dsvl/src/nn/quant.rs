@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
+use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ8_0, GgmlType};
 use candle_core::quantized::{QStorage, QTensor, QuantizedType};
 use candle_core::{DType, Device, Result, Tensor};
 use dsvl_kernels::quant as kq;
@@ -252,8 +252,8 @@ impl QuantWeight {
     /// Up to [`rowmat::MAX_ROWS`] rows (decode steps, alone or batched): each row is quantized
     /// to 8-bit blocks and dotted with the weight blocks in integer arithmetic
     /// (`dsvl_kernels::quant::matmul_t`: the same quantized activations and integer sums as
-    /// candle's `k_quants::matmul`, a fixed float order of its own), reading the weight once
-    /// per call. Every output element depends only on its own row and weight row, so a
+    /// candle's `k_quants::matmul`, a fixed float order of its own; candle's own on a CPU where
+    /// the kernels have no SIMD path), reading the weight once per call. Every output element depends only on its own row and weight row, so a
     /// sequence gets the same values alone or batched. More rows (prefill): candle's tiled int8 GEMM where it has one
     /// ([`has_fast_gemm`]), on a copy made for the call, else the weight dequantized to f32 and
     /// one float GEMM, which reuses each weight many times and beats a dot product per row and
@@ -285,7 +285,16 @@ impl QuantWeight {
         }
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let mut y = vec![0f32; rows * n];
-        kq::matmul_t(&xs, rows, k, self.blocks.kernel_view(), n, &mut y);
+        if kq::path() == kq::Path::Portable {
+            // No SIMD path of ours on this CPU (below AVX2, or aarch64 until a NEON path
+            // exists): candle's block dot products (NEON on aarch64) are faster.
+            match &*self.blocks {
+                Blocks::Q8_0(w) => k_quants::matmul((rows, k, n), &xs, w, &mut y)?,
+                Blocks::Q4K(w) => k_quants::matmul((rows, k, n), &xs, w, &mut y)?,
+            }
+        } else {
+            kq::matmul_t(&xs, rows, k, self.blocks.kernel_view(), n, &mut y);
+        }
         Tensor::from_vec(y, (rows, n), x.device())?.to_dtype(dtype)
     }
 
@@ -707,7 +716,6 @@ mod tests {
     /// so the results agree to f32 rounding of the sum of |products|.
     #[test]
     fn few_rows_match_candle_k_quants() -> Result<()> {
-        use candle_core::quantized::k_quants;
         for (q, rows) in [
             (Quant::Q8_0, 1),
             (Quant::Q8_0, 7),

@@ -14,6 +14,7 @@
 pub mod attention;
 pub mod gemm;
 pub mod isa;
+pub mod quant;
 
 pub use gemm::{gemm, Lhs, PackedB, WeightType};
 pub use isa::Isa;

@@ -1,6 +1,6 @@
 //! Load-time weight quantization of linear layers (issue #4 item 4): GGML `q8_0` and `q4_k`
-//! blocks multiplied with candle's block dot products, so a decode step reads 8.5 or 4.5 bits
-//! per weight instead of 32 (f32) or 16 (bf16).
+//! blocks multiplied with integer dot products (`dsvl_kernels::quant`: AVX2, AVX512-VNNI),
+//! so a decode step reads 8.5 or 4.5 bits per weight instead of 32 (f32) or 16 (bf16).
 //!
 //! A weight `[out, in]` is cut into blocks along `in` (the dot-product dimension): 32 values per
 //! `q8_0` block (one f16 scale, 32 i8), 256 per `q4_k` super-block (f16 scale and min, 8 six-bit
@@ -21,6 +21,7 @@ use std::sync::Arc;
 use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ8_0, GgmlType};
 use candle_core::quantized::{QStorage, QTensor, QuantizedType};
 use candle_core::{DType, Device, Result, Tensor};
+use dsvl_kernels::quant as kq;
 
 use super::linear::{linear_from_weight, Linear, LinearWeight};
 use super::rowmat;
@@ -158,6 +159,34 @@ enum Blocks {
     Q4K(Vec<BlockQ4K>),
 }
 
+// candle's blocks and `dsvl_kernels::quant`'s have the same `#[repr(C)]` layout (GGML's):
+// `{ d: f16, qs: [i8; 32] }` and `{ d, dmin: f16, scales: [u8; 12], qs: [u8; 128] }`.
+const _: () = {
+    use std::mem::{align_of, size_of};
+    assert!(size_of::<BlockQ8_0>() == size_of::<kq::BlockQ8_0>());
+    assert!(align_of::<BlockQ8_0>() == align_of::<kq::BlockQ8_0>());
+    assert!(size_of::<BlockQ4K>() == size_of::<kq::BlockQ4K>());
+    assert!(align_of::<BlockQ4K>() == align_of::<kq::BlockQ4K>());
+};
+
+impl Blocks {
+    /// The same blocks, borrowed as the kernels' block types (no copy).
+    fn kernel_view(&self) -> kq::QWeight<'_> {
+        match self {
+            // SAFETY: the two block types have the same `#[repr(C)]` fields in the same order
+            // (`half::f16` in both), hence the same size, alignment and bytes (checked above);
+            // the view borrows `self`.
+            Blocks::Q8_0(b) => {
+                kq::QWeight::Q8_0(unsafe { std::slice::from_raw_parts(b.as_ptr().cast(), b.len()) })
+            }
+            // SAFETY: as above.
+            Blocks::Q4K(b) => {
+                kq::QWeight::Q4K(unsafe { std::slice::from_raw_parts(b.as_ptr().cast(), b.len()) })
+            }
+        }
+    }
+}
+
 /// A quantized weight `[out, in]` (stored `[out, quant.stored_width(in)]`, zero-padded) and
 /// how to multiply by it.
 ///
@@ -221,10 +250,11 @@ impl QuantWeight {
     /// `x` `[rows, in]` → `x · Wᵀ` `[rows, out]` in `x`'s dtype, computed on the CPU.
     ///
     /// Up to [`rowmat::MAX_ROWS`] rows (decode steps, alone or batched): each row is quantized
-    /// to 8-bit blocks and dotted with the weight blocks in integer arithmetic (candle's
-    /// `k_quants::matmul`, AVX2/NEON dot products), reading the weight once per call. Every
-    /// output element depends only on its own row and weight row, so a sequence gets the same
-    /// values alone or batched. More rows (prefill): candle's tiled int8 GEMM where it has one
+    /// to 8-bit blocks and dotted with the weight blocks in integer arithmetic
+    /// (`dsvl_kernels::quant::matmul_t`: the same quantized activations and integer sums as
+    /// candle's `k_quants::matmul`, a fixed float order of its own; candle's own on a CPU where
+    /// the kernels have no SIMD path), reading the weight once per call. Every output element depends only on its own row and weight row, so a
+    /// sequence gets the same values alone or batched. More rows (prefill): candle's tiled int8 GEMM where it has one
     /// ([`has_fast_gemm`]), on a copy made for the call, else the weight dequantized to f32 and
     /// one float GEMM, which reuses each weight many times and beats a dot product per row and
     /// column.
@@ -255,9 +285,15 @@ impl QuantWeight {
         }
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let mut y = vec![0f32; rows * n];
-        match &*self.blocks {
-            Blocks::Q8_0(w) => k_quants::matmul((rows, k, n), &xs, w, &mut y)?,
-            Blocks::Q4K(w) => k_quants::matmul((rows, k, n), &xs, w, &mut y)?,
+        if kq::path() == kq::Path::Portable {
+            // No SIMD path of ours on this CPU (below AVX2, or aarch64 until a NEON path
+            // exists): candle's block dot products (NEON on aarch64) are faster.
+            match &*self.blocks {
+                Blocks::Q8_0(w) => k_quants::matmul((rows, k, n), &xs, w, &mut y)?,
+                Blocks::Q4K(w) => k_quants::matmul((rows, k, n), &xs, w, &mut y)?,
+            }
+        } else {
+            kq::matmul_t(&xs, rows, k, self.blocks.kernel_view(), n, &mut y);
         }
         Tensor::from_vec(y, (rows, n), x.device())?.to_dtype(dtype)
     }
@@ -670,6 +706,46 @@ mod tests {
             for (r, want) in batch.iter().enumerate() {
                 let alone = qw.matmul_t(&x.narrow(0, r, 1)?)?.to_vec2::<f32>()?;
                 assert_eq!(&alone[0], want, "{q}: row {r} alone differs from batched");
+            }
+        }
+        Ok(())
+    }
+
+    /// The few-row kernels compute what candle's `k_quants::matmul` computes (the same
+    /// quantized activations and integer block sums); only the float summation order differs,
+    /// so the results agree to f32 rounding of the sum of |products|.
+    #[test]
+    fn few_rows_match_candle_k_quants() -> Result<()> {
+        for (q, rows) in [
+            (Quant::Q8_0, 1),
+            (Quant::Q8_0, 7),
+            (Quant::Q4K, 1),
+            (Quant::Q4K, 5),
+        ] {
+            let (n, k) = (37, 768);
+            let w = randn((n, k), 21)?;
+            let x = randn((rows, k), 22)?;
+            let qw = QuantWeight::quantize(&w, q)?;
+            let ours = qw.matmul_t(&x)?.flatten_all()?.to_vec1::<f32>()?;
+            let xs = x.flatten_all()?.to_vec1::<f32>()?;
+            let mut theirs = vec![0f32; rows * n];
+            match &*qw.blocks {
+                Blocks::Q8_0(b) => k_quants::matmul((rows, k, n), &xs, b, &mut theirs)?,
+                Blocks::Q4K(b) => k_quants::matmul((rows, k, n), &xs, b, &mut theirs)?,
+            }
+            let mag = x
+                .abs()?
+                .matmul(&qw.dequantize()?.abs()?.t()?)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            for i in 0..rows * n {
+                let tol = 2e-6 * mag[i];
+                assert!(
+                    (ours[i] - theirs[i]).abs() <= tol,
+                    "{q} rows {rows} [{i}]: {} vs candle {} (tolerance {tol})",
+                    ours[i],
+                    theirs[i]
+                );
             }
         }
         Ok(())

@@ -1,10 +1,5 @@
 //! `dsvl`: DeepSeek-VL from the command line. Flags and glue only; the engine is the `dsvl` crate.
 
-// The rust-version went to 1.87 (llguidance needs it), which turns on this lint for the
-// divisibility checks written as `a % b != 0` before `is_multiple_of` existed; switching
-// them is a separate, mechanical change.
-#![allow(clippy::manual_is_multiple_of)]
-
 mod args;
 mod cmd;
 mod model_path;

@@ -48,11 +48,6 @@
 //! # }
 //! ```
 
-// The rust-version went to 1.87 (llguidance needs it), which turns on this lint for the
-// divisibility checks written as `a % b != 0` before `is_multiple_of` existed; switching
-// them is a separate, mechanical change.
-#![allow(clippy::manual_is_multiple_of)]
-
 pub mod device;
 pub mod engine;
 pub mod error;

@@ -73,7 +73,7 @@ impl Quant {
     /// DeepSeek-VL2's expert widths 896 (tiny) and 1408 (small); otherwise it falls back to
     /// `q8_0`.
     pub fn for_input_width(self, in_dim: usize) -> Option<Quant> {
-        if in_dim == 0 || in_dim % Quant::Q8_0.block_size() != 0 {
+        if in_dim == 0 || !in_dim.is_multiple_of(Quant::Q8_0.block_size()) {
             return None;
         }
         let bytes = |q: Quant| q.stored_width(in_dim) / q.block_size() * q.block_bytes();
@@ -317,7 +317,7 @@ impl QuantWeight {
 fn has_fast_gemm(quant: Quant, n: usize, k: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        let tiles = n % 16 == 0 && k % 256 == 0;
+        let tiles = n.is_multiple_of(16) && k.is_multiple_of(256);
         let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
         let vnni = (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
             || (avx2 && is_x86_feature_detected!("avxvnni"));

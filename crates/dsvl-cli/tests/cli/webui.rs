@@ -691,6 +691,15 @@ fn webui_structured_output_is_the_apis_json_pretty_printed() {
         "return !document.getElementById('schema-fields').hidden",
         json!([]),
     );
+    // Every new control is labelled (keyboard users reach them in order: they are native ones).
+    assert_eq!(
+        b.js(
+            "return ['format', 'schema', 'schema-name'].map(id => \
+               [...document.getElementById(id).labels].map(l => l.textContent.trim().split(/\\s+/)[0]))",
+            json!([])
+        ),
+        json!([["Structured"], ["Schema"], ["Name"]])
+    );
     let image = super::fixtures().join("images/landscape_500x333.png");
     attach(&b, &image);
     let question = "What is in this image?";
@@ -840,6 +849,18 @@ fn webui_structured_output_is_the_apis_json_pretty_printed() {
         json!([raw, "invalid", "cut at max tokens: not valid JSON"])
     );
     b.screenshot("structured-cut");
+    // At phone width, the settings with the schema box fit the screen.
+    b.cmd("POST", "/window/rect", json!({"width": 390, "height": 844}));
+    let widths = b.js(
+        "return [document.documentElement.scrollWidth, window.innerWidth]",
+        json!([]),
+    );
+    assert!(widths[0].as_f64() <= widths[1].as_f64(), "{widths}");
+    b.cmd(
+        "POST",
+        "/window/rect",
+        json!({"width": 1000, "height": 900}),
+    );
     assert_console_clean(&b, "cut structured answer");
 
     // Any JSON object: the schema box goes, the request says `json_object`.

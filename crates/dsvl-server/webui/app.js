@@ -13,6 +13,11 @@ const ui = {
   system: $("system"),
   temperature: $("temperature"),
   maxTokens: $("max-tokens"),
+  format: $("format"),
+  schemaFields: $("schema-fields"),
+  schema: $("schema"),
+  schemaError: $("schema-error"),
+  schemaName: $("schema-name"),
   keyForm: $("key-form"),
   apiKey: $("api-key"),
   log: $("log"),
@@ -229,10 +234,15 @@ function scrollToEnd() {
   window.scrollTo(0, document.documentElement.scrollHeight);
 }
 
-/** An answer being streamed: its element, raw text and timings. */
+/**
+ * An answer being streamed: its element, raw text and timings. `format`: the request's
+ * `response_format` (null: free text, rendered as markdown; else JSON, pretty-printed at the end).
+ */
 class Answer {
-  constructor() {
+  constructor(format = null) {
+    this.format = format;
     this.el = messageElement("assistant");
+    if (format) this.el.dataset.format = format.type;
     this.el.setAttribute("aria-busy", "true");
     this.body = document.createElement("div");
     this.body.className = "answer";
@@ -243,6 +253,8 @@ class Answer {
     this.started = performance.now();
     this.firstToken = null;
     this.pendingRender = false;
+    this.ended = null; // {finish, stopped} once the stream is over
+    this.pretty = null; // the pretty-printed JSON of a structured answer that parses
   }
 
   append(text) {
@@ -260,18 +272,47 @@ class Answer {
 
   render() {
     const follow = nearEnd();
-    this.body.innerHTML = renderMarkdown(this.raw);
+    if (this.format) this.renderJson();
+    else this.body.innerHTML = renderMarkdown(this.raw);
     this.el.dataset.raw = this.raw;
     if (follow) scrollToEnd();
+  }
+
+  /**
+   * A structured answer: the text as it streams, then, once it has ended, the JSON
+   * pretty-printed, or (an answer cut by max tokens or stopped) the raw text with a note.
+   */
+  renderJson() {
+    const pre = document.createElement("pre");
+    pre.className = "json";
+    const code = document.createElement("code");
+    pre.append(code);
+    this.body.replaceChildren(pre);
+    code.textContent = this.raw;
+    if (!this.ended) return;
+    try {
+      this.pretty = JSON.stringify(JSON.parse(this.raw), null, 2);
+      code.textContent = this.pretty;
+      this.el.dataset.json = "valid";
+    } catch (_) {
+      this.el.dataset.json = "invalid";
+      const { finish, stopped } = this.ended;
+      const note = document.createElement("p");
+      note.className = "note";
+      note.textContent = `${stopped ? "stopped" : finish === "length" ? "cut at max tokens" : "not complete"}: not valid JSON`;
+      this.body.append(note);
+    }
   }
 
   /** The stream ended (`finish`: the finish reason, `usage` when sent, `stopped` by the user). */
   finish({ finish, usage, stopped }) {
     const ended = performance.now();
+    this.ended = { finish, stopped };
     this.render();
     this.el.removeAttribute("aria-busy");
     this.el.dataset.finish = stopped ? "stopped" : finish || "";
     const parts = [];
+    if (this.format) parts.push(this.format.type === "json_object" ? "JSON object" : "JSON Schema");
     if (this.firstToken !== null) {
       const ttft = (this.firstToken - this.started) / 1000;
       parts.push(`first token ${ttft.toFixed(2)} s`);
@@ -298,7 +339,7 @@ class Answer {
     copy.textContent = "Copy";
     copy.setAttribute("aria-label", "Copy this answer");
     copy.addEventListener("click", async () => {
-      copy.textContent = (await copyText(this.raw)) ? "Copied" : "Copy failed";
+      copy.textContent = (await copyText(this.pretty ?? this.raw)) ? "Copied" : "Copy failed";
       setTimeout(() => (copy.textContent = "Copy"), 1500);
     });
     this.meta.append(" ", copy);
@@ -389,9 +430,42 @@ function drawGrounding(answer, grounding, image, follow) {
   answer.el.insertBefore(figure, answer.meta);
 }
 
+// ---------------------------------------------------------------- structured output
+
+/**
+ * The `response_format` the settings ask for: `{format}` (null when off), or `{error}` when the
+ * schema box does not hold a JSON object (then nothing is sent).
+ */
+function responseFormat() {
+  const kind = ui.format.value;
+  if (kind === "json_object") return { format: { type: "json_object" } };
+  if (kind !== "json_schema") return { format: null };
+  const text = ui.schema.value.trim();
+  if (!text) return { error: "Enter a JSON Schema, or turn structured output off." };
+  let schema;
+  try {
+    schema = JSON.parse(text);
+  } catch (e) {
+    return { error: `The schema is not valid JSON: ${e.message}` };
+  }
+  if (schema === null || typeof schema !== "object" || Array.isArray(schema)) {
+    return { error: "The schema must be a JSON object ({…})." };
+  }
+  const name = ui.schemaName.value.trim();
+  const jsonSchema = name ? { name, schema, strict: true } : { schema, strict: true };
+  return { format: { type: "json_schema", json_schema: jsonSchema } };
+}
+
+function showSchemaError(message) {
+  ui.schemaError.textContent = message;
+  ui.schemaError.hidden = !message;
+  if (message) ui.schema.setAttribute("aria-invalid", "true");
+  else ui.schema.removeAttribute("aria-invalid");
+}
+
 // ---------------------------------------------------------------- sending
 
-function requestBody() {
+function requestBody(format) {
   const messages = [];
   const system = ui.system.value.trim();
   if (system) messages.push({ role: "system", content: system });
@@ -410,6 +484,7 @@ function requestBody() {
   if (Number.isFinite(temperature)) body.temperature = temperature;
   const maxTokens = Number.parseInt(ui.maxTokens.value, 10);
   if (Number.isFinite(maxTokens) && maxTokens > 0) body.max_tokens = maxTokens;
+  if (format) body.response_format = format;
   return body;
 }
 
@@ -438,6 +513,15 @@ async function send() {
     ui.prompt.focus();
     return;
   }
+  const structured = responseFormat();
+  if (structured.error) {
+    // Nothing is sent: the message stays in the composer, the schema box says what is wrong.
+    setSettingsOpen(true);
+    showSchemaError(structured.error);
+    ui.schema.focus();
+    return;
+  }
+  showSchemaError("");
   showStatus("");
   const turn = { role: "user", text, images: state.pending };
   state.history.push(turn);
@@ -449,13 +533,13 @@ async function send() {
   const controller = new AbortController();
   state.controller = controller;
   setBusy(true);
-  const answer = new Answer();
+  const answer = new Answer(structured.format);
   let res;
   try {
     res = await fetch("v1/chat/completions", {
       method: "POST",
       headers: headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
-      body: JSON.stringify(requestBody()),
+      body: JSON.stringify(requestBody(structured.format)),
       signal: controller.signal,
     });
   } catch (e) {
@@ -585,11 +669,24 @@ ui.file.addEventListener("change", async () => {
   ui.file.value = "";
   ui.prompt.focus();
 });
-ui.settingsToggle.addEventListener("click", () => {
-  const open = ui.settings.hidden;
+function setSettingsOpen(open) {
   ui.settings.hidden = !open;
   ui.settingsToggle.setAttribute("aria-expanded", String(open));
+}
+ui.settingsToggle.addEventListener("click", () => {
+  const open = ui.settings.hidden;
+  setSettingsOpen(open);
   if (open) ui.system.focus();
+});
+const showSchemaFields = () => (ui.schemaFields.hidden = ui.format.value !== "json_schema");
+showSchemaFields(); // a reload may keep the choice
+ui.format.addEventListener("change", () => {
+  showSchemaFields();
+  showSchemaError("");
+});
+ui.schema.addEventListener("input", () => {
+  // Once a problem is shown, it follows the edits (and goes when the schema parses).
+  if (!ui.schemaError.hidden) showSchemaError(responseFormat().error || "");
 });
 ui.keyForm.addEventListener("submit", (e) => {
   e.preventDefault();

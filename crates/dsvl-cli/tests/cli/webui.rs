@@ -673,6 +673,224 @@ fn webui_answers_like_the_api_stops_and_shows_errors() {
     assert_same_origin_only(&b, &server);
 }
 
+/// Structured output from the settings: a schema that is not JSON is refused in the page (the
+/// message by the schema box, nothing sent, the question kept); a valid one gives the server's
+/// greedy answer for the same `response_format`, pretty-printed, parsing and matching the
+/// schema; an answer cut at max tokens is shown as it is, with a note.
+#[test]
+fn webui_structured_output_is_the_apis_json_pretty_printed() {
+    let server = Server::start(&v1_model(), &[]);
+    let b = Browser::start("json");
+    b.goto(&server.url());
+    model_line(&b, "DeepSeek-VL");
+    b.click("#settings-toggle");
+    set_max_tokens(&b, 48);
+    b.click("#format option[value=json_schema]");
+    b.wait_js(
+        "the schema box",
+        "return !document.getElementById('schema-fields').hidden",
+        json!([]),
+    );
+    // Every new control is labelled (keyboard users reach them in order: they are native ones).
+    assert_eq!(
+        b.js(
+            "return ['format', 'schema', 'schema-name'].map(id => \
+               [...document.getElementById(id).labels].map(l => l.textContent.trim().split(/\\s+/)[0]))",
+            json!([])
+        ),
+        json!([["Structured"], ["Schema"], ["Name"]])
+    );
+    let image = super::fixtures().join("images/landscape_500x333.png");
+    attach(&b, &image);
+    let question = "What is in this image?";
+
+    // Not JSON: said by the schema box, and nothing leaves the page.
+    b.type_into("#schema", r#"{"type": "object", "properties": "#);
+    b.js(
+        "document.getElementById('prompt').value = arguments[0]",
+        json!([question]),
+    );
+    b.click("#send");
+    let shown = b.wait_js(
+        "the schema's problem",
+        "const e = document.getElementById('schema-error'); return e.hidden ? null : \
+         [e.textContent, document.activeElement.id, \
+          document.getElementById('schema').getAttribute('aria-invalid')]",
+        json!([]),
+    );
+    assert!(
+        shown[0]
+            .as_str()
+            .is_some_and(|m| m.starts_with("The schema is not valid JSON: ")),
+        "{shown}"
+    );
+    assert_eq!(shown[1], "schema", "the schema box has the focus");
+    assert_eq!(shown[2], "true");
+    let kept = b.js(
+        "return [document.querySelectorAll('#log li').length, \
+                 performance.getEntriesByType('resource') \
+                   .filter(e => e.name.endsWith('v1/chat/completions')).length, \
+                 document.getElementById('prompt').value, \
+                 document.querySelectorAll('#pending img').length]",
+        json!([]),
+    );
+    assert_eq!(kept, json!([0, 0, question, 1]), "nothing sent, all kept");
+    b.screenshot("structured-not-json");
+
+    // A small schema: a string enum and a bounded integer.
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "kind": {"type": "string", "enum": ["photo", "drawing", "chart"]},
+            "count": {"type": "integer", "minimum": 1, "maximum": 5},
+        },
+        "required": ["kind", "count"],
+        "additionalProperties": false,
+    });
+    b.clear("#schema");
+    b.type_into(
+        "#schema",
+        &serde_json::to_string_pretty(&schema).expect("JSON"),
+    );
+    assert_eq!(
+        b.js(
+            "return [document.getElementById('schema-error').hidden, \
+                     document.getElementById('schema').hasAttribute('aria-invalid')]",
+            json!([])
+        ),
+        json!([true, false]),
+        "the message goes once the schema parses"
+    );
+    b.type_into("#schema-name", "picture");
+    let (raw, meta) = send_and_wait(&b, || b.click("#send"));
+    let bytes = std::fs::read(&image).expect("fixture image");
+    let mut request = page_request("siglip-tiny", &bytes, question, 48);
+    request["response_format"] = json!({"type": "json_schema",
+        "json_schema": {"name": "picture", "schema": schema, "strict": true}});
+    let api = chat(&server, &request).json();
+    let choice = &api["choices"][0];
+    assert_eq!(choice["finish_reason"], "stop", "{api}");
+    assert_eq!(raw, choice["message"]["content"].as_str().expect("content"));
+    let answer: Value = serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{raw:?}: {e}"));
+    let fields = answer.as_object().expect("an object");
+    assert_eq!(fields.len(), 2, "{answer}");
+    assert!(
+        ["photo", "drawing", "chart"].contains(&answer["kind"].as_str().unwrap_or_default()),
+        "{answer}"
+    );
+    assert!(
+        answer["count"]
+            .as_i64()
+            .is_some_and(|n| (1..=5).contains(&n)),
+        "{answer}"
+    );
+    let page = b.js(
+        &format!(
+            "{LAST_ANSWER} return [a.querySelector('.answer pre.json code').textContent, \
+             a.dataset.json, a.dataset.format, a.querySelectorAll('.note').length]"
+        ),
+        json!([]),
+    );
+    let pretty = page[0].as_str().expect("the shown JSON");
+    assert_eq!(
+        serde_json::from_str::<Value>(pretty).expect("the shown JSON parses"),
+        answer
+    );
+    // Pretty-printed: one field a line, indented; the same text as the compact answer otherwise
+    // (its strings have no spaces).
+    let lines: Vec<&str> = pretty.lines().collect();
+    assert_eq!(lines.len(), fields.len() + 2, "{pretty}");
+    assert!(
+        lines[1..=fields.len()]
+            .iter()
+            .all(|l| l.starts_with("  \"") && l.contains("\": ")),
+        "{pretty}"
+    );
+    assert_eq!(
+        pretty
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>(),
+        raw
+    );
+    assert_eq!(
+        page.as_array().expect("a list")[1..],
+        [json!("valid"), json!("json_schema"), json!(0)]
+    );
+    assert!(meta.starts_with("JSON Schema · first token"), "{meta}");
+    b.screenshot("structured");
+    assert_console_clean(&b, "structured answer");
+
+    // Cut at max tokens: the raw text, and the note.
+    b.click("#new-chat");
+    set_max_tokens(&b, 3);
+    let (raw, _) = ask(&b, question);
+    let cut_request = json!({"model": "siglip-tiny",
+        "messages": [{"role": "user", "content": question}],
+        "temperature": 0, "max_tokens": 3, "response_format": request["response_format"]});
+    let cut = chat(&server, &cut_request).json();
+    assert_eq!(cut["choices"][0]["finish_reason"], "length", "{cut}");
+    assert_eq!(
+        raw,
+        cut["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content")
+    );
+    assert!(serde_json::from_str::<Value>(&raw).is_err(), "{raw}");
+    let page = b.js(
+        &format!(
+            "{LAST_ANSWER} return [a.querySelector('.answer pre.json code').textContent, \
+             a.dataset.json, a.querySelector('.note').textContent]"
+        ),
+        json!([]),
+    );
+    assert_eq!(
+        page,
+        json!([raw, "invalid", "cut at max tokens: not valid JSON"])
+    );
+    b.screenshot("structured-cut");
+    // At phone width, the settings with the schema box fit the screen.
+    b.cmd("POST", "/window/rect", json!({"width": 390, "height": 844}));
+    let widths = b.js(
+        "return [document.documentElement.scrollWidth, window.innerWidth]",
+        json!([]),
+    );
+    assert!(widths[0].as_f64() <= widths[1].as_f64(), "{widths}");
+    b.cmd(
+        "POST",
+        "/window/rect",
+        json!({"width": 1000, "height": 900}),
+    );
+    assert_console_clean(&b, "cut structured answer");
+
+    // Any JSON object: the schema box goes, the request says `json_object`.
+    b.click("#new-chat");
+    b.click("#format option[value=json_object]");
+    assert_eq!(
+        b.js(
+            "return document.getElementById('schema-fields').hidden",
+            json!([])
+        ),
+        true
+    );
+    let (raw, meta) = ask(&b, question);
+    let mut object = cut_request.clone();
+    object["response_format"] = json!({"type": "json_object"});
+    let api = chat(&server, &object).json();
+    assert_eq!(
+        raw,
+        api["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content")
+    );
+    assert!(
+        raw.starts_with('{') && meta.starts_with("JSON object · "),
+        "{raw} {meta}"
+    );
+    assert_console_clean(&b, "JSON object answer");
+    assert_same_origin_only(&b, &server);
+}
+
 /// DeepSeek-VL2: the page shows the server's answer and its `grounding` (here, as the random
 /// model gives it, no complete box and the problems), then draws boxes where the server's pixels
 /// say. The random fixture never closes a `<|det|>`, so for the boxes the page is given the

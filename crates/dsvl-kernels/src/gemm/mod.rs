@@ -100,10 +100,15 @@ impl PackedB {
             data.par_chunks_mut(k * NR)
                 .enumerate()
                 .for_each(|(p, panel)| {
-                    for j in 0..NR.min(n - p * NR) {
-                        let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
-                        for (i, v) in row.iter().enumerate() {
-                            panel[i * NR + j] = *v;
+                    // Sequential writes, one read stream per column (prefetch-friendly); the
+                    // other order writes every cache line of the panel 32 times.
+                    let cols = NR.min(n - p * NR);
+                    let rows: Vec<&[f32]> = (0..cols)
+                        .map(|j| &w[(p * NR + j) * k..(p * NR + j + 1) * k])
+                        .collect();
+                    for (i, out) in panel.chunks_exact_mut(NR).enumerate() {
+                        for (o, row) in out.iter_mut().zip(&rows) {
+                            *o = row[i];
                         }
                     }
                 });
@@ -125,10 +130,15 @@ impl PackedB {
             data.par_chunks_mut(kp * NR * 2)
                 .enumerate()
                 .for_each(|(p, panel)| {
-                    for j in 0..NR.min(n - p * NR) {
-                        let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
-                        for (i, v) in row.iter().enumerate() {
-                            panel[(i / 2) * NR * 2 + j * 2 + (i % 2)] = v.to_bits();
+                    // As in `from_f32`: sequential writes, one read stream per column.
+                    let cols = NR.min(n - p * NR);
+                    let rows: Vec<&[bf16]> = (0..cols)
+                        .map(|j| &w[(p * NR + j) * k..(p * NR + j + 1) * k])
+                        .collect();
+                    for (q, out) in panel.chunks_exact_mut(2 * NR).enumerate() {
+                        for (pair, row) in out.chunks_exact_mut(2).zip(&rows) {
+                            pair[0] = row[2 * q].to_bits();
+                            pair[1] = row.get(2 * q + 1).map_or(0, |v| v.to_bits());
                         }
                     }
                 });

@@ -23,12 +23,13 @@ pub struct Linear {
 #[derive(Clone)]
 pub(super) enum LinearWeight {
     /// `[out, in]`, the checkpoint layout, contiguous: weights on a GPU, float types other than
-    /// f32 and bf16, and every weight on a CPU without AVX2 (our kernels' portable path is slower
+    /// bf16 (f32 included: candle's GEMM is as fast as ours there), and every weight on a CPU
+    /// without AVX2 (our kernels' portable path is slower
     /// than candle's GEMM there, e.g. on aarch64 until they have a NEON path). On the CPU a few
     /// rows go through [`rowmat`] (one pass over the weight, batch-invariant), more through
     /// candle's GEMM on the transposed view.
     Float(Tensor),
-    /// f32 or bf16 on the CPU, packed once into our kernels' panels
+    /// bf16 on the CPU, packed once into our kernels' panels
     /// ([`dsvl_kernels::gemm`]): one path for decode steps and prefill alike, batch-invariant
     /// for any number of rows, bf16 multiplied as bf16 (no widening of the weight per call).
     Packed(Arc<PackedB>),
@@ -110,8 +111,10 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
 /// (f32 and bf16), as a contiguous tensor otherwise.
 fn float_weight(weight: &Tensor) -> Result<LinearWeight> {
     let (n, k) = weight.dims2()?;
+    // f32 stays with candle's GEMM (ours is no faster in f32, BENCHMARKS.md) and the few-row
+    // kernel, which saves packing a second 4-byte copy at load (+3-4 s for the 1.3B model).
     let kernels = dsvl_kernels::isa::active() >= dsvl_kernels::Isa::Avx2;
-    if kernels && weight.device().is_cpu() && matches!(weight.dtype(), DType::F32 | DType::BF16) {
+    if kernels && weight.device().is_cpu() && weight.dtype() == DType::BF16 {
         let weight = weight.contiguous()?;
         let (storage, layout) = weight.storage_and_layout();
         if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
@@ -336,7 +339,8 @@ mod tests {
                     bias: Some(b.to_dtype(dtype).unwrap()),
                 };
                 let packed = matches!(lin.weight, LinearWeight::Packed(_));
-                assert_eq!(packed, level >= Isa::Avx2, "{level}: packed {packed}");
+                let want = level >= Isa::Avx2 && dtype == DType::BF16;
+                assert_eq!(packed, want, "{level} {dtype:?}: packed {packed}");
                 for rows in [1, 5, 40] {
                     let x = Tensor::randn(0f32, 1.0, (2, rows, k), &dev)
                         .unwrap()

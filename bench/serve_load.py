@@ -42,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--question", default=QUESTION)
     p.add_argument("--model", default="", help="the `model` field (default: what /v1/models lists first)")
     p.add_argument("--api-key", default=None, help="sent as `Authorization: Bearer KEY`")
+    p.add_argument("--response-format", default=None,
+                   help="a JSON object sent as `response_format` (structured output), e.g. "
+                        "'{\"type\":\"json_object\"}': compare with and without to see its cost")
     p.add_argument("--wait", type=float, default=600.0,
                    help="seconds to wait for /health to answer 200 first (default %(default)s)")
     p.add_argument("--json", help="also write the results to this file")
@@ -153,7 +156,7 @@ def main(argv=None):
             data = json.loads(body).get("data") or []
             model = data[0]["id"] if data else ""
     content = ([image_part(a.image)] if a.image else []) + [{"type": "text", "text": a.question}]
-    body = json.dumps({
+    request = {
         "model": model,
         "messages": [{"role": "user", "content": content}],
         "max_tokens": a.max_tokens,
@@ -161,7 +164,10 @@ def main(argv=None):
         "ignore_eos": True,
         "stream": True,
         "stream_options": {"include_usage": True},
-    }).encode()
+    }
+    if a.response_format:
+        request["response_format"] = json.loads(a.response_format)
+    body = json.dumps(request).encode()
 
     lock = threading.Lock()
     remaining = [a.requests]

@@ -99,19 +99,7 @@ impl PackedB {
         if k > 0 {
             data.par_chunks_mut(k * NR)
                 .enumerate()
-                .for_each(|(p, panel)| {
-                    // Sequential writes, one read stream per column (prefetch-friendly); the
-                    // other order writes every cache line of the panel 32 times.
-                    let cols = NR.min(n - p * NR);
-                    let rows: Vec<&[f32]> = (0..cols)
-                        .map(|j| &w[(p * NR + j) * k..(p * NR + j + 1) * k])
-                        .collect();
-                    for (i, out) in panel.chunks_exact_mut(NR).enumerate() {
-                        for (o, row) in out.iter_mut().zip(&rows) {
-                            *o = row[i];
-                        }
-                    }
-                });
+                .for_each(|(p, panel)| fill_panel_f32(panel, w, p, n, k));
         }
         Self {
             n,
@@ -129,19 +117,7 @@ impl PackedB {
         if k > 0 {
             data.par_chunks_mut(kp * NR * 2)
                 .enumerate()
-                .for_each(|(p, panel)| {
-                    // As in `from_f32`: sequential writes, one read stream per column.
-                    let cols = NR.min(n - p * NR);
-                    let rows: Vec<&[bf16]> = (0..cols)
-                        .map(|j| &w[(p * NR + j) * k..(p * NR + j + 1) * k])
-                        .collect();
-                    for (q, out) in panel.chunks_exact_mut(2 * NR).enumerate() {
-                        for (pair, row) in out.chunks_exact_mut(2).zip(&rows) {
-                            pair[0] = row[2 * q].to_bits();
-                            pair[1] = row.get(2 * q + 1).map_or(0, |v| v.to_bits());
-                        }
-                    }
-                });
+                .for_each(|(p, panel)| fill_panel_bf16(panel, w, p, n, k));
         }
         Self {
             n,
@@ -191,12 +167,12 @@ impl PackedB {
     /// Packs `w` `[n, k]` on the calling thread (for per-call operands such as attention's
     /// keys, packed inside a task that already runs in parallel with others).
     pub fn from_bf16_serial(w: &[bf16], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "weight is not [n, k]");
         let kp = k.div_ceil(2);
         let mut data = vec![0u16; n.div_ceil(NR) * kp * NR * 2];
-        for (j, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
-            let (p, jj) = (j / NR, j % NR);
-            for (i, v) in row.iter().enumerate() {
-                data[p * kp * NR * 2 + (i / 2) * NR * 2 + jj * 2 + i % 2] = v.to_bits();
+        if k > 0 {
+            for (p, panel) in data.chunks_mut(kp * NR * 2).enumerate() {
+                fill_panel_bf16(panel, w, p, n, k);
             }
         }
         Self {
@@ -208,11 +184,11 @@ impl PackedB {
 
     /// [`PackedB::from_bf16_serial`] for f32.
     pub fn from_f32_serial(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "weight is not [n, k]");
         let mut data = vec![0f32; n.div_ceil(NR) * k * NR];
-        for (j, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
-            let (p, jj) = (j / NR, j % NR);
-            for (i, v) in row.iter().enumerate() {
-                data[p * k * NR + i * NR + jj] = *v;
+        if k > 0 {
+            for (p, panel) in data.chunks_mut(k * NR).enumerate() {
+                fill_panel_f32(panel, w, p, n, k);
             }
         }
         Self {
@@ -262,6 +238,35 @@ impl PackedB {
                 let kp = self.k.div_ceil(2);
                 bf16::from_bits(d[p * kp * NR * 2 + (i / 2) * NR * 2 + jj * 2 + i % 2]).to_f32()
             }
+        }
+    }
+}
+
+/// Panel `p` of `w` `[n, k]` in the f32 layout `[k][NR]`: sequential writes, one read stream
+/// per column (prefetch-friendly; the other order writes every cache line of the panel 32 times).
+fn fill_panel_f32(panel: &mut [f32], w: &[f32], p: usize, n: usize, k: usize) {
+    let cols = NR.min(n - p * NR);
+    let rows: Vec<&[f32]> = (0..cols)
+        .map(|j| &w[(p * NR + j) * k..(p * NR + j + 1) * k])
+        .collect();
+    for (i, out) in panel.chunks_exact_mut(NR).enumerate() {
+        for (o, row) in out.iter_mut().zip(&rows) {
+            *o = row[i];
+        }
+    }
+}
+
+/// Panel `p` of `w` `[n, k]` in the bf16 pair layout `[⌈k/2⌉][NR][2]`, written as
+/// [`fill_panel_f32`] writes its panel.
+fn fill_panel_bf16(panel: &mut [u16], w: &[bf16], p: usize, n: usize, k: usize) {
+    let cols = NR.min(n - p * NR);
+    let rows: Vec<&[bf16]> = (0..cols)
+        .map(|j| &w[(p * NR + j) * k..(p * NR + j + 1) * k])
+        .collect();
+    for (q, out) in panel.chunks_exact_mut(2 * NR).enumerate() {
+        for (pair, row) in out.chunks_exact_mut(2).zip(&rows) {
+            pair[0] = row[2 * q].to_bits();
+            pair[1] = row.get(2 * q + 1).map_or(0, |v| v.to_bits());
         }
     }
 }
@@ -377,16 +382,16 @@ fn pack_a(a: &Lhs<'_>, m: usize, k: usize, plan: Plan, w: WeightType) -> PackedA
     }
 }
 
-/// A raw output pointer shared by tasks that write disjoint columns.
+/// A raw output pointer shared by tasks that write disjoint columns (also used by `quant`).
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: tasks write disjoint column ranges of the output (see `gemm`).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// By method, so closures capture the whole (`Send`) wrapper, not its raw field.
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }

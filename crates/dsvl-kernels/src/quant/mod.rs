@@ -51,6 +51,9 @@ mod x86;
 use half::f16;
 use rayon::prelude::*;
 
+// Tasks write disjoint columns of the output (`matmul_t_with`) through the GEMM's pointer.
+use crate::gemm::OutPtr;
+
 use crate::isa::{self, Isa};
 
 /// Weights per `q8_0` block.
@@ -330,19 +333,6 @@ pub(crate) fn hsum8(a: [f32; 8]) -> f32 {
 
 /// Output columns per task.
 const COLS_PER_TASK: usize = 16;
-
-/// A raw output pointer shared by tasks that write disjoint columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint columns of the output (see `matmul_t_with`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// Where a kernel writes: `y[r * ldy + col]` for the rows and columns it is given.
 #[derive(Clone, Copy)]

@@ -251,9 +251,9 @@ impl QuantWeight {
     ///
     /// Up to [`rowmat::MAX_ROWS`] rows (decode steps, alone or batched): each row is quantized
     /// to 8-bit blocks and dotted with the weight blocks in integer arithmetic
-    /// (`dsvl_kernels::quant::matmul_t`: the same quantized activations and integer sums as
-    /// candle's `k_quants::matmul`, a fixed float order of its own; candle's own on a CPU where
-    /// the kernels have no SIMD path), reading the weight once per call. Every output element depends only on its own row and weight row, so a
+    /// (q8_0: `dsvl_kernels::quant::matmul_t`, the same quantized activations and integer sums
+    /// as candle's `k_quants::matmul` with a fixed float order of its own; q4_k, and any format
+    /// on a CPU where the kernels have no SIMD path: candle's), reading the weight once per call. Every output element depends only on its own row and weight row, so a
     /// sequence gets the same values alone or batched. More rows (prefill): candle's tiled int8 GEMM where it has one
     /// ([`has_fast_gemm`]), on a copy made for the call, else the weight dequantized to f32 and
     /// one float GEMM, which reuses each weight many times and beats a dot product per row and
@@ -285,9 +285,10 @@ impl QuantWeight {
         }
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let mut y = vec![0f32; rows * n];
-        if kq::path() == kq::Path::Portable {
-            // No SIMD path of ours on this CPU (below AVX2, or aarch64 until a NEON path
-            // exists): candle's block dot products (NEON on aarch64) are faster.
+        // Ours for q8_0 where we have a SIMD path (1.56x candle's decode on a quiet Zen 4,
+        // BENCHMARKS.md); candle's block dot products for q4_k (ours measured 7-9 % slower
+        // there: its kernel is compute-bound on one core) and below AVX2 / on aarch64 (NEON).
+        if kq::path() == kq::Path::Portable || self.quant == Quant::Q4K {
             match &*self.blocks {
                 Blocks::Q8_0(w) => k_quants::matmul((rows, k, n), &xs, w, &mut y)?,
                 Blocks::Q4K(w) => k_quants::matmul((rows, k, n), &xs, w, &mut y)?,

@@ -83,6 +83,13 @@ pub struct ModelArgs {
     /// Refuse images with more pixels than this, before decoding them.
     #[arg(long, default_value_t = dsvl::image::DEFAULT_MAX_PIXELS)]
     pub max_image_pixels: u64,
+    /// DeepSeek-VL2: cut each image into at most N local tiles (plus the global view). Fewer
+    /// tiles mean fewer image tokens (faster prefill, less detail): 1 gives 421 tokens per image
+    /// at the published tile size, where 9 tiles (the most the published list has) give up to
+    /// 2,101. Default: every tiling the model's processor lists. `serve`: the cap for requests
+    /// without `max_tiles`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_tiles: Option<u16>,
     /// Quantize the language model's linear layers at load time: q8_0 (8.5 bits per weight,
     /// close to the float model) or q4_k (4.5 bits, faster decode, larger accuracy cost). Under
     /// q4_k, layers whose input width is not a multiple of 256 are zero-padded to one (or stay

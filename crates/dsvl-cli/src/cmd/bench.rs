@@ -476,6 +476,7 @@ fn long_context_run(
         ids: ids.to_vec(),
         images: Vec::new(),
         image_sizes: Vec::new(),
+        image_tokens: Vec::new(),
         n_images: 0,
         preprocess_ms: 0.0,
     };

@@ -64,7 +64,8 @@ pub fn load_pipeline(m: &ModelArgs) -> anyhow::Result<Pipeline> {
     Ok(pipeline)
 }
 
-/// `--dtype` (resolved for `device`), `--quant`, `--quant-lm-head` and `--max-image-pixels` as
+/// `--dtype` (resolved for `device`), `--quant`, `--quant-lm-head`, `--max-image-pixels` and
+/// `--max-tiles` as
 /// load options for `device`, without a progress callback.
 pub fn load_options(m: &ModelArgs, device: candle_core::Device) -> LoadOptions {
     LoadOptions {
@@ -74,6 +75,7 @@ pub fn load_options(m: &ModelArgs, device: candle_core::Device) -> LoadOptions {
         max_image_pixels: m.max_image_pixels,
         quant: m.quant.map(|q| q.quant()),
         quant_lm_head: m.quant_lm_head,
+        max_tiles: m.max_tiles.map(usize::from),
     }
 }
 

@@ -145,3 +145,45 @@ fn vl2_inspect_describes_the_model() {
         assert!(out.contains(want), "missing {want:?} in\n{out}");
     }
 }
+
+/// `--max-tiles` caps VL2's tiling (fewer image tokens per item, reported by `batch`); a
+/// DeepSeek-VL model refuses it at load, naming the flag.
+#[test]
+fn vl2_max_tiles_caps_image_tokens_and_v1_refuses_it() {
+    let dir = temp_dir("tiles");
+    let model = v2().join("models/vl2-tiny-random").display().to_string();
+    let image = v2().join("images/tower_300x900.png").display().to_string();
+    let tokens = |extra: &[&str], name: &str| {
+        let out = dir.join(name);
+        let _ = std::fs::remove_file(&out);
+        let mut args = vec![
+            "batch",
+            "--model",
+            &model,
+            "--prompt",
+            "<image>\nRead it.",
+            "--max-tokens",
+            "2",
+            "--output",
+            out.to_str().unwrap(),
+            &image,
+        ];
+        args.extend_from_slice(extra);
+        let o = dsvl(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let line: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap();
+        line["image_tokens"].as_u64().unwrap()
+    };
+    let full = tokens(&[], "full.jsonl");
+    let one = tokens(&["--max-tiles", "1"], "one.jsonl");
+    assert!(one < full, "{one} vs {full}");
+    let v1 = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../dsvl/tests/fixtures/v1/models/siglip-tiny")
+        .display()
+        .to_string();
+    let o = dsvl(&["run", "--model", &v1, "--max-tiles", "2", "hello"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--max-tiles"), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty());
+}

@@ -42,6 +42,8 @@ pub struct ChatPlan {
     pub max_tokens: Option<usize>,
     /// Sampling settings; `max_new_tokens` is set once the prompt length is known.
     pub params: GenerateParams,
+    /// `max_tiles`: at most this many local tiles per image (DeepSeek-VL2).
+    pub max_tiles: Option<usize>,
     pub stream: bool,
     pub include_usage: bool,
     /// The request field the constraint came from (`response_format.json_schema.schema`), for
@@ -70,6 +72,15 @@ impl ChatPlan {
             ));
         }
         let max_tokens = max_tokens(&req)?;
+        let max_tiles = match req.max_tiles {
+            Some(0) => {
+                return Err(ApiError::invalid(
+                    "max_tiles",
+                    "max_tiles = 0, expected an integer >= 1 (1 = one local tile per image)",
+                ))
+            }
+            n => n.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        };
         let mut params = generate_params(&req)?;
         let constraint = constraint(&req)?;
         let constraint_param = constraint.as_ref().map(|(_, p)| p.to_string());
@@ -78,6 +89,7 @@ impl ChatPlan {
         Ok(Self {
             turns,
             max_tokens,
+            max_tiles,
             params,
             constraint_param,
             stream: req.stream.unwrap_or(false),

@@ -48,6 +48,9 @@ pub struct ChatRequest {
     /// vLLM's current form of the same (`extra_body={"structured_outputs": {...}}`).
     pub structured_outputs: Option<StructuredOutputs>,
     pub tools: Option<Vec<serde_json::Value>>,
+    /// Extension: DeepSeek-VL2 cuts each image into at most this many local tiles (fewer image
+    /// tokens, faster, less detail). Default: the server's `--max-tiles`, else every tiling.
+    pub max_tiles: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

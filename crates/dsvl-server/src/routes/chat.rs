@@ -41,14 +41,28 @@ pub async fn chat_completions(
     }
     let marker = engine.pipeline().config().image_marker().to_string();
     let mut plan = ChatPlan::try_from_request(req, s.limits().max_images_per_request, &marker)?;
+    if let Some(n) = plan
+        .max_tiles
+        .filter(|_| !engine.pipeline().config().tiles_images())
+    {
+        return Err(ApiError::invalid(
+            "max_tiles",
+            format!(
+                "max_tiles = {n}: this model ({}) reads every image as one fixed-size view, \
+                 with no tiles to cap; leave max_tiles out",
+                engine.pipeline().config().family()
+            ),
+        ));
+    }
     let mut turns = std::mem::take(&mut plan.turns);
     refuse_unfittable(engine.pipeline(), s.limits(), &turns)?;
     let _slot = s.preparing().enter().await?;
     s.limits().media.fetch_remote(&mut turns).await?;
-    let (pipeline, limits, requested) = (
+    let (pipeline, limits, requested, max_tiles) = (
         engine.pipeline().clone(),
         s.limits().clone(),
         plan.max_tokens,
+        plan.max_tiles,
     );
     let constraint = plan
         .params
@@ -63,7 +77,7 @@ pub async fn chat_completions(
                 .compile_constraint(c)
                 .map_err(|e| ApiError::from_engine(e).with_param(param.clone()))?;
         }
-        prepare(&pipeline, turns, &limits, requested)
+        prepare(&pipeline, turns, &limits, requested, max_tiles)
     })
     .await?;
     plan.params.sampling.max_new_tokens = max_new;
@@ -105,11 +119,13 @@ pub(crate) async fn prepare_blocking<T: Send + 'static>(
 }
 
 /// Loads the images, renders and checks the prompt; returns it with the new-token budget.
+/// `max_tiles`: the request's tile cap (`None`: the server's).
 pub(crate) fn prepare(
     pipeline: &Pipeline,
     turns: &[Turn],
     limits: &Limits,
     requested: Option<usize>,
+    max_tiles: Option<usize>,
 ) -> Result<(Prepared, usize), ApiError> {
     let messages = turns
         .iter()
@@ -123,7 +139,7 @@ pub(crate) fn prepare(
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let prepared = pipeline
-        .prepare(None, &messages)
+        .prepare_with(None, &messages, max_tiles)
         .map_err(ApiError::from_engine)?;
     let n = prepared.ids.len();
     if let Some(max) = limits.max_prompt_tokens.filter(|&max| n > max) {
@@ -151,7 +167,7 @@ pub struct ReplyMeta {
 }
 
 impl ReplyMeta {
-    pub(crate) fn new(model: &str) -> Self {
+    pub fn new(model: &str) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -170,18 +186,51 @@ async fn collect(
     meta: ReplyMeta,
     with_logprobs: bool,
 ) -> Result<ChatCompletion, ApiError> {
-    let mut content = String::new();
-    let mut logprobs = Logprobs::default();
+    let mut reply = CompletionBuilder::new(meta, with_logprobs);
     while let Some(ev) = events.recv().await {
+        if let Some(done) = reply.push(ev) {
+            return done;
+        }
+    }
+    Err(ApiError::internal(
+        "the engine dropped a request without finishing it",
+    ))
+}
+
+/// A non-streaming completion built from the engine's events, one at a time: the server's
+/// reader and `dsvl batch`'s (which waits on a thread, not a task) share it.
+pub struct CompletionBuilder {
+    meta: Option<ReplyMeta>,
+    content: String,
+    logprobs: Logprobs,
+    with_logprobs: bool,
+}
+
+impl CompletionBuilder {
+    pub fn new(meta: ReplyMeta, with_logprobs: bool) -> Self {
+        Self {
+            meta: Some(meta),
+            content: String::new(),
+            logprobs: Logprobs::default(),
+            with_logprobs,
+        }
+    }
+
+    /// Takes the next event; the completion (or the request's failure) once the answer is over.
+    pub fn push(&mut self, ev: EngineEvent) -> Option<Result<ChatCompletion, ApiError>> {
         match ev {
             EngineEvent::Token(t) => {
-                content.push_str(&t.text);
-                if with_logprobs {
-                    logprobs.content.push(token_logprob(&t));
+                self.content.push_str(&t.text);
+                if self.with_logprobs {
+                    self.logprobs.content.push(token_logprob(&t));
                 }
+                None
             }
-            EngineEvent::Tail(text) => content.push_str(&text),
-            EngineEvent::Failed(e) => return Err(ApiError::from_engine(e)),
+            EngineEvent::Tail(text) => {
+                self.content.push_str(&text);
+                None
+            }
+            EngineEvent::Failed(e) => Some(Err(ApiError::from_engine(e))),
             EngineEvent::Done {
                 finish_reason: f,
                 prompt_tokens,
@@ -189,7 +238,8 @@ async fn collect(
                 cached_tokens,
                 grounding,
             } => {
-                return Ok(ChatCompletion {
+                let meta = self.meta.take()?;
+                Some(Ok(ChatCompletion {
                     id: meta.id,
                     object: "chat.completion",
                     created: meta.created,
@@ -198,20 +248,19 @@ async fn collect(
                         index: 0,
                         message: AssistantMessage {
                             role: "assistant",
-                            content,
+                            content: std::mem::take(&mut self.content),
                             grounding,
                         },
                         finish_reason: finish_reason(f),
-                        logprobs: with_logprobs.then_some(logprobs),
+                        logprobs: self
+                            .with_logprobs
+                            .then(|| std::mem::take(&mut self.logprobs)),
                     }],
                     usage: Usage::new(prompt_tokens, completion_tokens, cached_tokens),
-                })
+                }))
             }
         }
     }
-    Err(ApiError::internal(
-        "the engine dropped a request without finishing it",
-    ))
 }
 
 #[cfg(test)]

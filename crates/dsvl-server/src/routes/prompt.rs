@@ -136,7 +136,7 @@ fn prompt_text(
     if let Some(prompt) = counted {
         return Ok(prompt);
     }
-    let (prepared, _) = prepare(pipeline, turns, limits, Some(1))?;
+    let (prepared, _) = prepare(pipeline, turns, limits, Some(1), None)?;
     Ok(PromptText {
         prompt: prepared.prompt,
         ids: prepared.ids,

@@ -442,3 +442,37 @@ async fn vl2_grounding_extension_end_to_end() {
         "boxes come from the raw answer: {j}"
     );
 }
+
+/// `max_tiles` caps VL2's tiling: fewer prompt tokens for the same image; 0 and a model without
+/// tiles are 400s naming the field.
+#[tokio::test]
+async fn max_tiles_caps_the_image_tokens() {
+    let image =
+        std::fs::read(engine_fixtures("v2").join("images/tower_300x900.png")).expect("fixture");
+    let body = |tiles: Value| {
+        let mut b = json!({
+            "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": data_url(&image)}},
+                {"type": "text", "text": "Read it."},
+            ]}],
+            "temperature": 0, "max_tokens": 1,
+        });
+        if !tiles.is_null() {
+            b["max_tiles"] = tiles;
+        }
+        b
+    };
+    let app = app("vl2-tiny-random");
+    let prompt_tokens = |r: &Reply| r.json()["usage"]["prompt_tokens"].as_u64().expect("usage");
+    let full = post(app.clone(), "/v1/chat/completions", &body(Value::Null)).await;
+    assert_eq!(full.status, StatusCode::OK, "{}", full.json());
+    let one = post(app.clone(), "/v1/chat/completions", &body(json!(1))).await;
+    assert_eq!(one.status, StatusCode::OK, "{}", one.json());
+    assert!(prompt_tokens(&one) < prompt_tokens(&full));
+    let zero = post(app, "/v1/chat/completions", &body(json!(0))).await;
+    assert_eq!(zero.status, StatusCode::BAD_REQUEST);
+    assert_eq!(zero.json()["error"]["param"], "max_tiles");
+    let v1 = post(super::v1::app(), "/v1/chat/completions", &body(json!(2))).await;
+    assert_eq!(v1.status, StatusCode::BAD_REQUEST);
+    assert_eq!(v1.json()["error"]["param"], "max_tiles", "{}", v1.json());
+}

@@ -27,7 +27,9 @@ use crate::prompt::tokenizer::PromptTokenizer;
 use crate::structured::{Constraint, Grammars, TokenConstraint};
 use crate::weights::Progress;
 
-pub use crate::models::{ChatMessage, ImageInput, ImageSource, Prepared, PromptText, TiledImage};
+pub use crate::models::{
+    ChatMessage, ImageInput, ImageOptions, ImageSource, Prepared, PromptText, TiledImage,
+};
 pub use batch::{
     EngineConfig, EngineEvent, EngineHandle, EngineStats, Histogram, Policy, Request, TokenOut,
     DEFAULT_PREFILL_TOKENS_PER_STEP,
@@ -52,6 +54,10 @@ pub struct LoadOptions {
     pub quant: Option<Quant>,
     /// With `quant`, also quantize `lm_head` (kept in `dtype` by default).
     pub quant_lm_head: bool,
+    /// DeepSeek-VL2: at most this many local tiles per image, unless a request says otherwise
+    /// ([`Pipeline::prepare_with`]); `None`: the processor's every tiling. Families without
+    /// tiles refuse it at load.
+    pub max_tiles: Option<usize>,
 }
 
 /// Every field but the progress callback, which prints as whether there is one.
@@ -64,6 +70,7 @@ impl std::fmt::Debug for LoadOptions {
             .field("max_image_pixels", &self.max_image_pixels)
             .field("quant", &self.quant)
             .field("quant_lm_head", &self.quant_lm_head)
+            .field("max_tiles", &self.max_tiles)
             .finish()
     }
 }
@@ -77,6 +84,7 @@ impl Default for LoadOptions {
             max_image_pixels: image::DEFAULT_MAX_PIXELS,
             quant: None,
             quant_lm_head: false,
+            max_tiles: None,
         }
     }
 }
@@ -87,6 +95,7 @@ pub struct Pipeline {
     model: Box<dyn VisionLanguageModel>,
     tokenizer: PromptTokenizer,
     max_image_pixels: u64,
+    max_tiles: Option<usize>,
     /// Built on the first constrained request (about 0.1 s), so unconstrained use pays nothing.
     grammars: OnceLock<Grammars>,
 }
@@ -102,6 +111,14 @@ impl Pipeline {
             });
         }
         let config = crate::models::from_dir(dir)?;
+        if let Some(n) = opts.max_tiles.filter(|_| !config.tiles_images()) {
+            return Err(crate::Error::Unsupported {
+                what: format!("a tile cap ({n}) for a {} model", config.family()),
+                hint: "this model reads every image as one fixed-size view, with no tiles to \
+                       cap; drop --max-tiles (it applies to DeepSeek-VL2 models)"
+                    .into(),
+            });
+        }
         let tokenizer = config.tokenizer()?;
         let quant = QuantPlan {
             quant: opts.quant,
@@ -114,6 +131,7 @@ impl Pipeline {
             model,
             tokenizer,
             max_image_pixels: opts.max_image_pixels,
+            max_tiles: opts.max_tiles,
             grammars: OnceLock::new(),
         })
     }
@@ -135,15 +153,33 @@ impl Pipeline {
     /// the official system prompt; VL2: none). The new-token budget is given once, in the
     /// [`GenerateParams`] of the generation, which checks that prompt and budget fit.
     pub fn prepare(&self, system: Option<&str>, messages: &[ChatMessage]) -> Result<Prepared> {
+        self.prepare_with(system, messages, None)
+    }
+
+    /// [`Pipeline::prepare`] with at most `max_tiles` local tiles per image (DeepSeek-VL2;
+    /// other families refuse a cap); `None`: the pipeline's [`LoadOptions::max_tiles`].
+    /// [`Prepared::image_tokens`] says what each image took.
+    pub fn prepare_with(
+        &self,
+        system: Option<&str>,
+        messages: &[ChatMessage],
+        max_tiles: Option<usize>,
+    ) -> Result<Prepared> {
         let _span = tracing::debug_span!("prepare", messages = messages.len()).entered();
         let t0 = Instant::now();
         let text_bytes =
             system.map_or(0, str::len) + messages.iter().map(|m| m.content.len()).sum::<usize>();
         // Room for one new token at least; the exact check with `max_new_tokens` follows.
         self.check_prompt_bytes(text_bytes, self.config.context_length().saturating_sub(1))?;
-        let mut prepared =
-            self.config
-                .prepare(&self.tokenizer, system, messages, self.max_image_pixels)?;
+        let mut prepared = self.config.prepare(
+            &self.tokenizer,
+            system,
+            messages,
+            &ImageOptions {
+                max_pixels: self.max_image_pixels,
+                max_tiles: max_tiles.or(self.max_tiles),
+            },
+        )?;
         self.check_fits(prepared.ids.len(), 1)?;
         prepared.preprocess_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(prepared)

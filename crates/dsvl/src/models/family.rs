@@ -31,7 +31,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::inputs::{ChatMessage, ImageInput, Prepared, PromptText};
+use super::inputs::{ChatMessage, ImageInput, ImageOptions, Prepared, PromptText};
 use crate::error::{CheckpointLayout, Result};
 use crate::llm::KvCache;
 use crate::nn::{QuantPlan, QuantReport};
@@ -95,6 +95,12 @@ pub trait Family: fmt::Debug + Send + Sync {
     /// [`Family::prompt_from_counts`] gives the prompt without reading any image.
     fn prompt_reads_images(&self) -> bool;
 
+    /// Whether images are cut into a varying number of tiles that [`ImageOptions::max_tiles`]
+    /// can cap (DeepSeek-VL2); families with one fixed view per image refuse a cap.
+    fn tiles_images(&self) -> bool {
+        false
+    }
+
     /// The prompt of `turns` (images known only by their number, `Message::n_images`), exactly
     /// as [`Family::prepare`] builds it; `None` when [`Family::prompt_reads_images`].
     fn prompt_from_counts(
@@ -105,14 +111,14 @@ pub trait Family: fmt::Debug + Send + Sync {
     ) -> Result<Option<PromptText>>;
 
     /// Renders and tokenizes the conversation, expands the image tokens and preprocesses every
-    /// image (refusing images over `max_image_pixels`). `system`: `None` for
+    /// image as `images` says (pixel limit, tiling cap). `system`: `None` for
     /// [`Family::default_system_prompt`]. Does not check the context length.
     fn prepare(
         &self,
         tok: &PromptTokenizer,
         system: Option<&str>,
         messages: &[ChatMessage],
-        max_image_pixels: u64,
+        images: &ImageOptions,
     ) -> Result<Prepared>;
 
     // ---- weights ---------------------------------------------------------------------------

@@ -119,8 +119,21 @@ pub struct Prepared {
     pub images: Vec<ImageInput>,
     /// Each image's decoded `(width, height)`, in order (grounding boxes map to these).
     pub image_sizes: Vec<(u32, u32)>,
+    /// Each image's number of image-token positions in `ids`, in order.
+    pub image_tokens: Vec<usize>,
     pub n_images: usize,
     pub preprocess_ms: f64,
+}
+
+/// How a request's images are read and cut into views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageOptions {
+    /// Images with more pixels are refused before decoding (decompression bombs).
+    pub max_pixels: u64,
+    /// DeepSeek-VL2: at most this many local tiles per image (the candidate resolutions with
+    /// more are skipped); `None`: every candidate, as the official processor. Fewer tiles, fewer
+    /// image tokens: faster prefill, less detail. Models without tiling refuse it.
+    pub max_tiles: Option<usize>,
 }
 
 /// The prompt of a conversation without its vision inputs: what `/tokenize` and

@@ -15,5 +15,7 @@ pub mod registry;
 pub use deepseek_vl::{DeepseekVl, DeepseekVlSpec};
 pub use deepseek_vl2::{DeepseekVl2, DeepseekVl2Spec};
 pub use family::{Family, LlmFacts, VisionLanguageModel};
-pub use inputs::{ChatMessage, ImageInput, ImageSource, Prepared, PromptText, TiledImage};
+pub use inputs::{
+    ChatMessage, ImageInput, ImageOptions, ImageSource, Prepared, PromptText, TiledImage,
+};
 pub use registry::from_dir;

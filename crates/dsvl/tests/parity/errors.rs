@@ -263,3 +263,19 @@ fn not_a_model_dir() -> anyhow::Result<()> {
     anyhow::ensure!(matches!(err, Some(Error::NotAModelDir(_))), "{err:?}");
     Ok(())
 }
+
+#[test]
+fn a_tile_cap_is_refused_by_models_without_tiles() -> anyhow::Result<()> {
+    let p = load_model("siglip-tiny", DType::F32)?;
+    let msg = user("Describe.", vec![image_file("landscape_500x333.png")]);
+    let prepared = p.prepare(None, &msg)?;
+    anyhow::ensure!(
+        prepared.image_tokens == vec![576],
+        "{:?}",
+        prepared.image_tokens
+    );
+    let err = p.prepare_with(None, &msg, Some(2)).unwrap_err();
+    anyhow::ensure!(matches!(err, Error::Unsupported { .. }), "{err:?}");
+    anyhow::ensure!(err.to_string().contains("DeepSeek-VL2"), "{err}");
+    Ok(())
+}

@@ -209,3 +209,40 @@ fn vl2_requests_with_wrong_markers_or_too_many_tokens_fail_clearly() -> anyhow::
         .ok_or_else(|| anyhow::anyhow!("accepted"))?;
     expect(&e, &["assistant", "user messages only"])
 }
+
+#[test]
+fn vl2_max_tiles_caps_the_tiling_and_reports_image_tokens() -> anyhow::Result<()> {
+    let p = crate::vl2::load_vl2_model("vl2-tiny-random", candle_core::DType::F32)?;
+    let img = ImageSource::Path(vl2_fixtures().join("images/tower_300x900.png"));
+    let msg = [ChatMessage::new(Role::User, "<image>\nRead it.").with_images(vec![img])];
+    let grid = |prep: &dsvl::engine::Prepared| match &prep.images[0] {
+        dsvl::engine::ImageInput::Tiled(t) => t.grid(),
+        other => panic!("{other:?}"),
+    };
+    let full = p.prepare_with(None, &msg, None)?;
+    let (nw, nh) = grid(&full);
+    anyhow::ensure!(nw * nh >= 2, "the fixture image should tile: {nw}x{nh}");
+    anyhow::ensure!(full.ids == p.prepare(None, &msg)?.ids);
+    for cap in [1, 2] {
+        let capped = p.prepare_with(None, &msg, Some(cap))?;
+        let (w, h) = grid(&capped);
+        anyhow::ensure!(w * h <= cap, "cap {cap}: {w}x{h}");
+        anyhow::ensure!(capped.image_tokens.len() == 1);
+        // The tokens saved are exactly the image positions dropped from the prompt.
+        anyhow::ensure!(
+            full.ids.len() - capped.ids.len() == full.image_tokens[0] - capped.image_tokens[0],
+            "cap {cap}: {} vs {} ids, {:?} vs {:?} image tokens",
+            full.ids.len(),
+            capped.ids.len(),
+            full.image_tokens,
+            capped.image_tokens
+        );
+        anyhow::ensure!(capped.image_tokens[0] < full.image_tokens[0]);
+    }
+    let e = p
+        .prepare_with(None, &msg, Some(0))
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a cap of 0 tiles was accepted"))?;
+    expect(&e, &["at least 1"])?;
+    Ok(())
+}

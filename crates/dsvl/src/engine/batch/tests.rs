@@ -87,6 +87,7 @@ fn request(prompt_tokens: usize, new_tokens: usize) -> Request {
         ids: vec![7; prompt_tokens],
         images: Vec::new(),
         image_sizes: Vec::new(),
+        image_tokens: Vec::new(),
         n_images: 0,
         preprocess_ms: 0.0,
     };

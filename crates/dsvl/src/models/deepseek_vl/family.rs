@@ -12,7 +12,7 @@ use super::processor;
 use crate::error::{CheckpointLayout, Error, Result};
 use crate::llm::KvCache;
 use crate::models::family::{Family, LlmFacts, VisionLanguageModel};
-use crate::models::inputs::{ChatMessage, ImageInput, Prepared, PromptText};
+use crate::models::inputs::{ChatMessage, ImageInput, ImageOptions, Prepared, PromptText};
 use crate::models::registry::ConfigFile;
 use crate::nn::{QuantPlan, QuantReport};
 use crate::prompt::template::{Message, DEFAULT_SYSTEM_PROMPT, IMAGE_PLACEHOLDER};
@@ -158,10 +158,10 @@ impl Family for DeepseekVlSpec {
         tok: &PromptTokenizer,
         system: Option<&str>,
         messages: &[ChatMessage],
-        max_image_pixels: u64,
+        images: &ImageOptions,
     ) -> Result<Prepared> {
         let system = system.unwrap_or(DEFAULT_SYSTEM_PROMPT);
-        processor::prepare(self, tok, system, messages, max_image_pixels)
+        processor::prepare(self, tok, system, messages, images)
     }
 
     fn load(

@@ -6,9 +6,11 @@
 use candle_core::{Device, Tensor};
 
 use super::config::DeepseekVlSpec;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::image;
-use crate::models::inputs::{ChatMessage, ImageInput, ImageSource, Prepared, PromptText};
+use crate::models::inputs::{
+    ChatMessage, ImageInput, ImageOptions, ImageSource, Prepared, PromptText,
+};
 use crate::prompt::expand::expand_prompt;
 use crate::prompt::template::{render, Message};
 use crate::prompt::tokenizer::PromptTokenizer;
@@ -44,19 +46,28 @@ pub(super) fn prepare(
     tok: &PromptTokenizer,
     system: &str,
     messages: &[ChatMessage],
-    max_image_pixels: u64,
+    options: &ImageOptions,
 ) -> Result<Prepared> {
+    if let Some(n) = options.max_tiles {
+        return Err(Error::Unsupported {
+            what: format!("a tile cap ({n}) for a DeepSeek-VL model"),
+            hint: "DeepSeek-VL reads every image as one fixed-size view, with no tiles to cap; \
+                   drop the max-tiles setting (it applies to DeepSeek-VL2 models)"
+                .into(),
+        });
+    }
     let turns: Vec<Message> = messages
         .iter()
         .map(|m| Message::new(m.role, m.content.clone()).with_images(m.images.len()))
         .collect();
     let PromptText { prompt, ids } = prompt(spec, tok, system, &turns)?;
     let sources = messages.iter().flat_map(|m| m.images.iter());
-    let (images, image_sizes) = preprocess(spec, sources, max_image_pixels)?;
+    let (images, image_sizes) = preprocess(spec, sources, options.max_pixels)?;
     Ok(Prepared {
         prompt,
         ids,
         n_images: images.len(),
+        image_tokens: vec![spec.processor.num_image_tokens; images.len()],
         images,
         image_sizes,
         preprocess_ms: 0.0,

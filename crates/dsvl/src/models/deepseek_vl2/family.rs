@@ -13,7 +13,7 @@ use crate::error::{CheckpointLayout, Error, Result};
 use crate::llm::deepseek_v2::{AttentionKind, ScoringFunc};
 use crate::llm::KvCache;
 use crate::models::family::{Family, LlmFacts, VisionLanguageModel};
-use crate::models::inputs::{ChatMessage, ImageInput, Prepared, PromptText};
+use crate::models::inputs::{ChatMessage, ImageInput, ImageOptions, Prepared, PromptText};
 use crate::models::registry::ConfigFile;
 use crate::nn::{QuantPlan, QuantReport};
 use crate::prompt::template::Message;
@@ -183,6 +183,10 @@ impl Family for DeepseekVl2Spec {
         true
     }
 
+    fn tiles_images(&self) -> bool {
+        true
+    }
+
     /// VL2 prompts depend on each image's tiling: always `None`.
     fn prompt_from_counts(
         &self,
@@ -198,10 +202,10 @@ impl Family for DeepseekVl2Spec {
         tok: &PromptTokenizer,
         system: Option<&str>,
         messages: &[ChatMessage],
-        max_image_pixels: u64,
+        images: &ImageOptions,
     ) -> Result<Prepared> {
         let system = system.or(self.default_system_prompt());
-        processor::prepare(self, tok, system, messages, max_image_pixels)
+        processor::prepare(self, tok, system, messages, images)
     }
 
     fn load(

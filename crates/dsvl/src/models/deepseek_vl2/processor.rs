@@ -6,9 +6,9 @@
 use candle_core::{Device, Tensor};
 
 use super::config::{DeepseekVl2Spec, Vl2ProcessorSpec};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::image::{self, RgbImage};
-use crate::models::inputs::{ChatMessage, ImageInput, Prepared, TiledImage};
+use crate::models::inputs::{ChatMessage, ImageInput, ImageOptions, Prepared, TiledImage};
 use crate::prompt::template::Role;
 use crate::prompt::tokenizer::PromptTokenizer;
 use crate::prompt::vl2::{build_vl2_ids, vl2_cropping, Vl2Turn};
@@ -20,9 +20,10 @@ pub(super) fn prepare(
     tok: &PromptTokenizer,
     system: Option<&str>,
     messages: &[ChatMessage],
-    max_image_pixels: u64,
+    options: &ImageOptions,
 ) -> Result<Prepared> {
     let p = &spec.processor;
+    let candidates = capped_candidates(&p.candidates, p.tile_size, options.max_tiles)?;
     let n_images: usize = messages.iter().map(|m| m.images.len()).sum();
     let cropping = vl2_cropping(n_images);
     let s = p.tile_size as usize;
@@ -30,9 +31,9 @@ pub(super) fn prepare(
     let mut image_tokens = Vec::with_capacity(n_images);
     let mut image_sizes = Vec::with_capacity(n_images);
     for src in messages.iter().flat_map(|m| m.images.iter()) {
-        let img = src.decode(max_image_pixels)?;
+        let img = src.decode(options.max_pixels)?;
         image_sizes.push((img.width, img.height));
-        let tiled = image::tile_image(&img, &p.candidates, p.tile_size, cropping, p.pad_color)?;
+        let tiled = image::tile_image(&img, &candidates, p.tile_size, cropping, p.pad_color)?;
         let views: Vec<&RgbImage> = std::iter::once(&tiled.global).chain(&tiled.tiles).collect();
         let mut data = Vec::with_capacity(views.len() * 3 * s * s);
         for view in &views {
@@ -74,9 +75,38 @@ pub(super) fn prepare(
         ids: built.ids,
         images,
         image_sizes,
+        image_tokens,
         n_images,
         preprocess_ms: 0.0,
     })
+}
+
+/// The candidate resolutions with at most `max_tiles` local tiles, in the published order (so
+/// ties still go to the earliest); all of them without a cap.
+fn capped_candidates(
+    candidates: &[(u32, u32)],
+    tile: u32,
+    max_tiles: Option<usize>,
+) -> Result<Vec<(u32, u32)>> {
+    let Some(max) = max_tiles else {
+        return Ok(candidates.to_vec());
+    };
+    let tiles = |&(w, h): &(u32, u32)| (w / tile.max(1)) as usize * (h / tile.max(1)) as usize;
+    let kept: Vec<_> = candidates
+        .iter()
+        .filter(|c| tiles(c) <= max)
+        .copied()
+        .collect();
+    if kept.is_empty() {
+        let fewest = candidates.iter().map(tiles).min().unwrap_or(1);
+        return Err(Error::Unsupported {
+            what: format!("max tiles {max}"),
+            hint: format!(
+                "this model's smallest tiling has {fewest} tile(s); ask for at least {fewest}"
+            ),
+        });
+    }
+    Ok(kept)
 }
 
 /// VL2 `ToTensor` + `Normalize` (v2 §2.7): RGB8 → `[3, H, W]` f32, `(v / 255 − mean) / std`

@@ -43,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
 
 pub use error::ApiError;
-pub use routes::router;
+pub use routes::{router, CompletionBuilder, ReplyMeta, DEFAULT_MAX_TOKENS};
 pub use state::{AppState, ServerConfig};
 
 /// Binds `cfg.host:cfg.port` and serves until SIGINT or SIGTERM.

@@ -193,3 +193,194 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
         assert_eq!(v["answer"], expected[id]["answer"], "{id}");
     }
 }
+
+fn dsvl_batch(args: &[&str]) -> std::process::Output {
+    let m = model("siglip-tiny");
+    let mut all = vec!["batch", "--model", &m];
+    all.extend_from_slice(args);
+    dsvl(&all)
+}
+
+/// An OpenAI Batch API input file runs unchanged: answers as `dsvl serve` gives them, in
+/// OpenAI's batch output format, invalid lines as 400 responses, and a resumed run retries
+/// only those.
+#[test]
+fn openai_batch_files_round_trip() {
+    use base64::Engine as _;
+    let dir = temp_dir("openai");
+    let png = fixtures().join("images/landscape_500x333.png");
+    std::fs::copy(&png, dir.join("receipt.png")).unwrap();
+    let data_url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&png).unwrap())
+    );
+    let request = |id: &str, url: &str, extra: serde_json::Value| {
+        let mut body = serde_json::json!({
+            "model": "gpt-4o",  // OpenAI's model names are accepted and ignored
+            "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": "Describe this image in detail."},
+            ]}],
+            "temperature": 0,
+            "max_tokens": 32,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        serde_json::json!({"custom_id": id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+            .to_string()
+    };
+    let input = dir.join("requests.jsonl");
+    let text = [
+        request("inline", &data_url, serde_json::json!({})),
+        request(
+            "by-path",
+            "receipt.png",
+            serde_json::json!({"logprobs": true, "top_logprobs": 2}),
+        ),
+        request(
+            "bad-type",
+            &data_url,
+            serde_json::json!({"temperature": "hot"}),
+        ),
+        request("remote", "https://example.com/a.png", serde_json::json!({})),
+    ]
+    .join("\n");
+    std::fs::write(&input, text + "\n").unwrap();
+    let output = dir.join("results.jsonl");
+    let args = [
+        "--output",
+        output.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ];
+    let o = dsvl_batch(&args);
+    assert!(!o.status.success(), "two requests are invalid");
+    assert!(
+        stderr(&o).contains("2 answered, 2 failed"),
+        "{}",
+        stderr(&o)
+    );
+    let by_id: BTreeMap<String, Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["custom_id"].as_str().unwrap().to_string(), v)
+        })
+        .collect();
+    assert_eq!(by_id.len(), 4);
+    let reference = reference_text("siglip-tiny__single");
+    for id in ["inline", "by-path"] {
+        let v = &by_id[id];
+        assert!(v["id"].as_str().unwrap().starts_with("batch_req_"), "{v}");
+        assert_eq!(v["error"], Value::Null);
+        assert_eq!(v["response"]["status_code"], 200);
+        let body = &v["response"]["body"];
+        assert_eq!(body["object"], "chat.completion");
+        assert_eq!(v["response"]["request_id"], body["id"]);
+        assert_eq!(body["choices"][0]["message"]["content"], reference, "{id}");
+        assert_eq!(body["usage"]["completion_tokens"], 32);
+    }
+    assert_eq!(
+        by_id["by-path"]["response"]["body"]["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap()
+            .len(),
+        32
+    );
+    let bad = &by_id["bad-type"]["response"];
+    assert_eq!(bad["status_code"], 400);
+    assert_eq!(bad["body"]["error"]["param"], "temperature", "{bad}");
+    let remote = &by_id["remote"]["response"];
+    assert_eq!(remote["status_code"], 400);
+    assert!(
+        remote["body"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not download"),
+        "{remote}"
+    );
+
+    // Resumed: the answered requests are kept, the failed ones tried again (and fail again).
+    let o = dsvl_batch(&args);
+    assert!(stderr(&o).contains("2 already in"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("0 answered, 2 failed"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read_to_string(&output).unwrap().lines().count(), 4);
+
+    // Mixed inputs, a missing prompt, a prompt with request files: refused before loading.
+    let o = dsvl_batch(&[
+        "--output",
+        "x.jsonl",
+        input.to_str().unwrap(),
+        png.to_str().unwrap(),
+    ]);
+    assert!(stderr(&o).contains("cannot be mixed"), "{}", stderr(&o));
+    let o = dsvl_batch(&["--output", "x.jsonl", png.to_str().unwrap()]);
+    assert!(stderr(&o).contains("--prompt is needed"), "{}", stderr(&o));
+    let o = dsvl_batch(&[
+        "--prompt",
+        "x",
+        "--output",
+        "x.jsonl",
+        input.to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&o).contains("does not apply to request files"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `--glob` picks files below the folder; `--json` answers carry the parsed value (or say why
+/// not); every line reports its image tokens.
+#[test]
+fn glob_json_and_image_tokens() {
+    let dir = temp_dir("glob");
+    let images = dir.join("images");
+    std::fs::create_dir_all(images.join("deep")).unwrap();
+    let src = fixtures().join("images");
+    std::fs::copy(src.join("landscape_500x333.png"), images.join("top.png")).unwrap();
+    std::fs::copy(
+        src.join("portrait_333x500.png"),
+        images.join("deep/low.png"),
+    )
+    .unwrap();
+    std::fs::copy(
+        src.join("photo_640x480_q90_420.jpg"),
+        images.join("deep/photo.jpg"),
+    )
+    .unwrap();
+    let output = dir.join("out.jsonl");
+    let o = batch(
+        &[&images],
+        &output,
+        &["--glob", "**/*.png", "--json", "--max-tokens", "6"],
+    );
+    let got = lines(&output);
+    assert_eq!(
+        got.keys().cloned().collect::<Vec<_>>(),
+        [images.join("deep/low.png"), images.join("top.png")]
+            .map(|p| p.display().to_string())
+            .to_vec(),
+        "{}",
+        stderr(&o)
+    );
+    for v in got.values() {
+        assert_eq!(v["image_tokens"], 576, "{v}");
+        // Six tokens of a constrained random model: JSON that may or may not be finished, and
+        // the line says which.
+        let answer = v["answer"].as_str().unwrap();
+        match serde_json::from_str::<Value>(answer) {
+            Ok(parsed) => assert_eq!(v["json"], parsed, "{v}"),
+            Err(_) => assert!(
+                v["json_error"].as_str().unwrap().contains("--max-tokens"),
+                "{v}"
+            ),
+        }
+        assert!(answer.trim_start().starts_with('{'), "{v}");
+    }
+}

@@ -1,6 +1,7 @@
 //! The HTTP surface: one file per group of routes, plus the auth and metrics middleware.
 
 mod chat;
+pub use chat::{CompletionBuilder, ReplyMeta, DEFAULT_MAX_TOKENS};
 mod info;
 mod prompt;
 mod stream;

@@ -12,7 +12,8 @@ Every valid request is greedy and also sent once alone before the load starts: a
 load that differs from it is counted as a mix-up. Reports requests by outcome, p50/p95/p99
 latency and time to first token of the valid ones, 5xx count, queue and running gauges after the
 run (from /metrics; they must drain to 0), and the server's RSS over time (start, after warm-up,
-peak, end). Exit code 1 when any 5xx, mix-up or undrained gauge was seen. Stdlib only.
+peak, end). Exit code 1 when any 5xx, mix-up or undrained gauge was seen, or the end RSS is more
+than --rss-tolerance above the post-warm-up RSS. Stdlib only.
 
     dsvl serve --model M --port 8080 & python3 bench/soak.py --port 8080 --pid $! --duration 60
 """
@@ -49,6 +50,29 @@ def png_bomb(w=100_000, h=100_000):
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
+def gif_bomb(w=65535, h=65535):
+    """A valid GIF whose screen and one frame claim w x h pixels (with one tiny LZW block)."""
+    head = b"GIF89a" + struct.pack("<HHBBB", w, h, 0x80, 0, 0) + b"\0\0\0\xff\xff\xff"
+    frame = b"," + struct.pack("<HHHHB", 0, 0, w, h, 0) + b"\x02\x02\x44\x01\x00"
+    return head + frame + b";"
+
+
+def bmp_bomb(w=60_000, h=60_000):
+    """A BMP header claiming w x h 24-bit pixels, followed by a few bytes of them."""
+    info = struct.pack("<IiiHHIIiiII", 40, w, h, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + 40 + 64, 0, 0, 54) + info + b"\0" * 64
+
+
+def corrupt(raw, seed):
+    """The file with a run of bytes in its middle overwritten: headers intact, data broken."""
+    b = bytearray(raw)
+    r = random.Random(seed)
+    start = len(b) // 3
+    for i in range(start, min(len(b), start + 256)):
+        b[i] = r.randrange(256)
+    return bytes(b)
+
+
 def data_url(raw, mime="image/png"):
     return f"data:{mime};base64," + base64.b64encode(raw).decode()
 
@@ -61,8 +85,10 @@ class Workload:
     def __init__(self, context_chars):
         images = sorted(p for p in FIXTURES.iterdir() if p.suffix in (".png", ".jpg"))
         self.images = [data_url(p.read_bytes(), "image/jpeg" if p.suffix == ".jpg" else "image/png") for p in images]
-        self.truncated = data_url(images[0].read_bytes()[:200])
-        self.bomb = data_url(png_bomb())
+        self.truncated = [data_url(p.read_bytes()[:200]) for p in images]
+        self.corrupt = [data_url(corrupt(p.read_bytes(), i)) for i, p in enumerate(images)]
+        self.bombs = {"png": data_url(png_bomb()), "gif": data_url(gif_bomb(), "image/gif"),
+                      "bmp": data_url(bmp_bomb(), "image/bmp")}
         self.context_chars = context_chars
 
     def valid(self, rnd):
@@ -83,8 +109,8 @@ class Workload:
 
     def fault(self, rnd):
         """(name, raw body or None, how): faults the server must answer with 4xx (or survive)."""
-        kind = rnd.choice(["json", "types", "base64", "truncated", "bomb", "declared", "context",
-                           "images", "hangup", "slow", "hostile"])
+        kind = rnd.choice(["json", "types", "base64", "truncated", "corrupt", "bomb", "declared",
+                           "context", "one char", "images", "hangup", "slow", "hostile"])
         user = lambda content: {"messages": [{"role": "user", "content": content}], "max_tokens": 4}
         if kind == "json":
             return kind, b'{"messages": [', "send"
@@ -93,9 +119,14 @@ class Workload:
         if kind == "base64":
             return kind, json.dumps(user([image_part("data:image/png;base64,@@@not base64@@@")])).encode(), "send"
         if kind == "truncated":
-            return kind, json.dumps(user([image_part(self.truncated)])).encode(), "send"
+            return kind, json.dumps(user([image_part(rnd.choice(self.truncated))])).encode(), "send"
+        if kind == "corrupt":
+            return kind, json.dumps(user([image_part(rnd.choice(self.corrupt))])).encode(), "send"
         if kind == "bomb":
-            return kind, json.dumps(user([image_part(self.bomb)])).encode(), "send"
+            fmt = rnd.choice(sorted(self.bombs))
+            return f"bomb {fmt}", json.dumps(user([image_part(self.bombs[fmt])])).encode(), "send"
+        if kind == "one char":  # 1 MB of one character: a single 1 MB "word" for the tokenizer
+            return kind, json.dumps(user("x" * (1 << 20))).encode(), "send"
         if kind == "declared":
             return kind, None, "declared"
         if kind == "context":
@@ -200,6 +231,8 @@ def main():
     p.add_argument("--context-chars", type=int, default=200_000, help="size of the over-context prompt")
     p.add_argument("--max-body", type=int, default=32 << 20, help="the server's --max-body-bytes")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--rss-tolerance", type=float, default=0.10,
+                   help="the end RSS may exceed the post-warm-up RSS by this fraction (default %(default)s)")
     a = p.parse_args()
 
     w = Workload(a.context_chars)
@@ -281,7 +314,10 @@ def main():
           + (f" ({(end_rss / warm - 1) * 100:+.1f} % of post-warm-up)" if warm else ""))
     for kind, expected, got in mixups[:3]:
         print(f"  mix-up ({kind}): expected {expected!r}, got {got!r}")
-    bad = fives or mixups or queue != 0 or running != 0
+    grew = warm is not None and end_rss > warm * (1 + a.rss_tolerance)
+    if grew:
+        print(f"RSS grew past the tolerance of {a.rss_tolerance:.0%}")
+    bad = fives or mixups or queue != 0 or running != 0 or grew
     raise SystemExit(1 if bad else 0)
 
 

@@ -184,3 +184,32 @@ fn model_flags_reach_the_served_model() {
         "{body:.500}"
     );
 }
+
+/// The short soak (the long one is in RELIABILITY.md): 8 clients for 45 s, a fifth of them
+/// faulty (broken JSON and types, bad base64, truncated and corrupt images, PNG/GIF/BMP
+/// decompression bombs, oversize bodies, over-context and 1 MB prompts, too many images, hang-ups
+/// mid-stream, slow bodies, hostile text). `bench/soak.py` exits non-zero on any 5xx, any valid
+/// answer that differs from the same request alone, queue or running not back to 0, or RSS at the
+/// end more than 50 % over the post-warm-up value (a short run still fills its caches).
+#[test]
+fn short_soak_under_faults() {
+    let server = Server::start(&[]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/soak.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(["--port", &server.port.to_string()])
+        .args(["--pid", &server.child.id().to_string()])
+        .args(["--clients", "8", "--duration", "45", "--warmup", "20"])
+        .args(["--rss-tolerance", "0.5"])
+        .output()
+        .expect("python3 runs bench/soak.py (the CI machine has Python 3)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("5xx: 0;"), "{report}");
+    assert!(report.contains("valid one: 200"), "{report}");
+    eprintln!("{report}");
+}

@@ -103,6 +103,11 @@ pub enum Error {
         limit: u64,
     },
 
+    /// A PDF given as images that cannot be opened or rendered (the message names the document
+    /// and the page).
+    #[error(transparent)]
+    Pdf(#[from] crate::pdf::PdfError),
+
     // ---- generation --------------------------------------------------------------------------
     #[error("invalid sampling parameter: {0}")]
     Sampling(String),

@@ -13,6 +13,8 @@
 //! blocks, `engine` ties it together. `grounding` turns DeepSeek-VL2 `<|ref|>/<|det|>` answers
 //! into boxes and draws them. `structured` constrains answers to a JSON Schema, a regex, a choice
 //! or a Lark grammar (llguidance), through [`SamplingParams::constraint`].
+//! `pdf` renders PDF pages to images ([`PdfDocument`]) that enter a conversation as
+//! [`ImageSource::Rendered`].
 //!
 //! The crate root re-exports what a program needs: [`Pipeline`] (load, prepare, generate),
 //! [`EngineHandle`] (continuous batching for many concurrent requests), messages, images,
@@ -54,6 +56,7 @@ pub mod error;
 pub mod grounding;
 pub mod image;
 pub mod models;
+pub mod pdf;
 pub mod prompt;
 pub mod sampling;
 pub mod structured;
@@ -89,6 +92,7 @@ pub use engine::{
 pub use error::{CheckpointLayout, Error, Result};
 pub use grounding::Grounding;
 pub use nn::Quant;
+pub use pdf::{PdfDocument, PdfError, PdfLimits};
 pub use prompt::template::Role;
 pub use sampling::SamplingParams;
 pub use structured::Constraint;

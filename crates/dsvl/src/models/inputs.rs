@@ -2,6 +2,7 @@
 //! (prompt ids and one vision input per image), shared by every family.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use candle_core::Tensor;
 
@@ -18,6 +19,13 @@ pub enum ImageSource {
         name: String,
         data: Vec<u8>,
     },
+    /// Pixels already in memory (a rendered PDF page), with a name for error messages. The
+    /// image caches key images by their preprocessed pixels, so a rendered page is cached like
+    /// the same picture sent as a file.
+    Rendered {
+        name: String,
+        image: Arc<RgbImage>,
+    },
 }
 
 impl ImageSource {
@@ -26,6 +34,19 @@ impl ImageSource {
         match self {
             ImageSource::Path(p) => image::load(p, max_pixels),
             ImageSource::Bytes { name, data } => image::decode(data, name, max_pixels),
+            ImageSource::Rendered { name, image } => {
+                let pixels = u64::from(image.width) * u64::from(image.height);
+                if pixels > max_pixels {
+                    return Err(Error::ImageTooLarge {
+                        source_name: name.clone(),
+                        width: image.width.into(),
+                        height: image.height.into(),
+                        pixels,
+                        limit: max_pixels,
+                    });
+                }
+                Ok(RgbImage::clone(image))
+            }
         }
     }
 }
@@ -144,4 +165,34 @@ pub struct PromptText {
     pub prompt: String,
     /// Token ids with every image expanded to its image-token positions.
     pub ids: Vec<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_pixels_decode_as_they_are_within_the_pixel_limit() {
+        let img = Arc::new(RgbImage::filled(4, 3, [10, 20, 30]));
+        let src = ImageSource::Rendered {
+            name: "doc.pdf page 1".into(),
+            image: Arc::clone(&img),
+        };
+        assert_eq!(src.decode(12).unwrap(), *img);
+        let e = src.decode(11).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::ImageTooLarge {
+                    pixels: 12,
+                    limit: 11,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e
+            .to_string()
+            .starts_with("doc.pdf page 1: image is 4x3 = 12 pixels"));
+    }
 }

@@ -5,6 +5,7 @@ mod conversation;
 mod errors;
 mod image;
 mod npy;
+mod pdf;
 mod quant;
 mod structured;
 mod tol;

@@ -384,3 +384,72 @@ fn glob_json_and_image_tokens() {
         assert!(answer.trim_start().starts_with('{'), "{v}");
     }
 }
+
+fn pdf_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dsvl/tests/fixtures/pdf")
+}
+
+/// PDFs in a folder become one item per selected page (`--pages`), each line saying its page;
+/// documents that do not open are one error line each and the run goes on.
+#[test]
+fn pdf_pages_are_items_and_bad_documents_are_error_lines() {
+    let dir = temp_dir("pdf");
+    let docs = dir.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    for name in [
+        "fidelity.pdf",
+        "encrypted.pdf",
+        "truncated.pdf",
+        "zero-pages.pdf",
+    ] {
+        std::fs::copy(pdf_fixtures().join(name), docs.join(name)).unwrap();
+    }
+    let run = |out: &str, extra: &[&str]| {
+        let output = dir.join(out);
+        let mut args = vec!["--pages", "1,4", "--dpi", "72", "--max-tokens", "12"];
+        args.extend_from_slice(extra);
+        let o = batch(&[&docs], &output, &args);
+        assert!(!o.status.success(), "three documents do not open");
+        assert!(
+            stderr(&o).contains("2 answered, 3 failed"),
+            "{}",
+            stderr(&o)
+        );
+        lines(&output)
+    };
+    let got = run("one.jsonl", &["--max-running", "1"]);
+    let fidelity = docs.join("fidelity.pdf").display().to_string();
+    for page in [1, 4] {
+        let v = &got[&format!("{fidelity}#page={page}")];
+        assert_eq!(v["page"], page, "{v}");
+        assert_eq!(v["source"], fidelity.as_str());
+        assert_eq!(v["image_tokens"], 576);
+        assert_eq!(v["completion_tokens"], 12);
+    }
+    for (name, why) in [
+        ("encrypted.pdf", "password"),
+        ("truncated.pdf", "truncated.pdf"),
+        ("zero-pages.pdf", "no pages"),
+    ] {
+        let v = &got[&docs.join(name).display().to_string()];
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(why), "{name}: {message}");
+    }
+    // The same pages decoded together give the same answers (batch invariance).
+    let together = run("two.jsonl", &["--max-running", "2"]);
+    for (id, v) in &got {
+        assert_eq!(v["answer"], together[id]["answer"], "{id}");
+    }
+    // A page the document does not have: an error line naming its page count.
+    let output = dir.join("range.jsonl");
+    let o = batch(&[&docs.join("fidelity.pdf")], &output, &["--pages", "9"]);
+    assert!(!o.status.success());
+    let line = &lines(&output)[&fidelity];
+    assert!(
+        line["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("5 pages"),
+        "{line}"
+    );
+}

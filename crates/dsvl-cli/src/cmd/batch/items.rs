@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
-/// Extensions a folder search picks up when no `--glob` is given.
-pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"];
+/// Extensions a folder search picks up when no `--glob` is given: images and PDFs.
+pub const EXTENSIONS: &[&str] = &[
+    "png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff", "pdf",
+];
 
 /// One unit of work, answered by one output line.
 #[derive(Debug, Clone)]
@@ -22,10 +24,25 @@ pub struct Item {
     pub work: Work,
 }
 
+impl Item {
+    /// A PDF page's number as users count (from 1).
+    pub fn page(&self) -> Option<usize> {
+        match self.work {
+            Work::PdfPage { page } => Some(page + 1),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Work {
     /// One image file (a missing or unreadable one becomes an error line).
     Image,
+    /// One page of a PDF (0-based), rendered when its turn comes.
+    PdfPage { page: usize },
+    /// A file that could not be expanded into items (a PDF that does not open, pages it does
+    /// not have): one error line, and the run goes on.
+    Broken(String),
     /// One line of a request file, read again when its turn comes (so a file of a thousand
     /// inline images is never held in memory at once).
     Request {
@@ -67,7 +84,7 @@ impl Filter {
             None => relative
                 .extension()
                 .and_then(|e| e.to_str())
-                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())),
+                .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())),
         }
     }
 }
@@ -79,9 +96,27 @@ pub fn is_request_file(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("jsonl"))
 }
 
-/// Files as given, folders searched recursively (sorted, through `filter`), request files one
-/// item per line. An id met twice is kept once.
-pub fn collect(inputs: &[PathBuf], filter: &Filter) -> anyhow::Result<Vec<Item>> {
+/// Whether `path` names a PDF (by its extension; the renderer checks the content).
+pub fn is_pdf(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("pdf"))
+}
+
+/// Which pages of each PDF, and the limits a document is opened with.
+pub struct PdfSelection {
+    /// `--pages` as given (`1-3,7`); `None`: every page.
+    pub pages: Option<String>,
+    pub limits: dsvl::pdf::PdfLimits,
+}
+
+/// Files as given, folders searched recursively (sorted, through `filter`), PDFs one item per
+/// selected page, request files one item per line. An id met twice is kept once.
+pub fn collect(
+    inputs: &[PathBuf],
+    filter: &Filter,
+    pdf: &PdfSelection,
+) -> anyhow::Result<Vec<Item>> {
     let mut items = Vec::new();
     let mut seen = HashSet::new();
     for input in inputs {
@@ -92,25 +127,55 @@ pub fn collect(inputs: &[PathBuf], filter: &Filter) -> anyhow::Result<Vec<Item>>
             files.sort();
             files
                 .into_iter()
-                .map(|path| Item {
-                    id: path.display().to_string(),
-                    source: path,
-                    work: Work::Image,
-                })
+                .flat_map(|path| file_items(path, pdf))
                 .collect()
         } else if is_request_file(input) {
             request_lines(input)?
         } else {
             // A missing file is an item too: it becomes an error line, and the run goes on.
-            vec![Item {
-                id: input.display().to_string(),
-                source: input.clone(),
-                work: Work::Image,
-            }]
+            file_items(input.clone(), pdf)
         };
         items.extend(found.into_iter().filter(|i| seen.insert(i.id.clone())));
     }
     Ok(items)
+}
+
+/// An image file's one item, or a PDF's pages (an error item when it cannot be opened).
+fn file_items(path: PathBuf, pdf: &PdfSelection) -> Vec<Item> {
+    let id = path.display().to_string();
+    if !is_pdf(&path) {
+        return vec![Item {
+            id,
+            source: path,
+            work: Work::Image,
+        }];
+    }
+    let pages = std::fs::read(&path)
+        .map_err(|e| format!("cannot read {id}: {e}"))
+        .and_then(|bytes| {
+            let doc = dsvl::pdf::PdfDocument::from_bytes(bytes, &id, &pdf.limits)
+                .map_err(|e| e.to_string())?;
+            match &pdf.pages {
+                None => Ok((0..doc.page_count()).collect()),
+                Some(spec) => dsvl::pdf::parse_page_ranges(spec, doc.page_count())
+                    .map_err(|e| format!("{id}: {e}")),
+            }
+        });
+    match pages {
+        Ok(pages) => pages
+            .into_iter()
+            .map(|page| Item {
+                id: format!("{id}#page={}", page + 1),
+                source: path.clone(),
+                work: Work::PdfPage { page },
+            })
+            .collect(),
+        Err(message) => vec![Item {
+            id,
+            source: path,
+            work: Work::Broken(message),
+        }],
+    }
 }
 
 fn walk(root: &Path, dir: &Path, filter: &Filter, found: &mut Vec<PathBuf>) -> std::io::Result<()> {

@@ -74,6 +74,22 @@ pub struct BatchArgs {
     /// `--glob '**/*.jpg' --glob '**/*.png'`.
     #[arg(long, value_name = "PATTERN")]
     pub glob: Vec<String>,
+    /// PDFs: only these pages of each document, as 1-based numbers and ranges (`1-3,7`, `5-`).
+    /// Default: every page.
+    #[arg(long, value_name = "RANGES", help_heading = "PDFs")]
+    pub pages: Option<String>,
+    /// PDFs: render pages at this resolution (dots per inch; an A4 page at 144 dpi is
+    /// 1191x1684 pixels).
+    #[arg(
+        long,
+        visible_alias = "pdf-dpi",
+        default_value_t = 144.0,
+        help_heading = "PDFs"
+    )]
+    pub dpi: f32,
+    /// PDFs: refuse (as an error line) documents with more pages than this.
+    #[arg(long, default_value_t = dsvl::pdf::PdfLimits::default().max_pages, help_heading = "PDFs")]
+    pub max_pdf_pages: usize,
 }
 
 fn parse_shard(s: &str) -> Result<(u64, u64), String> {
@@ -97,8 +113,21 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
 }
 
 pub fn run(a: BatchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.dpi.is_finite() && a.dpi >= 1.0 && a.dpi <= 1200.0,
+        "--dpi {}: expected 1 to 1200 (144 reads small print well)",
+        a.dpi
+    );
     let filter = items::Filter::new(&a.glob)?;
-    let mut todo = items::collect(&a.inputs, &filter)?;
+    let pdf = items::PdfSelection {
+        pages: a.pages.clone(),
+        limits: dsvl::pdf::PdfLimits {
+            max_pages: a.max_pdf_pages,
+            max_page_pixels: a.model.max_image_pixels,
+            ..Default::default()
+        },
+    };
+    let mut todo = items::collect(&a.inputs, &filter, &pdf)?;
     let requests = todo
         .iter()
         .filter(|i| matches!(i.work, Work::Request { .. }))
@@ -175,11 +204,23 @@ pub fn run(a: BatchArgs) -> anyhow::Result<()> {
         let _ = slot_back.send(());
     }
     let mut collectors = Vec::new();
+    let mut pages = PageRenderer::new(pdf.limits.clone(), a.dpi);
     for item in todo {
+        if let Work::Broken(message) = &item.work {
+            let _ = lines.send(Line {
+                ok: false,
+                value: error_line(&item, message),
+            });
+            continue;
+        }
         slots.recv().context("the batch's collectors stopped")?;
         let started = Instant::now();
         let submitted = match &item.work {
-            Work::Image => image_request(&pipeline, &item, &prompt, &a, &params),
+            Work::Broken(_) => continue,
+            Work::Image | Work::PdfPage { .. } => pages
+                .source(&item)
+                .map_err(Failure::Engine)
+                .and_then(|image| image_request(&pipeline, image, &prompt, &a, &params)),
             Work::Request { line, offset, len } => {
                 request_line(&pipeline, &item, *line, *offset, *len)
             }
@@ -203,10 +244,10 @@ pub fn run(a: BatchArgs) -> anyhow::Result<()> {
         let model_name = model_name.clone();
         collectors.push(std::thread::spawn(move || {
             let (ok, value) = match item.work {
-                Work::Image => collect(&item, events, started, parse_json, &image_tokens),
                 Work::Request { .. } => {
                     requests::collect(&item.id, &model_name, with_logprobs, events)
                 }
+                _ => collect(&item, events, started, parse_json, &image_tokens),
             };
             let _ = lines.send(Line { ok, value });
             let _ = slot_back.send(());
@@ -250,7 +291,7 @@ impl Failure {
             (Failure::Engine(e), Work::Request { .. }) => {
                 requests::failure(&item.id, &dsvl_server::ApiError::from_engine(e))
             }
-            (Failure::Engine(e), Work::Image) => error_line(item, &e.to_string()),
+            (Failure::Engine(e), _) => error_line(item, &e.to_string()),
             (Failure::Api(e), _) => requests::failure(&item.id, &e),
         }
     }
@@ -264,16 +305,56 @@ struct Submission {
     image_tokens: Vec<usize>,
 }
 
-/// The prompt about one image file.
+/// Images for items: files by path; PDF pages rendered, the last document kept open (a
+/// document's pages are consecutive items) so it is parsed once, not once per page.
+struct PageRenderer {
+    limits: dsvl::pdf::PdfLimits,
+    dpi: f32,
+    open: Option<(PathBuf, dsvl::pdf::PdfDocument)>,
+}
+
+impl PageRenderer {
+    fn new(limits: dsvl::pdf::PdfLimits, dpi: f32) -> Self {
+        Self {
+            limits,
+            dpi,
+            open: None,
+        }
+    }
+
+    fn source(&mut self, item: &Item) -> dsvl::Result<ImageSource> {
+        let Work::PdfPage { page } = item.work else {
+            return Ok(ImageSource::Path(item.source.clone()));
+        };
+        if self.open.as_ref().map(|(p, _)| p) != Some(&item.source) {
+            self.open = None;
+            let name = item.source.display().to_string();
+            let bytes = std::fs::read(&item.source).map_err(|source| dsvl::Error::Io {
+                path: item.source.clone(),
+                source,
+            })?;
+            let doc = dsvl::pdf::PdfDocument::from_bytes(bytes, &name, &self.limits)?;
+            self.open = Some((item.source.clone(), doc));
+        }
+        let Some((_, doc)) = &self.open else {
+            unreachable!("opened above")
+        };
+        Ok(ImageSource::Rendered {
+            name: item.id.clone(),
+            image: Arc::new(doc.render(page, self.dpi)?),
+        })
+    }
+}
+
+/// The prompt about one image (a file, or a rendered page).
 fn image_request(
     pipeline: &Pipeline,
-    item: &Item,
+    image: ImageSource,
     prompt: &str,
     a: &BatchArgs,
     params: &dsvl::GenerateParams,
 ) -> Result<Submission, Failure> {
-    let message = ChatMessage::new(Role::User, prompt.to_string())
-        .with_images(vec![ImageSource::Path(item.source.clone())]);
+    let message = ChatMessage::new(Role::User, prompt.to_string()).with_images(vec![image]);
     let prepared = pipeline
         .prepare(a.sampling.system.as_deref(), &[message])
         .map_err(Failure::Engine)?;
@@ -331,6 +412,7 @@ fn collect(
                 let mut line = json!({
                     "id": item.id,
                     "source": item.source.display().to_string(),
+                    "page": item.page(),
                     "answer": answer,
                     "finish_reason": finish_reason.as_str(),
                     "prompt_tokens": prompt_tokens,
@@ -349,6 +431,9 @@ fn collect(
                         }
                     }
                 }
+                if item.page().is_none() {
+                    line.as_object_mut().map(|o| o.remove("page"));
+                }
                 if let Some(g) = grounding {
                     line["grounding"] = serde_json::to_value(&*g).unwrap_or(Value::Null);
                 }
@@ -363,7 +448,15 @@ fn collect(
 }
 
 fn error_line(item: &Item, message: &str) -> Value {
-    json!({"id": item.id, "source": item.source.display().to_string(), "error": {"message": message}})
+    let mut line = json!({
+        "id": item.id,
+        "source": item.source.display().to_string(),
+        "error": {"message": message},
+    });
+    if let Some(page) = item.page() {
+        line["page"] = page.into();
+    }
+    line
 }
 
 #[cfg(test)]

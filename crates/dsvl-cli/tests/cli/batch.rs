@@ -452,4 +452,17 @@ fn pdf_pages_are_items_and_bad_documents_are_error_lines() {
             .contains("5 pages"),
         "{line}"
     );
+    // A page of 1e9 pixels is refused before it is drawn.
+    let huge = pdf_fixtures().join("huge-page.pdf");
+    let output = dir.join("huge.jsonl");
+    let o = batch(&[&huge], &output, &["--dpi", "100"]);
+    assert!(!o.status.success());
+    let line = &lines(&output)[&format!("{}#page=1", huge.display())];
+    assert!(
+        line["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pixels"),
+        "{line}"
+    );
 }

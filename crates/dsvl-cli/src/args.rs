@@ -43,9 +43,11 @@ pub enum Command {
         dsvl run --model DIR --messages conversation.json\n  \
         dsvl run --model DIR --image a.jpg --logprobs 5 --format jsonl \"What is this?\"\n  \
         dsvl run --model DIR --image receipt.png --json-schema receipt.schema.json \"Read this receipt.\"\n  \
+        dsvl run --model DIR --image report.pdf --pdf-dpi 144 \"What is the total on the last page?\"\n  \
         dsvl run --model deepseek-ai/deepseek-vl2-tiny --image street.jpg --draw-boxes boxes.png --boxes-json boxes.json \\\n      \
         \"<|ref|>the red car<|/ref|>.\"\n\n\
         Image markers: <image_placeholder> for DeepSeek-VL, <image> for DeepSeek-VL2. Images without markers in the prompt are placed, one marker each, at the start of the user turn.\n\
+        A PDF given as --image is its pages, one image each, in order (give no markers for them).\n\
         DeepSeek-VL2 grounding: ask with <|ref|>object<|/ref|> or start with <|grounding|>; the answer keeps its <|ref|>/<|det|> markup, \
         --boxes-json and --draw-boxes turn it into boxes on the last image.\n\
         conversation.json: [{\"role\": \"user\", \"content\": \"<image_placeholder>What is this?\", \"images\": [\"a.jpg\"]}, …]\n\
@@ -168,13 +170,53 @@ pub struct OutputArgs {
     pub grammar: Option<PathBuf>,
 }
 
+/// PDFs given as images: each page becomes one image (`run`, `chat`, `serve`).
+#[derive(Args, Debug, Clone)]
+pub struct PdfArgs {
+    /// Resolution PDF pages are rendered at, in dots per inch (an A4 page at 144 dpi is
+    /// 1191x1684 pixels).
+    #[arg(long, value_name = "DPI", default_value_t = 144.0, value_parser = parse_dpi, help_heading = "PDF input")]
+    pub pdf_dpi: f32,
+    /// Most pages one PDF may have; a longer one is refused (split it first).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 16,
+        help_heading = "PDF input"
+    )]
+    pub max_pdf_pages: usize,
+}
+
+impl PdfArgs {
+    /// The library's limits for these flags; a page is refused for its size at the image limit.
+    pub fn limits(&self, max_image_pixels: u64) -> dsvl::pdf::PdfLimits {
+        dsvl::pdf::PdfLimits {
+            max_pages: self.max_pdf_pages,
+            max_page_pixels: max_image_pixels,
+            ..dsvl::pdf::PdfLimits::default()
+        }
+    }
+}
+
+fn parse_dpi(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(d) if d.is_finite() && (1.0..=2400.0).contains(&d) => Ok(d),
+        _ => Err(format!(
+            "`{s}` is not a resolution between 1 and 2400 dpi (e.g. 144)"
+        )),
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct RunArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// Image file (JPEG, PNG, WebP, GIF, BMP, TIFF); repeat for several images.
+    #[command(flatten)]
+    pub pdf: PdfArgs,
+    /// Image file (JPEG, PNG, WebP, GIF, BMP, TIFF), or a PDF (each page becomes an image);
+    /// repeat for several images.
     #[arg(short, long)]
     pub image: Vec<PathBuf>,
     /// A whole conversation as JSON (see below) instead of PROMPT and --image.
@@ -205,6 +247,8 @@ pub struct ChatArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub pdf: PdfArgs,
 }
 
 #[derive(Args, Debug)]

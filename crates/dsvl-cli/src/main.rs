@@ -3,6 +3,7 @@
 mod args;
 mod cmd;
 mod model_path;
+mod pdf_input;
 
 use std::io::IsTerminal;
 use std::path::Path;

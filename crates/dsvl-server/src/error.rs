@@ -169,6 +169,7 @@ impl ApiError {
             E::QueueFull { capacity } => Self::overloaded(capacity),
             E::EngineStopped => Self::unavailable(msg),
             E::Conversation(_) => Self::invalid("messages", msg),
+            E::Pdf(_) => Self::invalid("messages", msg).with_code("invalid_pdf"),
             E::Tokenize(_) => Self::invalid("messages", msg),
             E::Sampling(ref detail) => {
                 // "temperature = -1, expected ..." names the field first.

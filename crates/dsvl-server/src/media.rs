@@ -7,14 +7,17 @@
 mod remote;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use dsvl::engine::ImageSource;
+use dsvl::pdf::{PdfDocument, PdfError, PdfLimits};
 
 use crate::error::ApiError;
 use crate::openai::convert::{ImageRef, Turn};
+use crate::openai::request::FilePart;
 
 pub use remote::{RemoteImages, MAX_REDIRECTS};
 
@@ -25,6 +28,97 @@ pub struct MediaPolicy {
     pub allowed_local_media_path: Option<PathBuf>,
     /// How `http(s)` URLs are fetched; `None`: they are refused.
     pub remote: Option<RemoteImages>,
+    /// How PDF file parts become images.
+    pub pdf: PdfPolicy,
+}
+
+/// `dsvl serve --pdf-dpi` default: 144 dpi makes an A4 page 1191x1684 pixels, enough for body
+/// text to stay legible after the vision tower's resize.
+pub const DEFAULT_PDF_DPI: f32 = 144.0;
+/// `dsvl serve --max-pdf-pages` default.
+pub const DEFAULT_MAX_PDF_PAGES: usize = 16;
+
+/// How PDF file parts become images: every page, in order, rendered at `dpi` under `limits`.
+#[derive(Debug, Clone)]
+pub struct PdfPolicy {
+    pub dpi: f32,
+    pub limits: PdfLimits,
+}
+
+impl Default for PdfPolicy {
+    fn default() -> Self {
+        Self {
+            dpi: DEFAULT_PDF_DPI,
+            limits: PdfLimits {
+                max_pages: DEFAULT_MAX_PDF_PAGES,
+                ..PdfLimits::default()
+            },
+        }
+    }
+}
+
+impl PdfPolicy {
+    /// Opens the PDF of a file part (`param`: the part's JSON path) from its `file_data` URL,
+    /// checking its page count; pages are rendered later, by [`MediaPolicy::load`].
+    pub fn open(&self, param: &str, file: &FilePart) -> Result<Arc<PdfDocument>, ApiError> {
+        if file.file_id.is_some() {
+            return Err(ApiError::invalid(
+                format!("{param}.file.file_id"),
+                format!(
+                    "{param}: `file_id` is not supported (this server has no Files API); send the \
+                     file inline as \"file_data\": \"data:application/pdf;base64,...\""
+                ),
+            )
+            .with_code("unsupported_file_id"));
+        }
+        let bad_data = |message: String| {
+            ApiError::invalid(
+                format!("{param}.file.file_data"),
+                format!("{param}: {message}"),
+            )
+            .with_code("invalid_file")
+        };
+        let Some(data) = &file.file_data else {
+            return Err(bad_data(
+                "a file part needs `file_data`, the PDF as data:application/pdf;base64,...".into(),
+            ));
+        };
+        let Some(rest) = data.trim().strip_prefix("data:") else {
+            return Err(bad_data(
+                "`file_data` must be a data URL: data:application/pdf;base64,...".into(),
+            ));
+        };
+        let media_type = rest.split([';', ',']).next().unwrap_or_default();
+        if !(media_type.is_empty() || media_type.eq_ignore_ascii_case("application/pdf")) {
+            return Err(bad_data(format!(
+                "file parts take PDF documents only (application/pdf), not {media_type}; send \
+                 images as image_url parts"
+            )));
+        }
+        let bytes = decode_data_url(rest).map_err(bad_data)?;
+        let name = match file.filename.as_deref().map(str::trim) {
+            Some(f) if !f.is_empty() => format!("{param} ({f})"),
+            _ => param.to_owned(),
+        };
+        PdfDocument::from_bytes(bytes, &name, &self.limits)
+            .map(Arc::new)
+            .map_err(|e| pdf_error(param, e))
+    }
+}
+
+/// A PDF error about the part at `param`: 413 for a page over the pixel limit, else 400.
+pub fn pdf_error(param: &str, e: PdfError) -> ApiError {
+    let message = e.to_string();
+    match e {
+        PdfError::PageTooLarge { .. } => {
+            ApiError::payload_too_large_param(param, message).with_code("pdf_page_too_large")
+        }
+        PdfError::TooManyPages { .. } => {
+            ApiError::invalid(param, message).with_code("too_many_pdf_pages")
+        }
+        PdfError::Encrypted { .. } => ApiError::invalid(param, message).with_code("encrypted_pdf"),
+        _ => ApiError::invalid(param, message).with_code("invalid_pdf"),
+    }
 }
 
 /// Standard alphabet, padding optional (clients differ).
@@ -51,6 +145,16 @@ impl MediaPolicy {
     /// Loads one image part. The returned source is named by the part's JSON path, so decode
     /// errors from the engine point at it.
     pub fn load(&self, img: &ImageRef) -> Result<ImageSource, ApiError> {
+        if let Some(page) = &img.pdf_page {
+            let image = page
+                .doc
+                .render(page.index, self.pdf.dpi)
+                .map_err(|e| pdf_error(&img.param, e))?;
+            return Ok(ImageSource::Rendered {
+                name: img.param.clone(),
+                image: Arc::new(image),
+            });
+        }
         let url = img.url.trim();
         let data = if let Some(rest) = url.strip_prefix("data:") {
             decode_data_url(rest).map_err(|m| invalid(img, m))?

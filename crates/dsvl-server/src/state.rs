@@ -9,7 +9,7 @@ use dsvl::engine::{
 };
 
 use crate::error::ApiError;
-use crate::media::{MediaPolicy, RemoteImages};
+use crate::media::{MediaPolicy, PdfPolicy, RemoteImages};
 use crate::metrics::Metrics;
 use crate::preparing::PrepareGate;
 use crate::release::Releaser;
@@ -32,7 +32,12 @@ pub struct ServerConfig {
     pub max_running: usize,
     /// Largest request body (base64 images included); larger ones get 413.
     pub max_body_bytes: usize,
+    /// Images per request; each page of a PDF file part counts as one.
     pub max_images_per_request: usize,
+    /// Resolution PDF pages are rendered at (`--pdf-dpi`).
+    pub pdf_dpi: f32,
+    /// Pages one PDF file part may have (`--max-pdf-pages`); more is a 400.
+    pub max_pdf_pages: usize,
     /// Longest prompt in tokens (image tokens included); `None`: the model's context.
     pub max_prompt_tokens: Option<usize>,
     /// Directory `file://` image URLs may point into; `None`: `file://` refused.
@@ -82,6 +87,8 @@ impl Default for ServerConfig {
             max_running: 8,
             max_body_bytes: 32 << 20,
             max_images_per_request: 8,
+            pdf_dpi: crate::media::DEFAULT_PDF_DPI,
+            max_pdf_pages: crate::media::DEFAULT_MAX_PDF_PAGES,
             max_prompt_tokens: None,
             allowed_local_media_path: None,
             allow_remote_images: false,
@@ -144,6 +151,15 @@ impl Limits {
                         &cfg.allowed_remote_hosts,
                     )
                 }),
+                pdf: PdfPolicy {
+                    dpi: cfg.pdf_dpi,
+                    limits: dsvl::pdf::PdfLimits {
+                        max_pages: cfg.max_pdf_pages,
+                        // A page is refused for its size before it is drawn, at the image limit.
+                        max_page_pixels: cfg.load.max_image_pixels,
+                        ..PdfPolicy::default().limits
+                    },
+                },
             },
         }
     }

@@ -38,7 +38,7 @@ const state = {
   apiKey: sessionStorage.getItem(KEY_STORE) || "",
   modelId: null,
   history: [], // {role, text, images: [{url, name}]} as sent to the server
-  pending: [], // images attached to the next message: {url, name}
+  pending: [], // images (and PDFs, pdf: true) attached to the next message: {url, name, pdf}
   controller: null, // AbortController of the running request
 };
 
@@ -151,12 +151,14 @@ function readAsDataUrl(file) {
   });
 }
 
+const isPdf = (f) => f.type === "application/pdf";
+
 async function attach(files) {
-  const images = [...files].filter((f) => f.type.startsWith("image/"));
-  if (images.length < [...files].length) showStatus("Only images can be attached.");
+  const images = [...files].filter((f) => f.type.startsWith("image/") || isPdf(f));
+  if (images.length < [...files].length) showStatus("Only images and PDFs can be attached.");
   for (const f of images) {
     try {
-      state.pending.push({ url: await readAsDataUrl(f), name: f.name || "pasted image" });
+      state.pending.push({ url: await readAsDataUrl(f), name: f.name || "pasted image", pdf: isPdf(f) });
     } catch (e) {
       showStatus(`Cannot read ${f.name}: ${e}`);
     }
@@ -164,14 +166,27 @@ async function attach(files) {
   renderPending();
 }
 
+/** A thumbnail: the image itself, or for a PDF a labelled tile (the server renders its pages). */
+function thumbnail(img, alt) {
+  if (img.pdf) {
+    const tile = document.createElement("span");
+    tile.className = "thumb pdf";
+    tile.textContent = `PDF ${img.name}`;
+    tile.title = alt;
+    return tile;
+  }
+  const el = document.createElement("img");
+  el.src = img.url;
+  el.alt = alt;
+  el.className = "thumb";
+  return el;
+}
+
 function renderPending() {
   ui.pending.replaceChildren(
     ...state.pending.map((img, i) => {
       const li = document.createElement("li");
-      const thumb = document.createElement("img");
-      thumb.src = img.url;
-      thumb.alt = `Attached: ${img.name}`;
-      thumb.className = "thumb";
+      const thumb = thumbnail(img, `Attached: ${img.name}`);
       const remove = document.createElement("button");
       remove.type = "button";
       remove.className = "remove";
@@ -207,13 +222,7 @@ function addUserMessage(turn) {
   if (turn.images.length) {
     const imgs = document.createElement("div");
     imgs.className = "thumbs";
-    for (const img of turn.images) {
-      const el = document.createElement("img");
-      el.src = img.url;
-      el.alt = `Attached image: ${img.name}`;
-      el.className = "thumb";
-      imgs.append(el);
-    }
+    for (const img of turn.images) imgs.append(thumbnail(img, `Attached ${img.pdf ? "PDF" : "image"}: ${img.name}`));
     li.append(imgs);
   }
   const text = document.createElement("p");
@@ -471,7 +480,11 @@ function requestBody(format) {
   if (system) messages.push({ role: "system", content: system });
   for (const t of state.history) {
     if (t.role === "user" && t.images.length) {
-      const parts = t.images.map((i) => ({ type: "image_url", image_url: { url: i.url } }));
+      const parts = t.images.map((i) =>
+        i.pdf
+          ? { type: "file", file: { filename: i.name, file_data: i.url } }
+          : { type: "image_url", image_url: { url: i.url } },
+      );
       parts.push({ type: "text", text: t.text });
       messages.push({ role: "user", content: parts });
     } else {
@@ -492,7 +505,8 @@ function requestBody(format) {
 function lastImage() {
   for (let i = state.history.length - 1; i >= 0; i--) {
     const imgs = state.history[i].images || [];
-    if (imgs.length) return imgs[imgs.length - 1];
+    // A PDF's last page is drawn by the server only: no boxes over it here.
+    if (imgs.length) return imgs[imgs.length - 1].pdf ? null : imgs[imgs.length - 1];
   }
   return null;
 }

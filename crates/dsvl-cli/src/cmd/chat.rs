@@ -10,9 +10,10 @@ use dsvl::prompt::template::Role;
 use super::{generate_params, load_pipeline};
 use crate::args::ChatArgs;
 use crate::cmd::run::report_timings;
+use crate::pdf_input::{is_pdf, pdf_pages};
 
 const HELP: &str =
-    "commands: /image PATH (attach to the next message), /clear (forget the conversation), \
+    "commands: /image PATH (attach an image, or a PDF's pages, to the next message), /clear (forget the conversation), \
 /system TEXT (set the system prompt), /exit. Image paths typed in a message are attached too.";
 
 const CHAT_FEATURE_CACHE_BYTES: usize = 512 << 20;
@@ -57,8 +58,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
                 "image" => {
                     let p = PathBuf::from(arg.trim());
                     if p.is_file() {
-                        pending.push(ImageSource::Path(p));
-                        eprintln!("(image attached to the next message)");
+                        attach(&mut pending, p, &a);
                     } else {
                         eprintln!("no such file: {}", p.display());
                     }
@@ -72,7 +72,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         for word in line.split_whitespace() {
             let p = PathBuf::from(word);
             if is_image_path(&p) && p.is_file() {
-                pending.push(ImageSource::Path(p));
+                attach(&mut pending, p, &a);
             } else {
                 text.push(word);
             }
@@ -108,11 +108,31 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Attaches an image to the next message; a PDF attaches its pages (an unreadable one is
+/// reported and skipped, the chat goes on).
+fn attach(pending: &mut Vec<ImageSource>, p: PathBuf, a: &ChatArgs) {
+    if !is_pdf(&p) {
+        pending.push(ImageSource::Path(p));
+        eprintln!("(image attached to the next message)");
+        return;
+    }
+    match pdf_pages(&p, &a.pdf, a.model.max_image_pixels) {
+        Ok(pages) => {
+            eprintln!("({} PDF pages attached to the next message)", pages.len());
+            pending.extend(pages);
+        }
+        Err(e) => eprintln!("{e:#}"),
+    }
+}
+
 fn is_image_path(p: &std::path::Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
         .map(|e| e.to_ascii_lowercase())
         .is_some_and(|e| {
-            ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"].contains(&e.as_str())
+            [
+                "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "pdf",
+            ]
+            .contains(&e.as_str())
         })
 }

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::{generate_params, load_pipeline};
 use crate::args::{Format, RunArgs};
+use crate::pdf_input::expand_pdfs;
 
 /// One entry of `--messages conversation.json`.
 #[derive(Deserialize)]
@@ -66,6 +67,18 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             anyhow::ensure!(p.is_file(), "image {} does not exist", p.display());
         }
     }
+    // A PDF becomes its pages, rendered now, so that a bad document stops us before loading.
+    let messages = messages
+        .into_iter()
+        .map(|mut m| {
+            m.images = expand_pdfs(
+                std::mem::take(&mut m.images),
+                &a.pdf,
+                a.model.max_image_pixels,
+            )?;
+            Ok(m)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let last_image = messages.iter().flat_map(|m| &m.images).last().cloned();
     if let Some(out) = &a.draw_boxes {
         anyhow::ensure!(

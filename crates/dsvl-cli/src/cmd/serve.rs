@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use dsvl_server::ServerConfig;
 
-use crate::args::ModelArgs;
+use crate::args::{ModelArgs, PdfArgs};
 use crate::model_path::resolve_model;
 
 #[derive(Args, Debug)]
@@ -20,6 +20,8 @@ use crate::model_path::resolve_model;
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub pdf: PdfArgs,
     /// Address to bind (loopback by default; use 0.0.0.0 to accept other machines).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -38,7 +40,7 @@ pub struct ServeArgs {
     /// Largest request body in bytes (base64 images count).
     #[arg(long, default_value_t = 32 << 20)]
     pub max_body_bytes: usize,
-    /// Most images in one request.
+    /// Most images in one request (each page of a PDF file part counts as one).
     #[arg(long, default_value_t = 8)]
     pub max_images: usize,
     /// Largest prompt in tokens (default: the model's context).
@@ -113,6 +115,8 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         max_running: usize::from(a.max_running),
         max_body_bytes: a.max_body_bytes,
         max_images_per_request: a.max_images,
+        pdf_dpi: a.pdf.pdf_dpi,
+        max_pdf_pages: a.pdf.max_pdf_pages,
         max_prompt_tokens: a.max_prompt_tokens,
         allowed_local_media_path: a.allowed_local_media_path,
         allow_remote_images: a.allow_remote_images,

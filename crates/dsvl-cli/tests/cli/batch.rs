@@ -244,6 +244,16 @@ fn openai_batch_files_round_trip() {
             serde_json::json!({"temperature": "hot"}),
         ),
         request("remote", "https://example.com/a.png", serde_json::json!({})),
+        // A PDF file part: its pages become images, as in the server.
+        serde_json::json!({"custom_id": "pdf", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"messages": [{"role": "user", "content": [
+                {"type": "file", "file": {"filename": "f.pdf", "file_data": format!(
+                    "data:application/pdf;base64,{}",
+                    base64::engine::general_purpose::STANDARD.encode(
+                        std::fs::read(pdf_fixtures().join("fidelity.pdf")).unwrap()))}},
+                {"type": "text", "text": "Read it."}]}],
+                "max_tokens": 3, "temperature": 0}})
+        .to_string(),
     ]
     .join("\n");
     std::fs::write(&input, text + "\n").unwrap();
@@ -256,7 +266,7 @@ fn openai_batch_files_round_trip() {
     let o = dsvl_batch(&args);
     assert!(!o.status.success(), "two requests are invalid");
     assert!(
-        stderr(&o).contains("2 answered, 2 failed"),
+        stderr(&o).contains("3 answered, 2 failed"),
         "{}",
         stderr(&o)
     );
@@ -268,7 +278,14 @@ fn openai_batch_files_round_trip() {
             (v["custom_id"].as_str().unwrap().to_string(), v)
         })
         .collect();
-    assert_eq!(by_id.len(), 4);
+    assert_eq!(by_id.len(), 5);
+    let pdf = &by_id["pdf"]["response"];
+    assert_eq!(pdf["status_code"], 200, "{pdf}");
+    // Five pages of 576 image tokens each, plus the text.
+    assert!(
+        pdf["body"]["usage"]["prompt_tokens"].as_u64().unwrap() > 5 * 576,
+        "{pdf}"
+    );
     let reference = reference_text("siglip-tiny__single");
     for id in ["inline", "by-path"] {
         let v = &by_id[id];
@@ -303,13 +320,13 @@ fn openai_batch_files_round_trip() {
 
     // Resumed: the answered requests are kept, the failed ones tried again (and fail again).
     let o = dsvl_batch(&args);
-    assert!(stderr(&o).contains("2 already in"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("3 already in"), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("0 answered, 2 failed"),
         "{}",
         stderr(&o)
     );
-    assert_eq!(std::fs::read_to_string(&output).unwrap().lines().count(), 4);
+    assert_eq!(std::fs::read_to_string(&output).unwrap().lines().count(), 5);
 
     // Mixed inputs, a missing prompt, a prompt with request files: refused before loading.
     let o = dsvl_batch(&[

@@ -2,6 +2,7 @@
 
 mod batch;
 mod bench;
+mod pdf;
 mod serve;
 mod structured;
 mod vl2;

@@ -499,6 +499,70 @@ fn assert_same_origin_only(b: &Browser, server: &Server) {
     }
 }
 
+/// A PDF attached through the file input shows as a labelled tile (no thumbnail: the server
+/// renders its pages), is sent as a file part, and the page's answer is the API's greedy answer
+/// for the same file part.
+#[test]
+fn webui_sends_a_pdf_as_a_file_part() {
+    let server = Server::start(&v1_model(), &[]);
+    let b = Browser::start("v1-pdf");
+    b.goto(&server.url());
+    model_line(&b, "DeepSeek-VL");
+    b.click("#settings-toggle");
+    set_max_tokens(&b, 8);
+    let pdf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../dsvl/tests/fixtures/pdf/fidelity.pdf")
+        .canonicalize()
+        .expect("the PDF fixture exists");
+    b.type_into("#file", &pdf.display().to_string());
+    let tile = b.wait_js(
+        "the attached PDF's tile",
+        "const t = document.querySelector('#pending .thumb.pdf'); return t ? t.textContent : null",
+        json!([]),
+    );
+    assert_eq!(tile, "PDF fidelity.pdf");
+    let question = "What do these pages show?";
+    let (raw, _) = send_and_wait(&b, || {
+        b.type_into("#prompt", &format!("{question}\u{E007}"))
+    });
+    let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&pdf).expect("PDF"));
+    let file_part = json!({"type": "file", "file": {
+        "filename": "fidelity.pdf",
+        "file_data": format!("data:application/pdf;base64,{b64}"),
+    }});
+    let api = chat(
+        &server,
+        &json!({
+            "model": "siglip-tiny",
+            "messages": [{"role": "user", "content": [file_part, {"type": "text", "text": question}]}],
+            "temperature": 0,
+            "max_tokens": 8,
+        }),
+    )
+    .json();
+    assert_eq!(
+        raw,
+        api["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content"),
+        "the page's answer is the API's greedy answer for the file part"
+    );
+    assert_eq!(
+        api["usage"]["prompt_tokens"].as_u64().map(|n| n > 5 * 576),
+        Some(true)
+    );
+    let shown = b.js(
+        "const t = document.querySelector('li.msg.user .thumb.pdf'); return [t.textContent, t.title]",
+        json!([]),
+    );
+    assert_eq!(
+        shown,
+        json!(["PDF fidelity.pdf", "Attached PDF: fidelity.pdf"])
+    );
+    b.screenshot("v1-pdf");
+    assert_console_clean(&b, "after the PDF answer");
+}
+
 /// DeepSeek-VL: the page's streamed answer is the server's greedy answer for the same request
 /// (and the official reference's); Stop ends a long answer and the server stops generating; a
 /// request the server refuses shows its message and puts the question back; no console

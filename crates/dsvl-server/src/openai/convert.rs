@@ -3,8 +3,10 @@
 //! only collected; `media` resolves them.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use dsvl::engine::{FinishReason, GenerateParams, TokenOut};
+use dsvl::pdf::PdfDocument;
 use dsvl::prompt::template::{Message, Role};
 use dsvl::sampling::SamplingParams;
 use dsvl::Constraint;
@@ -12,6 +14,7 @@ use dsvl::Constraint;
 use super::request::{ChatRequest, Content, Part, Stop, WireMessage};
 use super::response::{TokenLogprob, TopLogprob};
 use crate::error::ApiError;
+use crate::media::PdfPolicy;
 
 /// OpenAI caps `top_logprobs` at 20.
 pub const MAX_TOP_LOGPROBS: u64 = 20;
@@ -24,14 +27,24 @@ pub struct Turn {
     pub images: Vec<ImageRef>,
 }
 
-/// An image part not yet loaded.
+/// An image part not yet loaded, or one page of a PDF file part.
 #[derive(Debug, Clone)]
 pub struct ImageRef {
     /// JSON path of the part (`messages[0].content[1]`), used in error messages.
     pub param: String,
+    /// The image URL (empty for a PDF page).
     pub url: String,
+    /// The PDF page this image is, rendered when loaded.
+    pub pdf_page: Option<PdfPage>,
     /// The body of an `http(s)` URL once fetched (`MediaPolicy::fetch_remote`).
     pub fetched: Option<Vec<u8>>,
+}
+
+/// One page (0-based `index`) of an opened PDF.
+#[derive(Debug, Clone)]
+pub struct PdfPage {
+    pub doc: Arc<PdfDocument>,
+    pub index: usize,
 }
 
 /// A validated chat request, ready for image loading and prompt preparation.
@@ -53,11 +66,13 @@ pub struct ChatPlan {
 
 impl ChatPlan {
     /// Validates everything that does not need the model. `max_images`: images allowed per
-    /// request; `marker`: the model's image marker (see [`conversation`]).
+    /// request (PDF pages count); `marker`: the model's image marker; `pdf`: how file parts
+    /// are opened (see [`conversation`]).
     pub fn try_from_request(
         req: ChatRequest,
         max_images: usize,
         marker: &str,
+        pdf: &PdfPolicy,
     ) -> Result<Self, ApiError> {
         if let Some(n) = req.n.filter(|&n| n != 1) {
             return Err(ApiError::invalid(
@@ -85,7 +100,7 @@ impl ChatPlan {
         let constraint = constraint(&req)?;
         let constraint_param = constraint.as_ref().map(|(_, p)| p.to_string());
         params.sampling.constraint = constraint.map(|(c, _)| c);
-        let turns = conversation(&req.messages, max_images, marker)?;
+        let turns = conversation(&req.messages, max_images, marker, pdf)?;
         Ok(Self {
             turns,
             max_tokens,
@@ -265,29 +280,31 @@ fn random_seed() -> u64 {
 /// Wire messages → turns. A user turn's text is its parts concatenated in order, each image part
 /// replaced by the model's image marker and text parts verbatim, nothing in between.
 /// `marker`: the model's image marker (`<image_placeholder>` for v1, `<image>` for VL2), written
-/// into the text at each image part.
+/// into the text at each image part. A PDF file part is opened here (`pdf`: its limits) and
+/// stands for one image per page, in order; its pages count against `max_images`.
 pub fn conversation(
     messages: &[WireMessage],
     max_images: usize,
     marker: &str,
+    pdf: &PdfPolicy,
 ) -> Result<Vec<Turn>, ApiError> {
     let turns = messages
         .iter()
         .enumerate()
-        .map(|(i, m)| turn(i, m, marker))
+        .map(|(i, m)| turn(i, m, marker, pdf))
         .collect::<Result<Vec<_>, _>>()?;
     let n_images: usize = turns.iter().map(|t| t.images.len()).sum();
     if n_images > max_images {
         return Err(ApiError::invalid(
             "messages",
-            format!("{n_images} images sent, over the server's limit of {max_images} per request"),
+            format!("{n_images} images sent (PDF pages included), over the server's limit of {max_images} per request"),
         )
         .with_code("too_many_images"));
     }
     Ok(turns)
 }
 
-fn turn(i: usize, m: &WireMessage, marker: &str) -> Result<Turn, ApiError> {
+fn turn(i: usize, m: &WireMessage, marker: &str, pdf: &PdfPolicy) -> Result<Turn, ApiError> {
     // OpenAI's newer `developer` role plays the part of `system`.
     let role = match m.role.as_str() {
         "developer" => Ok(Role::System),
@@ -308,8 +325,25 @@ fn turn(i: usize, m: &WireMessage, marker: &str) -> Result<Turn, ApiError> {
                         images.push(ImageRef {
                             param: format!("messages[{i}].content[{j}]"),
                             url: image_url.url().to_string(),
+                            pdf_page: None,
                             fetched: None,
                         });
+                    }
+                    Part::File { file } => {
+                        let param = format!("messages[{i}].content[{j}]");
+                        let doc = pdf.open(&param, file)?;
+                        for index in 0..doc.page_count() {
+                            text.push_str(marker);
+                            images.push(ImageRef {
+                                param: param.clone(),
+                                url: String::new(),
+                                pdf_page: Some(PdfPage {
+                                    doc: Arc::clone(&doc),
+                                    index,
+                                }),
+                                fetched: None,
+                            });
+                        }
                     }
                 }
             }
@@ -367,7 +401,8 @@ mod tests {
                 {"type":"text","text":" Compare them."}]}]}"#,
         )
         .unwrap();
-        let plan = ChatPlan::try_from_request(req, 8, "<image_placeholder>").unwrap();
+        let plan = ChatPlan::try_from_request(req, 8, "<image_placeholder>", &PdfPolicy::default())
+            .unwrap();
         assert_eq!(
             plan.turns[0].text,
             "And here: <image_placeholder> Compare them."
@@ -393,7 +428,9 @@ mod tests {
             (r#"{"messages":[],"max_tokens":0}"#, "max_tokens"),
         ] {
             let err = parse::<ChatRequest>(body.as_bytes())
-                .and_then(|r| ChatPlan::try_from_request(r, 8, "<image_placeholder>"))
+                .and_then(|r| {
+                    ChatPlan::try_from_request(r, 8, "<image_placeholder>", &PdfPolicy::default())
+                })
                 .unwrap_err();
             assert_eq!(err.param.as_deref(), Some(param), "{body}: {}", err.message);
         }

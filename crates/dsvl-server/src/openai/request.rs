@@ -114,8 +114,25 @@ pub enum Content {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Part {
-    Text { text: String },
-    ImageUrl { image_url: ImageUrl },
+    Text {
+        text: String,
+    },
+    ImageUrl {
+        image_url: ImageUrl,
+    },
+    /// OpenAI's file part; only PDFs, inline (`file_data`), each page becoming an image.
+    File {
+        file: FilePart,
+    },
+}
+
+/// `file`: `{"filename", "file_data": "data:application/pdf;base64,..."}` or `{"file_id"}`
+/// (refused: there is no Files API here).
+#[derive(Debug, Clone, Deserialize)]
+pub struct FilePart {
+    pub filename: Option<String>,
+    pub file_data: Option<String>,
+    pub file_id: Option<String>,
 }
 
 /// `image_url`: `{"url", "detail"}` (OpenAI) or a bare URL string (some clients).

@@ -40,7 +40,12 @@ pub async fn chat_completions(
         return Err(ApiError::overloaded(s.limits().max_queue));
     }
     let marker = engine.pipeline().config().image_marker().to_string();
-    let mut plan = ChatPlan::try_from_request(req, s.limits().max_images_per_request, &marker)?;
+    let mut plan = ChatPlan::try_from_request(
+        req,
+        s.limits().max_images_per_request,
+        &marker,
+        &s.limits().media.pdf,
+    )?;
     if let Some(n) = plan
         .max_tiles
         .filter(|_| !engine.pipeline().config().tiles_images())

@@ -111,7 +111,12 @@ pub async fn apply_template(
 async fn turns_for_prompt(s: &AppState, messages: &[WireMessage]) -> Result<Vec<Turn>, ApiError> {
     let pipeline = s.engine()?.pipeline();
     let marker = pipeline.config().image_marker();
-    let mut turns = conversation(messages, s.limits().max_images_per_request, marker)?;
+    let mut turns = conversation(
+        messages,
+        s.limits().max_images_per_request,
+        marker,
+        &s.limits().media.pdf,
+    )?;
     refuse_unfittable(pipeline, s.limits(), &turns)?;
     if pipeline.config().prompt_reads_images() {
         s.limits().media.fetch_remote(&mut turns).await?;

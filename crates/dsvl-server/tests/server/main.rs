@@ -14,6 +14,7 @@
 //! - `webui`: the chat page's routes: types, security headers, ETag revalidation, `--no-webui`.
 //! - `structured`: `response_format` (JSON Schema, JSON object) and vLLM's `guided_*` /
 //!   `structured_outputs`, streamed and not, and their errors.
+//! - `pdf`: PDF file parts answer like their pages sent as images; page, size and document errors.
 //! - `openai_compat`: the official `openai` Python package against a running server
 //!   (`#[ignore]`: needs PyPI once).
 
@@ -22,6 +23,7 @@ mod harness;
 mod limits;
 mod load;
 mod openai_compat;
+mod pdf;
 mod remote_images;
 mod structured;
 mod v1;

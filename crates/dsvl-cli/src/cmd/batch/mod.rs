@@ -205,6 +205,10 @@ pub fn run(a: BatchArgs) -> anyhow::Result<()> {
     }
     let mut collectors = Vec::new();
     let mut pages = PageRenderer::new(pdf.limits.clone(), a.dpi);
+    let media = requests::media_policy(dsvl_server::media::PdfPolicy {
+        dpi: a.dpi,
+        limits: pdf.limits.clone(),
+    });
     for item in todo {
         if let Work::Broken(message) = &item.work {
             let _ = lines.send(Line {
@@ -222,7 +226,7 @@ pub fn run(a: BatchArgs) -> anyhow::Result<()> {
                 .map_err(Failure::Engine)
                 .and_then(|image| image_request(&pipeline, image, &prompt, &a, &params)),
             Work::Request { line, offset, len } => {
-                request_line(&pipeline, &item, *line, *offset, *len)
+                request_line(&pipeline, &media, &item, *line, *offset, *len)
             }
         }
         .and_then(|s| match engine.submit(s.request) {
@@ -368,6 +372,7 @@ fn image_request(
 /// One line of a request file, read again now.
 fn request_line(
     pipeline: &Pipeline,
+    media: &dsvl_server::media::MediaPolicy,
     item: &Item,
     line: usize,
     offset: u64,
@@ -380,7 +385,7 @@ fn request_line(
         )))
     })?;
     let base = item.source.parent().unwrap_or(Path::new("."));
-    let ready = requests::prepare(pipeline, &raw, base).map_err(Failure::Api)?;
+    let ready = requests::prepare(pipeline, &raw, base, media).map_err(Failure::Api)?;
     Ok(Submission {
         image_tokens: ready.prepared.image_tokens.clone(),
         request: Request::new(ready.prepared, ready.params),

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use dsvl::engine::{ChatMessage, GenerateParams, ImageSource, Pipeline, Prepared};
-use dsvl_server::media::MediaPolicy;
+use dsvl_server::media::{MediaPolicy, PdfPolicy};
 use dsvl_server::openai::convert::{ChatPlan, ImageRef};
 use dsvl_server::openai::request::ChatRequest;
 use dsvl_server::{ApiError, CompletionBuilder, ReplyMeta, DEFAULT_MAX_TOKENS};
@@ -25,9 +25,25 @@ pub struct Ready {
     pub with_logprobs: bool,
 }
 
+/// How request files' images are read: data and `file://` URLs as the server reads them (any
+/// local path: the user runs the batch on their own files), PDF file parts rendered with
+/// `pdf`, web URLs refused.
+pub fn media_policy(pdf: PdfPolicy) -> MediaPolicy {
+    MediaPolicy {
+        allowed_local_media_path: Some("/".into()),
+        remote: None,
+        pdf,
+    }
+}
+
 /// Parses, validates and prepares one request line. `base`: the request file's folder, which
 /// relative image paths are read from.
-pub fn prepare(pipeline: &Pipeline, raw: &[u8], base: &Path) -> Result<Ready, ApiError> {
+pub fn prepare(
+    pipeline: &Pipeline,
+    raw: &[u8],
+    base: &Path,
+    media: &MediaPolicy,
+) -> Result<Ready, ApiError> {
     let line: Value = serde_json::from_slice(raw)
         .map_err(|e| ApiError::bad_request(format!("the line is not JSON ({e})")))?;
     if let Some(m) = line.get("method").filter(|m| m.as_str() != Some("POST")) {
@@ -54,7 +70,12 @@ pub fn prepare(pipeline: &Pipeline, raw: &[u8], base: &Path) -> Result<Ready, Ap
         .ok_or_else(|| ApiError::invalid("body", "no \"body\" object with the chat request"))?;
     // The same parser as the server's, for the same errors (each naming its JSON path).
     let req: ChatRequest = dsvl_server::extract::parse(body.to_string().as_bytes())?;
-    let mut plan = ChatPlan::try_from_request(req, MAX_IMAGES, pipeline.config().image_marker())?;
+    let mut plan = ChatPlan::try_from_request(
+        req,
+        MAX_IMAGES,
+        pipeline.config().image_marker(),
+        &media.pdf,
+    )?;
     if let Some(c) = &plan.params.sampling.constraint {
         let param = plan.constraint_param.clone().unwrap_or_default();
         pipeline
@@ -68,7 +89,7 @@ pub fn prepare(pipeline: &Pipeline, raw: &[u8], base: &Path) -> Result<Ready, Ap
             let images = t
                 .images
                 .iter()
-                .map(|i| image(i, base))
+                .map(|i| image(i, base, media))
                 .collect::<Result<_, _>>()?;
             Ok(ChatMessage::new(t.role, t.text.clone()).with_images(images))
         })
@@ -89,18 +110,16 @@ pub fn prepare(pipeline: &Pipeline, raw: &[u8], base: &Path) -> Result<Ready, Ap
     })
 }
 
-/// An image part: a data URL or `file://` URL as the server reads them, or a plain path
-/// (relative to the request file's folder). Web URLs are not fetched.
-fn image(img: &ImageRef, base: &Path) -> Result<ImageSource, ApiError> {
+/// An image part: a data URL, `file://` URL or PDF page as the server reads them, or a plain
+/// path (relative to the request file's folder). Web URLs are not fetched.
+fn image(img: &ImageRef, base: &Path, media: &MediaPolicy) -> Result<ImageSource, ApiError> {
+    if img.pdf_page.is_some() {
+        return media.load(img);
+    }
     let url = img.url.trim();
     let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
-        Some("data" | "file") => MediaPolicy {
-            // The user runs the batch on their own files: any local path may be read.
-            allowed_local_media_path: Some("/".into()),
-            remote: None,
-        }
-        .load(img),
+        Some("data" | "file") => media.load(img),
         Some("http" | "https") => Err(ApiError::invalid(
             format!("{}.image_url.url", img.param),
             format!(

@@ -127,6 +127,7 @@ fn generate_params(req: &ChatRequest) -> Result<GenerateParams, ApiError> {
         max_new_tokens: 1, // replaced once the prompt length is known
         stop,
         constraint: None,
+        no_repeat_ngram: None,
     };
     sampling.validate().map_err(ApiError::from_engine)?;
     let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {

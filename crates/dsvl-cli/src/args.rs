@@ -127,6 +127,17 @@ pub struct SamplingArgs {
     /// Penalise tokens already generated (1.0 = off; the official chat demos use 1.1).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repetition_penalty: f32,
+    /// Ban any token that would repeat an n-gram of this size among the last --no-repeat-window
+    /// generated tokens (DeepSeek-OCR's processor; its scripts use 30 with a window of 90; 0 = off).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub no_repeat_ngram: usize,
+    /// Generated tokens searched by --no-repeat-ngram.
+    #[arg(long, value_name = "W", default_value_t = 90)]
+    pub no_repeat_window: usize,
+    /// Token id the n-gram ban never applies to (repeatable; DeepSeek-OCR exempts <td> and </td>,
+    /// 128821 and 128822).
+    #[arg(long, value_name = "ID")]
+    pub no_repeat_keep: Vec<u32>,
     /// Seed for sampling: the same seed gives the same text.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

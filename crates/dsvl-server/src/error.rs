@@ -160,6 +160,8 @@ impl ApiError {
             E::ImageTooLarge { source_name, .. } => Self::new(StatusCode::PAYLOAD_TOO_LARGE, msg)
                 .with_param(source_name)
                 .with_code("image_too_large"),
+            E::ImageTooThin { .. } => Self::invalid("messages", msg).with_code("invalid_image"),
+            E::UnknownMode { .. } | E::TileLimit { .. } => Self::invalid("messages", msg),
             E::ImageCountMismatch { .. } => {
                 Self::invalid("messages", msg).with_code("image_count_mismatch")
             }

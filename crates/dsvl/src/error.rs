@@ -107,6 +107,20 @@ pub enum Error {
     /// and the page).
     #[error(transparent)]
     Pdf(#[from] crate::pdf::PdfError),
+    #[error("unknown resolution mode `{given}`; use one of {choices}")]
+    UnknownMode {
+        given: String,
+        choices: &'static str,
+    },
+    #[error("image {width}x{height} cannot be fitted into {target}x{target}: its short side would shrink to 0 pixels; crop it to a less extreme aspect ratio (at most {max_ratio}:1)")]
+    ImageTooThin {
+        width: u32,
+        height: u32,
+        target: u32,
+        max_ratio: u32,
+    },
+    #[error("max_crops = {given}: the tiled mode cuts between 2 and {max} tiles; pick a value in that range")]
+    TileLimit { given: u32, max: u32 },
 
     // ---- generation --------------------------------------------------------------------------
     #[error("invalid sampling parameter: {0}")]

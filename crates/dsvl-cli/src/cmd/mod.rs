@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use dsvl::engine::{GenerateParams, LoadOptions, Pipeline};
-use dsvl::sampling::SamplingParams;
+use dsvl::sampling::{NoRepeatNgram, SamplingParams};
 use dsvl::Constraint;
 
 use crate::args::{ModelArgs, OutputArgs, SamplingArgs};
@@ -111,6 +111,11 @@ pub fn generate_params(
             max_new_tokens: s.max_tokens,
             stop: s.stop.clone(),
             constraint: constraint(&s.output)?,
+            no_repeat_ngram: (s.no_repeat_ngram > 0).then(|| NoRepeatNgram {
+                ngram_size: s.no_repeat_ngram,
+                window_size: s.no_repeat_window,
+                whitelist: s.no_repeat_keep.clone(),
+            }),
             ..Default::default()
         },
         ignore_eos: s.ignore_eos,

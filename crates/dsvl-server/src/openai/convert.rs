@@ -8,7 +8,7 @@ use std::sync::Arc;
 use dsvl::engine::{FinishReason, GenerateParams, TokenOut};
 use dsvl::pdf::PdfDocument;
 use dsvl::prompt::template::{Message, Role};
-use dsvl::sampling::SamplingParams;
+use dsvl::sampling::{NoRepeatNgram, SamplingParams};
 use dsvl::Constraint;
 
 use super::request::{ChatRequest, Content, Part, Stop, WireMessage};
@@ -154,6 +154,16 @@ fn generate_params(req: &ChatRequest) -> Result<GenerateParams, ApiError> {
         max_new_tokens: 1, // replaced once the prompt length is known
         stop,
         constraint: None,
+        no_repeat_ngram: match req.no_repeat_ngram_size {
+            None | Some(0) => None,
+            Some(n) => Some(NoRepeatNgram {
+                ngram_size: usize::try_from(n).unwrap_or(usize::MAX),
+                window_size: req
+                    .no_repeat_ngram_window
+                    .map_or(90, |w| usize::try_from(w).unwrap_or(usize::MAX)),
+                whitelist: req.no_repeat_ngram_whitelist.clone().unwrap_or_default(),
+            }),
+        },
     };
     sampling.validate().map_err(ApiError::from_engine)?;
     let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
@@ -413,6 +423,27 @@ mod tests {
     }
 
     #[test]
+    fn no_repeat_ngram_fields() {
+        let plan = |body: &str| {
+            let req: ChatRequest = parse(body.as_bytes()).unwrap();
+            ChatPlan::try_from_request(req, 8, "<image>").unwrap()
+        };
+        let p = plan(
+            r#"{"messages":[],"no_repeat_ngram_size":30,"no_repeat_ngram_whitelist":[128821,128822]}"#,
+        );
+        assert_eq!(
+            p.params.sampling.no_repeat_ngram,
+            Some(NoRepeatNgram {
+                ngram_size: 30,
+                window_size: 90,
+                whitelist: vec![128821, 128822],
+            })
+        );
+        let p = plan(r#"{"messages":[],"no_repeat_ngram_size":0}"#);
+        assert_eq!(p.params.sampling.no_repeat_ngram, None);
+    }
+
+    #[test]
     fn bad_fields_name_their_path() {
         for (body, param) in [
             (
@@ -426,6 +457,10 @@ mod tests {
             (r#"{"messages":[],"top_logprobs":3}"#, "top_logprobs"),
             (r#"{"messages":[],"top_p":0}"#, "top_p"),
             (r#"{"messages":[],"max_tokens":0}"#, "max_tokens"),
+            (
+                r#"{"messages":[],"no_repeat_ngram_size":30,"no_repeat_ngram_window":0}"#,
+                "no_repeat_ngram_window",
+            ),
         ] {
             let err = parse::<ChatRequest>(body.as_bytes())
                 .and_then(|r| {

@@ -22,6 +22,15 @@ pub struct ChatRequest {
     pub top_k: Option<u64>,
     /// Extension: HF-style repetition penalty on generated tokens.
     pub repetition_penalty: Option<f32>,
+    /// Extension: DeepSeek-OCR's windowed no-repeat n-gram ban: an id that would repeat an
+    /// n-gram of this size among the last `no_repeat_ngram_window` generated ids is banned.
+    /// Absent or 0: off.
+    pub no_repeat_ngram_size: Option<u64>,
+    /// Generated ids searched by `no_repeat_ngram_size` (default 90, the published image script).
+    pub no_repeat_ngram_window: Option<u64>,
+    /// Ids the n-gram ban never applies to (DeepSeek-OCR's scripts exempt `<td>` and `</td>`,
+    /// 128821 and 128822).
+    pub no_repeat_ngram_whitelist: Option<Vec<u32>>,
     /// Extension (as in vLLM): leave special tokens out of the text. Default: v1 skips them,
     /// VL2 keeps its grounding markup (`<|ref|>`, `<|det|>`, …).
     pub skip_special_tokens: Option<bool>,

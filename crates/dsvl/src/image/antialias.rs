@@ -22,24 +22,54 @@ struct AaWeights {
     w: Vec<f32>,
 }
 
-/// Triangle filter (`aa_filter` of `HelperInterpLinear`).
-fn triangle(x: f32) -> f32 {
-    let x = x.abs();
-    if x < 1.0 {
-        (1.0f64 - f64::from(x)) as f32
-    } else {
-        0.0
+/// The interpolation of an antialiased resize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AaFilter {
+    /// `mode="bilinear"`: triangle filter, 2 taps at scale 1.
+    Bilinear,
+    /// `mode="bicubic"`: Keys cubic with a = −0.5 (not the −0.75 of the non-antialiased bicubic), 4 taps.
+    Bicubic,
+}
+
+impl AaFilter {
+    fn interp_size(self) -> f64 {
+        match self {
+            AaFilter::Bilinear => 2.0,
+            AaFilter::Bicubic => 4.0,
+        }
+    }
+
+    /// `aa_filter` of `HelperInterpLinear` / `HelperInterpCubic`.
+    fn eval(self, x: f32) -> f32 {
+        let x = x.abs();
+        match self {
+            AaFilter::Bilinear if x < 1.0 => (1.0f64 - f64::from(x)) as f32,
+            AaFilter::Bilinear => 0.0,
+            AaFilter::Bicubic => {
+                const A: f32 = -0.5;
+                if x < 1.0 {
+                    // ref: cubic_convolution1(x, A) = ((A + 2) * x - (A + 3)) * x * x + 1
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    // ref: cubic_convolution2(x, A) = ((A * x - 5 * A) * x + 8 * A) * x - 4 * A
+                    ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
+                } else {
+                    0.0
+                }
+            }
+        }
     }
 }
 
-fn aa_weights(in_size: usize, out_size: usize) -> AaWeights {
+fn aa_weights(in_size: usize, out_size: usize, filter: AaFilter) -> AaWeights {
     // area_pixel_compute_scale<float>(align_corners = false, no scale given): in / out in float.
     let scale = in_size as f32 / out_size as f32;
-    // support = (interp_size * 0.5) * scale for downscaling, interp_size = 2 for bilinear.
+    // support = (interp_size * 0.5) * scale for downscaling, interp_size * 0.5 otherwise.
+    let half = filter.interp_size() * 0.5;
     let support = if scale >= 1.0 {
-        (1.0f64 * f64::from(scale)) as f32
+        (half * f64::from(scale)) as f32
     } else {
-        1.0
+        half as f32
     };
     let stride = support.ceil() as usize * 2 + 1;
     let invscale = if scale >= 1.0 {
@@ -65,7 +95,7 @@ fn aa_weights(in_size: usize, out_size: usize) -> AaWeights {
         for (j, wj) in w.iter_mut().enumerate().take(xsize) {
             // ref: filter_fn((j + xmin - center + 0.5) * invscale): int64 - float, then double, then float.
             let arg = ((f64::from((j + xmin) as f32 - center) + 0.5) * f64::from(invscale)) as f32;
-            *wj = triangle(arg);
+            *wj = filter.eval(arg);
             total += *wj;
         }
         if total != 0.0 {
@@ -97,8 +127,8 @@ fn dot(w: &[f32], src: impl Fn(usize) -> f32) -> f32 {
 }
 
 /// Resample the last axis of `[rows, in_w]` to `[rows, out_w]`.
-fn pass_width(x: &[f32], rows: usize, in_w: usize, out_w: usize) -> Vec<f32> {
-    let aw = aa_weights(in_w, out_w);
+fn pass_width(x: &[f32], rows: usize, in_w: usize, out_w: usize, filter: AaFilter) -> Vec<f32> {
+    let aw = aa_weights(in_w, out_w, filter);
     let mut out = vec![0.0f32; rows * out_w];
     for (r, out_row) in out.chunks_exact_mut(out_w).enumerate() {
         let row = &x[r * in_w..(r + 1) * in_w];
@@ -111,8 +141,15 @@ fn pass_width(x: &[f32], rows: usize, in_w: usize, out_w: usize) -> Vec<f32> {
 }
 
 /// Resample the middle axis of `[channels, in_h, w]` to `[channels, out_h, w]`.
-fn pass_height(x: &[f32], channels: usize, in_h: usize, w: usize, out_h: usize) -> Vec<f32> {
-    let aw = aa_weights(in_h, out_h);
+fn pass_height(
+    x: &[f32],
+    channels: usize,
+    in_h: usize,
+    w: usize,
+    out_h: usize,
+    filter: AaFilter,
+) -> Vec<f32> {
+    let aw = aa_weights(in_h, out_h, filter);
     let mut out = vec![0.0f32; channels * out_h * w];
     for c in 0..channels {
         let plane = &x[c * in_h * w..(c + 1) * in_h * w];
@@ -142,6 +179,25 @@ pub fn resize_bilinear_antialias_f32(
     out_h: usize,
     out_w: usize,
 ) -> Result<Vec<f32>> {
+    resize_antialias_f32(
+        chw,
+        channels,
+        (in_h, in_w),
+        (out_h, out_w),
+        AaFilter::Bilinear,
+    )
+}
+
+/// torch `F.interpolate(x, size, mode=bilinear|bicubic, align_corners=False, antialias=True)` on a CPU
+/// float32 CHW buffer (see [`resize_bilinear_antialias_f32`]). DeepSeek-OCR interpolates its SAM and
+/// CLIP position embeddings this way (bicubic) for inputs other than 1024².
+pub fn resize_antialias_f32(
+    chw: &[f32],
+    channels: usize,
+    (in_h, in_w): (usize, usize),
+    (out_h, out_w): (usize, usize),
+    filter: AaFilter,
+) -> Result<Vec<f32>> {
     if chw.len() != channels * in_h * in_w || (in_h == 0 && out_h != 0) || (in_w == 0 && out_w != 0)
     {
         return Err(Error::Unsupported {
@@ -158,12 +214,12 @@ pub fn resize_bilinear_antialias_f32(
     }
     // ref: _separable_upsample_generic_Nd_kernel_impl: width (contiguous dim) first, then height.
     let x = if out_w != in_w {
-        pass_width(chw, channels * in_h, in_w, out_w)
+        pass_width(chw, channels * in_h, in_w, out_w, filter)
     } else {
         chw.to_vec()
     };
     Ok(if out_h != in_h {
-        pass_height(&x, channels, in_h, out_w, out_h)
+        pass_height(&x, channels, in_h, out_w, out_h, filter)
     } else {
         x
     })
@@ -175,7 +231,7 @@ mod tests {
 
     #[test]
     fn weights_are_normalised_triangles() {
-        let aw = aa_weights(1024, 384);
+        let aw = aa_weights(1024, 384, AaFilter::Bilinear);
         assert_eq!(aw.stride, 7); // support 2.667 -> ceil 3 -> 7 taps max
         for i in 0..384 {
             let s: f32 = aw.w[i * aw.stride..i * aw.stride + aw.xsize[i]]
@@ -193,5 +249,12 @@ mod tests {
         assert!(y.iter().all(|&v| (v - 0.25).abs() < 1e-7));
         let err = resize_bilinear_antialias_f32(&x, 2, 9, 8, 4, 3);
         assert!(matches!(err, Err(Error::Unsupported { .. })));
+        // bicubic: weights sum to 1 up and down, so a constant stays constant
+        for (out_h, out_w) in [(4, 3), (20, 15)] {
+            let y = resize_antialias_f32(&x, 2, (9, 7), (out_h, out_w), AaFilter::Bicubic)
+                .unwrap_or_default();
+            assert_eq!(y.len(), 2 * out_h * out_w);
+            assert!(y.iter().all(|&v| (v - 0.25).abs() < 1e-6), "{y:?}");
+        }
     }
 }

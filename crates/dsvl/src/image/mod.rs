@@ -11,8 +11,10 @@
 //! - [`resize_bilinear_antialias_f32`]: the 7B low-res view, torch `interpolate(antialias=True)` (v1 §3.3).
 //! - [`tile_image`], [`select_best_resolution`], [`pil_pad`], [`vl2_image_tokens`]: DeepSeek-VL2 dynamic tiling
 //!   (v2 §2) and its token count (v2 §5).
+//! - [`aspect_tiles`], [`closest_grid`], [`target_grids`]: DeepSeek-OCR's aspect-ratio tiling (Gundam mode).
 
 mod antialias;
+mod aspect_tiling;
 mod decode;
 mod jpeg;
 mod pad;
@@ -21,7 +23,8 @@ mod resample;
 mod rgb;
 mod tiling;
 
-pub use antialias::resize_bilinear_antialias_f32;
+pub use antialias::{resize_antialias_f32, resize_bilinear_antialias_f32, AaFilter};
+pub use aspect_tiling::{aspect_tiles, closest_grid, target_grids};
 pub use decode::{decode, load, DEFAULT_MAX_PIXELS};
 pub use pad::expand_to_square;
 pub use pipeline::{preprocess, to_chw_f32};

@@ -82,6 +82,8 @@ pub enum ImageInput {
     Square(Tensor),
     /// DeepSeek-VL2: the global view and the local tiles (v2 §2).
     Tiled(TiledImage),
+    /// DeepSeek-OCR: a global view and local tiles of another size.
+    Views(ViewsImage),
 }
 
 impl ImageInput {
@@ -90,7 +92,66 @@ impl ImageInput {
         match self {
             ImageInput::Square(px) => px,
             ImageInput::Tiled(t) => &t.tiles,
+            ImageInput::Views(v) => &v.pixels,
         }
+    }
+}
+
+/// A DeepSeek-OCR image: the global view `[1, 3, B, B]` and `cols · rows` local tiles
+/// `[n, 3, S, S]` (row-major), normalised f32, stored as one flat tensor (global first), so that
+/// one tensor identifies the image for the feature cache.
+#[derive(Debug, Clone)]
+pub struct ViewsImage {
+    pixels: Tensor,
+    global_size: usize,
+    tile_size: usize,
+    grid: (usize, usize),
+    n_tiles: usize,
+}
+
+impl ViewsImage {
+    /// `pixels`: `3·B²` global values then `n_tiles · 3·S²` tile values; `grid` `(cols, rows)`.
+    pub fn new(
+        pixels: Tensor,
+        global_size: usize,
+        tile_size: usize,
+        grid: (usize, usize),
+        n_tiles: usize,
+    ) -> Result<Self> {
+        let want = 3 * global_size * global_size + n_tiles * 3 * tile_size * tile_size;
+        let n = pixels.elem_count();
+        if n != want || (n_tiles > 0 && n_tiles != grid.0 * grid.1) {
+            return Err(Error::Unsupported {
+                what: format!("{n} pixel values for a {global_size}² view and {n_tiles} tiles of {tile_size}² in a {grid:?} grid"),
+                hint: "the views come from the DeepSeek-OCR processor".into(),
+            });
+        }
+        Ok(Self {
+            pixels: pixels.flatten_all()?,
+            global_size,
+            tile_size,
+            grid,
+            n_tiles,
+        })
+    }
+
+    /// `[1, 3, B, B]`.
+    pub fn global(&self) -> Result<Tensor> {
+        let b = self.global_size;
+        Ok(self.pixels.narrow(0, 0, 3 * b * b)?.reshape((1, 3, b, b))?)
+    }
+
+    /// `[n, 3, S, S]` with the grid `(cols, rows)`; `None` when untiled.
+    pub fn tiles(&self) -> Result<Option<(Tensor, (usize, usize))>> {
+        if self.n_tiles == 0 {
+            return Ok(None);
+        }
+        let (b, s) = (self.global_size, self.tile_size);
+        let t = self
+            .pixels
+            .narrow(0, 3 * b * b, self.n_tiles * 3 * s * s)?
+            .reshape((self.n_tiles, 3, s, s))?;
+        Ok(Some((t, self.grid)))
     }
 }
 

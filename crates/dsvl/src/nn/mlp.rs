@@ -6,11 +6,13 @@ use candle_nn::VarBuilder;
 use super::linear::{linear, Linear};
 
 /// Which activation an MLP uses. v1 uses exact erf GELU everywhere (v1 §13.2); the VL2 SigLIP
-/// uses the tanh approximation (v2 §3).
+/// uses the tanh approximation (v2 §3); DeepSeek-OCR's CLIP-L uses quick GELU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
     GeluErf,
     GeluTanh,
+    /// `x * sigmoid(1.702 * x)` (`quick_gelu` of DeepSeek-OCR's `clip_sdpa.py`).
+    QuickGelu,
 }
 
 impl Activation {
@@ -18,6 +20,7 @@ impl Activation {
         match self {
             Activation::GeluErf => x.gelu_erf(),
             Activation::GeluTanh => x.gelu(),
+            Activation::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
         }
     }
 }

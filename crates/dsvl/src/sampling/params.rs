@@ -1,5 +1,6 @@
 //! Per-request sampling parameters, validated before a request is queued (STYLE §3.5).
 
+use super::ngram::NoRepeatNgram;
 use crate::error::{Error, Result};
 use crate::structured::Constraint;
 
@@ -35,6 +36,9 @@ pub struct SamplingParams {
     /// picked (the logits of all others are masked before sampling; see [`crate::structured`]).
     /// `None`: free text.
     pub constraint: Option<Constraint>,
+    /// DeepSeek-OCR's windowed no-repeat n-gram ban on the generated ids ([`NoRepeatNgram`]),
+    /// applied before every other processor. `None`: off.
+    pub no_repeat_ngram: Option<NoRepeatNgram>,
 }
 
 impl Default for SamplingParams {
@@ -50,6 +54,7 @@ impl Default for SamplingParams {
             max_new_tokens: 512,
             stop: Vec::new(),
             constraint: None,
+            no_repeat_ngram: None,
         }
     }
 }
@@ -101,6 +106,9 @@ impl SamplingParams {
         }
         if let Some(c) = &self.constraint {
             c.validate()?;
+        }
+        if let Some(ngram) = &self.no_repeat_ngram {
+            ngram.validate()?;
         }
         Ok(())
     }

@@ -42,6 +42,10 @@ impl Sampler {
     pub fn process(&self, logits: &[f32], generated: &[u32]) -> Vec<f32> {
         let p = &self.params;
         let mut l = logits.to_vec();
+        // vLLM runs a request's logits processors before its penalties and sampling.
+        if let Some(ngram) = &p.no_repeat_ngram {
+            ngram.apply(&mut l, generated);
+        }
         let counts = token_counts(generated);
         apply_repetition_penalty(&mut l, &counts, p.repetition_penalty);
         apply_presence_frequency(&mut l, &counts, p.presence_penalty, p.frequency_penalty);
@@ -160,6 +164,31 @@ mod tests {
         let l = Sampler::new(&p).unwrap().process(&logits, &[]);
         assert_eq!(l[0], f32::NEG_INFINITY);
         assert!((l[1] - 5.0 / 0.7).abs() < 1e-6);
+    }
+
+    #[test]
+    fn no_repeat_ngram_runs_before_greedy_choice() {
+        let params = SamplingParams {
+            no_repeat_ngram: Some(crate::sampling::NoRepeatNgram {
+                ngram_size: 2,
+                window_size: 10,
+                whitelist: vec![],
+            }),
+            ..SamplingParams::default()
+        };
+        let mut s = Sampler::new(&params).unwrap();
+        // (3, 1) was generated: after another 3, id 1 is banned and the runner-up 2 wins.
+        assert_eq!(s.sample(&[0.0, 5.0, 4.0, 0.0], &[3, 1, 3]).unwrap(), 2);
+        assert_eq!(s.sample(&[0.0, 5.0, 4.0, 0.0], &[3, 1, 2]).unwrap(), 1);
+        let bad = SamplingParams {
+            no_repeat_ngram: Some(crate::sampling::NoRepeatNgram {
+                ngram_size: 0,
+                window_size: 10,
+                whitelist: vec![],
+            }),
+            ..SamplingParams::default()
+        };
+        assert!(Sampler::new(&bad).is_err());
     }
 
     #[test]

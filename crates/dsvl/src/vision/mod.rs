@@ -1,5 +1,7 @@
-//! Vision towers (v1 §4–§5): SigLIP-L for every model, SAM-B for the 7B high-resolution branch.
+//! Vision towers (v1 §4–§5): SigLIP-L for every model, SAM-B for the 7B high-resolution branch and for
+//! DeepSeek-OCR's DeepEncoder, whose CLIP-L ([`clip_l`]) reads the SAM features.
 
+pub mod clip_l;
 pub mod sam;
 pub mod siglip;
 

@@ -1,12 +1,16 @@
-//! SAM-B ViTDet image encoder with DeepSeek's downsample convs and HD path (v1 §5).
+//! SAM-B ViTDet image encoder with DeepSeek's downsample convs: the DeepSeek-VL 7B variant with its
+//! HD path (v1 §5), and DeepSeek-OCR's DeepEncoder variant (`deepencoder/sam_vary_sdpa.py`).
 //!
 //! Keys under the tower prefix: `patch_embed.proj`, `pos_embed [1, g, g, C]`,
-//! `blocks.{i}.{norm1, attn.{qkv, proj, rel_pos_h, rel_pos_w}, norm2, mlp.{lin1, lin2}}`,
-//! `neck.{0..3}`, `neck_hd.{0..3}`, `downsamples.{k}`, `hd_alpha_downsamples`.
+//! `blocks.{i}.{norm1, attn.{qkv, proj, rel_pos_h, rel_pos_w}, norm2, mlp.{lin1, lin2}}`, `neck.{0..3}`;
+//! v1: `neck_hd.{0..3}`, `downsamples.{k}`, `hd_alpha_downsamples`; DeepSeek-OCR: `net_2`, `net_3`.
+//! DeepSeek-OCR feeds other sizes than the checkpoint's 1024: the position embedding and the
+//! global blocks' relative-position tables are then interpolated as the reference does.
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::image::{resize_antialias_f32, AaFilter};
 use crate::nn::{
     conv2d, layer_norm, linear, matmul, sdpa, Activation, Conv2d, LayerNorm, Linear, Mlp, Scale,
 };
@@ -60,11 +64,36 @@ fn gather_rel_pos(table: &Tensor, size: usize) -> Result<Tensor> {
     table.index_select(&idx, 0)?.reshape((size, size, c))
 }
 
+/// `get_rel_pos` resizing: `F.interpolate(table[None].permute(0, 2, 1), size=len, mode="linear")`
+/// (align_corners False) in f32, `[L, C] -> [len, C]`.
+fn interpolate_rel_pos(table: &Tensor, len: usize) -> Result<Tensor> {
+    let (l, c) = table.dims2()?;
+    let dtype = table.dtype();
+    let src: Vec<Vec<f32>> = table.to_dtype(DType::F32)?.to_vec2()?;
+    let scale = l as f32 / len as f32;
+    let mut out = Vec::with_capacity(len * c);
+    for i in 0..len {
+        // ref: area_pixel_compute_source_index: max(scale * (i + 0.5) - 0.5, 0)
+        let x = (scale * (i as f32 + 0.5) - 0.5).max(0.0);
+        let i0 = (x as usize).min(l - 1);
+        let i1 = (i0 + 1).min(l - 1);
+        let w1 = x - i0 as f32;
+        let w0 = 1.0 - w1;
+        out.extend((0..c).map(|k| w0 * src[i0][k] + w1 * src[i1][k]));
+    }
+    Tensor::from_vec(out, (len, c), table.device())?.to_dtype(dtype)
+}
+
 struct Attention {
     qkv: Linear,
     proj: Linear,
     heads: usize,
-    /// `[h, h, hd]` and `[w, w, hd]`, gathered once at load.
+    /// Grid side the checkpoint's tables are for (the window, or the 1024 input's grid).
+    size: usize,
+    /// `[2·size−1, hd]`, as stored.
+    rel_pos_h: Tensor,
+    rel_pos_w: Tensor,
+    /// `[h, h, hd]` and `[w, w, hd]` for `size`, gathered once at load.
     rel_h: Tensor,
     rel_w: Tensor,
 }
@@ -79,9 +108,28 @@ impl Attention {
             qkv: linear(cfg.width, 3 * cfg.width, true, vb.pp("qkv"))?,
             proj: linear(cfg.width, cfg.width, true, vb.pp("proj"))?,
             heads: cfg.heads,
+            size,
             rel_h: gather_rel_pos(&rel_pos_h, size)?,
             rel_w: gather_rel_pos(&rel_pos_w, size)?,
+            rel_pos_h,
+            rel_pos_w,
         })
+    }
+
+    /// The gathered tables for an `h × w` grid: the load-time ones, or (global blocks on another
+    /// input size) the tables resized to `2·side − 1` first (ref `get_rel_pos`).
+    fn rel_tables(&self, h: usize, w: usize) -> Result<(Tensor, Tensor)> {
+        let table = |t: &Tensor, gathered: &Tensor, side: usize| -> Result<Tensor> {
+            if side == self.size {
+                Ok(gathered.clone())
+            } else {
+                gather_rel_pos(&interpolate_rel_pos(t, 2 * side - 1)?, side)
+            }
+        };
+        Ok((
+            table(&self.rel_pos_h, &self.rel_h, h)?,
+            table(&self.rel_pos_w, &self.rel_w, w)?,
+        ))
     }
 
     /// `[B, h, w, C] -> [B, h, w, C]` (B = images × windows).
@@ -97,6 +145,7 @@ impl Attention {
             .permute((2, 0, 3, 1, 4))?
             .reshape((3, b * self.heads, t, hd))?;
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let (rel_h, rel_w) = self.rel_tables(h, w)?;
         let bh = b * self.heads;
         let per_item = t * t * 4;
         let chunk = (SCORE_CHUNK_BYTES / per_item.max(1)).clamp(1, bh);
@@ -106,7 +155,7 @@ impl Attention {
             let q = q.narrow(0, start, n)?.contiguous()?;
             let k = k.narrow(0, start, n)?.contiguous()?;
             let v = v.narrow(0, start, n)?.contiguous()?;
-            let bias = self.rel_pos_bias(&q, h, w)?;
+            let bias = rel_pos_bias(&q, h, w, &rel_h, &rel_w)?;
             // v1 §13.7: q scaled before q·kᵀ; rel-pos terms use the unscaled q.
             outs.push(sdpa(
                 &q,
@@ -124,28 +173,35 @@ impl Attention {
             .reshape((b, h, w, c))?;
         self.proj.forward(&o)
     }
+}
 
-    /// Decomposed relative-position bias `[n, T, T]` for queries `q` `[n, T, hd]` (v1 §5.1 step 3).
-    fn rel_pos_bias(&self, q: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        let (n, _, hd) = q.dims3()?;
-        let r_q = q.reshape((n, h, w, hd))?;
-        // ref: rel_h = einsum("bhwc,hkc->bhwk", r_q, Rh): one (n·w, hd)×(hd, k) GEMM per row qh.
-        let rows_h = r_q.permute((1, 0, 2, 3))?.reshape((h, n * w, hd))?;
-        let rel_h = matmul(&rows_h, &self.rel_h.transpose(1, 2)?)?
-            .reshape((h, n, w, h))?
-            .permute((1, 0, 2, 3))?; // (n, qh, qw, kh)
-                                     // ref: rel_w = einsum("bhwc,wkc->bhwk", r_q, Rw): one GEMM per column qw.
-        let rows_w = r_q.permute((2, 0, 1, 3))?.reshape((w, n * h, hd))?;
-        let rel_w = matmul(&rows_w, &self.rel_w.transpose(1, 2)?)?
-            .reshape((w, n, h, w))?
-            .permute((1, 2, 0, 3))?; // (n, qh, qw, kw)
-                                     // ref: attn.view(B, qh, qw, kh, kw) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
-        let bias = rel_h
-            .unsqueeze(4)?
-            .broadcast_add(&rel_w.unsqueeze(3)?)?
-            .reshape((n, h * w, h * w))?;
-        Ok(bias)
-    }
+/// Decomposed relative-position bias `[n, T, T]` for queries `q` `[n, T, hd]` (v1 §5.1 step 3), with the
+/// gathered tables `rel_h [h, h, hd]`, `rel_w [w, w, hd]`.
+fn rel_pos_bias(
+    q: &Tensor,
+    h: usize,
+    w: usize,
+    rel_h_t: &Tensor,
+    rel_w_t: &Tensor,
+) -> Result<Tensor> {
+    let (n, _, hd) = q.dims3()?;
+    let r_q = q.reshape((n, h, w, hd))?;
+    // ref: rel_h = einsum("bhwc,hkc->bhwk", r_q, Rh): one (n·w, hd)×(hd, k) GEMM per row qh.
+    let rows_h = r_q.permute((1, 0, 2, 3))?.reshape((h, n * w, hd))?;
+    let rel_h = matmul(&rows_h, &rel_h_t.transpose(1, 2)?)?
+        .reshape((h, n, w, h))?
+        .permute((1, 0, 2, 3))?; // (n, qh, qw, kh)
+                                 // ref: rel_w = einsum("bhwc,wkc->bhwk", r_q, Rw): one GEMM per column qw.
+    let rows_w = r_q.permute((2, 0, 1, 3))?.reshape((w, n * h, hd))?;
+    let rel_w = matmul(&rows_w, &rel_w_t.transpose(1, 2)?)?
+        .reshape((w, n, h, w))?
+        .permute((1, 2, 0, 3))?; // (n, qh, qw, kw)
+                                 // ref: attn.view(B, qh, qw, kh, kw) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
+    let bias = rel_h
+        .unsqueeze(4)?
+        .broadcast_add(&rel_w.unsqueeze(3)?)?
+        .reshape((n, h * w, h * w))?;
+    Ok(bias)
 }
 
 struct Block {
@@ -280,20 +336,48 @@ impl Neck {
     }
 }
 
-/// SAM-B encoder. Input: normalised `[B, 3, 1024, 1024]`; output `[B, 576, out_dim]` (row-major 24×24).
+/// The v1 HD path: `neck_hd` on the first global block's output, scaled by a learned alpha.
+struct HdPath {
+    neck_hd: Neck,
+    hd_alpha: Tensor,
+}
+
+/// SAM-B encoder. v1 ([`Sam::new`]): input normalised `[B, 3, 1024, 1024]`, output `[B, 576, out_dim]`
+/// (row-major 24×24). DeepSeek-OCR ([`Sam::new_deep_encoder`]): input `[B, 3, S, S]` for any `S` that is
+/// a multiple of 64, output `[B, out_dim, S/64, S/64]` ([`Sam::features`]).
 pub struct Sam {
     patch_embed: Conv2d,
     pos_embed: Tensor,
     blocks: Vec<Block>,
     neck: Neck,
-    neck_hd: Neck,
+    hd: Option<HdPath>,
     downsamples: Vec<Conv2d>,
-    hd_alpha: Tensor,
-    upsample: usize,
+    /// v1's 64→96 bilinear upsample before the downsample convs; none in DeepSeek-OCR.
+    upsample: Option<usize>,
 }
 
 impl Sam {
     pub fn new(cfg: &SamSpec, vb: VarBuilder) -> Result<Self> {
+        let mut sam = Self::trunk(cfg, &vb, |i| vb.pp("downsamples").pp(i))?;
+        sam.hd = Some(HdPath {
+            neck_hd: Neck::new(cfg, vb.pp("neck_hd"))?,
+            hd_alpha: vb.get(1, "hd_alpha_downsamples")?,
+        });
+        sam.upsample = Some(cfg.upsample_size);
+        Ok(sam)
+    }
+
+    /// DeepSeek-OCR's variant (`ImageEncoderViT` of `sam_vary_sdpa.py`): the neck, then the stride-2
+    /// convolutions `net_2`, `net_3` (`cfg.downsample_channels`), no upsample, no HD path.
+    pub fn new_deep_encoder(cfg: &SamSpec, vb: VarBuilder) -> Result<Self> {
+        Self::trunk(cfg, &vb, |i| vb.pp(format!("net_{}", i + 2)))
+    }
+
+    fn trunk<'a>(
+        cfg: &SamSpec,
+        vb: &VarBuilder<'a>,
+        downsample_vb: impl Fn(usize) -> VarBuilder<'a>,
+    ) -> Result<Self> {
         let g = cfg.grid();
         let p = cfg.patch_size;
         let patch_embed = conv2d(3, cfg.width, p, p, 0, true, vb.pp("patch_embed.proj"))?;
@@ -310,15 +394,7 @@ impl Sam {
         let mut in_c = cfg.neck_channels;
         let mut downsamples = Vec::new();
         for (i, &out_c) in cfg.downsample_channels.iter().enumerate() {
-            downsamples.push(conv2d(
-                in_c,
-                out_c,
-                3,
-                2,
-                1,
-                false,
-                vb.pp("downsamples").pp(i),
-            )?);
+            downsamples.push(conv2d(in_c, out_c, 3, 2, 1, false, downsample_vb(i))?);
             in_c = out_c;
         }
         Ok(Self {
@@ -326,21 +402,62 @@ impl Sam {
             pos_embed,
             blocks,
             neck: Neck::new(cfg, vb.pp("neck"))?,
-            neck_hd: Neck::new(cfg, vb.pp("neck_hd"))?,
+            hd: None,
             downsamples,
-            hd_alpha: vb.get(1, "hd_alpha_downsamples")?,
-            upsample: cfg.upsample_size,
+            upsample: None,
         })
+    }
+
+    /// `get_abs_pos` of `sam_vary_sdpa.py`: the `[1, g, g, C]` table, resized to `side²` (bicubic,
+    /// antialiased, in f32) when `side` differs from the checkpoint's grid.
+    pub fn pos_embed(&self, side: usize) -> Result<Tensor> {
+        let (_, g, _, c) = self.pos_embed.dims4()?;
+        if side == g {
+            return Ok(self.pos_embed.clone());
+        }
+        let dtype = self.pos_embed.dtype();
+        // ref: abs_pos.permute(0, 3, 1, 2).to(float32), interpolate, .to(dtype).permute(0, 2, 3, 1)
+        let chw = self
+            .pos_embed
+            .to_dtype(DType::F32)?
+            .permute((0, 3, 1, 2))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let resized = resize_antialias_f32(&chw, c, (g, g), (side, side), AaFilter::Bicubic)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Tensor::from_vec(resized, (1, c, side, side), self.pos_embed.device())?
+            .to_dtype(dtype)?
+            .permute((0, 2, 3, 1))
+    }
+
+    /// DeepSeek-OCR: patch conv + position embedding, the blocks, the neck, `net_2`, `net_3`.
+    /// `[B, 3, S, S] -> [B, out_dim, S/64, S/64]`.
+    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        let _span = tracing::debug_span!("sam").entered();
+        let x = self.patch_embed.forward(x)?.permute((0, 2, 3, 1))?;
+        let side = x.dim(1)?;
+        let mut x = x.broadcast_add(&self.pos_embed(side)?)?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        let mut x = self.neck.forward(&x)?;
+        for conv in &self.downsamples {
+            x = conv.forward(&x)?;
+        }
+        Ok(x)
     }
 
     /// v1 §13.6: the 64→96 bilinear upsample runs in f32, then back to the working dtype; then
     /// the stride-2 convs with no activation in between.
     fn resample_down(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
-        let mut x = x
-            .to_dtype(DType::F32)?
-            .upsample_bilinear2d(self.upsample, self.upsample, false)?
-            .to_dtype(dtype)?;
+        let mut x = match self.upsample {
+            Some(size) => x
+                .to_dtype(DType::F32)?
+                .upsample_bilinear2d(size, size, false)?
+                .to_dtype(dtype)?,
+            None => x.clone(),
+        };
         for conv in &self.downsamples {
             x = conv.forward(&x)?;
         }
@@ -362,12 +479,12 @@ impl Sam {
         let main = self.resample_down(&self.neck.forward(&x)?)?;
         // HD path (sam_hd=True, v1 §5.2): neck_hd on the first global block's output, same
         // upsample and the SAME downsample convs, scaled by the learned alpha.
-        let out = match first_global {
-            Some(g) => {
-                let hd = self.resample_down(&self.neck_hd.forward(&g)?)?;
-                (main + hd.broadcast_mul(&self.hd_alpha)?)?
+        let out = match (first_global, &self.hd) {
+            (Some(g), Some(hd)) => {
+                let hd_out = self.resample_down(&hd.neck_hd.forward(&g)?)?;
+                (main + hd_out.broadcast_mul(&hd.hd_alpha)?)?
             }
-            None => main,
+            _ => main,
         };
         // ref: rearrange(x, "b c h w -> b (h w) c")
         out.flatten_from(2)?.transpose(1, 2)?.contiguous()

@@ -23,6 +23,10 @@ pub fn is_known_unused(layout: CheckpointLayout, name: &str) -> bool {
             name.contains(".attn_pool.")
                 || name.starts_with("vision_model.high_layer_norm.")
                 || name.starts_with("vision_model.low_layer_norm.")
+                // DeepSeek-OCR's CLIP-L: its patch embedding is bypassed by the SAM features, and
+                // `position_ids` is the saved `arange(257)` buffer
+                || name == "model.vision_model.embeddings.patch_embedding.weight"
+                || name == "model.vision_model.embeddings.position_ids"
         }
         CheckpointLayout::Transformers => name.contains(".head.") && name.contains("vision_model"),
     }
@@ -304,6 +308,14 @@ mod tests {
         assert!(!is_known_unused(
             CheckpointLayout::Original,
             "vision_model.vision_tower.norm.weight"
+        ));
+        assert!(is_known_unused(
+            CheckpointLayout::Original,
+            "model.vision_model.embeddings.position_ids"
+        ));
+        assert!(!is_known_unused(
+            CheckpointLayout::Original,
+            "model.vision_model.embeddings.position_embedding.weight"
         ));
     }
 }

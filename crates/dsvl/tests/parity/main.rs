@@ -5,6 +5,7 @@ mod conversation;
 mod errors;
 mod image;
 mod npy;
+mod ocr;
 mod pdf;
 mod quant;
 mod structured;

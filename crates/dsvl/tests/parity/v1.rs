@@ -31,6 +31,7 @@ fn pixels(prepared: &Prepared) -> anyhow::Result<Option<Tensor>> {
         .map(|image| match image {
             ImageInput::Square(px) => Ok(px.clone()),
             ImageInput::Tiled(_) => anyhow::bail!("a v1 prompt with a tiled image"),
+            ImageInput::Views(_) => anyhow::bail!("a v1 prompt with an OCR image"),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     if views.is_empty() {

@@ -180,6 +180,7 @@ fn check_case(name: &str) -> anyhow::Result<()> {
         .map(|image| match image {
             ImageInput::Tiled(t) => Ok(t.tiles().clone()),
             ImageInput::Square(_) => anyhow::bail!("{name}: a VL2 prompt with a square image"),
+            ImageInput::Views(_) => anyhow::bail!("{name}: a VL2 prompt with an OCR image"),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let tiles = (!tiles.is_empty())

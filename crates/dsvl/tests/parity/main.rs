@@ -1,6 +1,7 @@
 //! The one parity test binary: each stage module against reference fixtures.
 
 mod batch;
+mod checkpoints;
 mod conversation;
 mod errors;
 mod image;

@@ -4,6 +4,7 @@ mod batch;
 mod checkpoints;
 mod conversation;
 mod errors;
+mod fuzz_regressions;
 mod image;
 mod npy;
 mod quant;

@@ -100,3 +100,22 @@ async fn count_responses(State(s): State<AppState>, req: Request, next: Next) ->
 async fn not_found(req: Request) -> ApiError {
     ApiError::not_found(format!("route {} {}", req.method(), req.uri().path()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    /// Equal keys only: a shared prefix, a longer or shorter key, or one byte off (first or last,
+    /// which an early-exit comparison would tell apart by time) all fail.
+    #[test]
+    fn api_key_comparison() {
+        let key = b"sk-0123456789abcdef";
+        assert!(constant_time_eq(key, key));
+        assert!(!constant_time_eq(b"sk-0123456789abcdeF", key));
+        assert!(!constant_time_eq(b"Xk-0123456789abcdef", key));
+        assert!(!constant_time_eq(b"sk-0123456789abcde", key));
+        assert!(!constant_time_eq(b"sk-0123456789abcdefg", key));
+        assert!(!constant_time_eq(b"", key));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

@@ -10,6 +10,7 @@
 //! - `limits`: header and body timeouts, a 413 from the declared length, over-context prompts
 //!   refused from their length.
 //! - `load`: 64 concurrent socket clients, a fifth with bad inputs, some hanging up mid-stream.
+//! - `logging`: nothing a client sends (prompt text, image bytes) is logged, even at DEBUG.
 //! - `remote_images`: `http(s)` image URLs fetched from a loopback server.
 //! - `webui`: the chat page's routes: types, security headers, ETag revalidation, `--no-webui`.
 //! - `structured`: `response_format` (JSON Schema, JSON object) and vLLM's `guided_*` /
@@ -22,6 +23,7 @@ mod batching;
 mod harness;
 mod limits;
 mod load;
+mod logging;
 mod openai_compat;
 mod pdf;
 mod remote_images;

@@ -70,6 +70,26 @@ impl TokenizerConfig {
     }
 }
 
+/// `tokenizer.json` → `Tokenizer`, every malformed file an error message. `tokenizers` 0.22 panics
+/// on some malformed files instead of returning an error (found by fuzzing, `fuzz/`): a JSON
+/// syntax error inside `decoder` hits its `expect("Helper")`, a bad `Precompiled` normalizer its
+/// `expect("Precompiled")`. Syntax is therefore checked first (which also gives the line and
+/// column), and any panic left inside the parser is caught and reported like an error.
+fn parse_tokenizer_json(path: &Path) -> std::result::Result<Tokenizer, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read it ({e})"))?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+        .map_err(|e| format!("not valid JSON ({e}); re-download the model's tokenizer.json"))?;
+    let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(&bytes)).map_err(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("malformed content");
+        format!("the tokenizers library rejects it ({why}); re-download the model's tokenizer.json")
+    })?;
+    parsed.map_err(|e| format!("{e}; re-download the model's tokenizer.json"))
+}
+
 impl PromptTokenizer {
     /// The tokenizer of a model directory: its `tokenizer.json` and, when present, its
     /// `tokenizer_config.json`, with `image_token` as the image marker
@@ -123,7 +143,7 @@ impl PromptTokenizer {
                 "file not found; expected the model's tokenizer.json".into(),
             ));
         }
-        let mut inner = Tokenizer::from_file(path).map_err(|e| fail(e.to_string()))?;
+        let mut inner = parse_tokenizer_json(path).map_err(fail)?;
         // Never cut a prompt silently (STYLE §3.5): ignore any truncation/padding stored in the file.
         inner
             .with_truncation(None)

@@ -67,6 +67,17 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let mut files: Vec<String> = idx.weight_map.into_values().collect();
         files.sort();
         files.dedup();
+        // Shards are files of the model directory, named without a path (as every published
+        // index has them); an index is not a way to read files elsewhere.
+        if let Some(f) = files.iter().find(|f| !is_plain_file_name(f)) {
+            return Err(crate::config::config_err(
+                &index,
+                format!(
+                    "weight_map names the shard `{f}`, which is not a file name in the model \
+                     directory; the index is corrupt, re-download it"
+                ),
+            ));
+        }
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
     }
     let single = dir.join("model.safetensors");
@@ -79,6 +90,16 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
                   (only safetensors checkpoints are supported)"
             .into(),
     })
+}
+
+/// A name of a file directly inside a directory: one normal path component (no `/`, `\`, `..`,
+/// root or drive prefix).
+fn is_plain_file_name(name: &str) -> bool {
+    let mut parts = Path::new(name).components();
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    ) && !name.contains('\\')
 }
 
 impl Checkpoint {
@@ -142,6 +163,23 @@ impl Checkpoint {
             .get(name)
             .ok()
             .map(|v| format!("{:?}", v.dtype()))
+    }
+
+    /// Loads one stored tensor by its stored name, with its stored shape, converted to `dtype`
+    /// on the CPU: what a model constructor's request for it does, without the model (the fuzz
+    /// targets' and `tests/`' entry point into malformed checkpoints).
+    #[doc(hidden)]
+    pub fn load_stored_as(&self, name: &str, dtype: DType) -> Result<Tensor> {
+        let shape = match self.index.get(name) {
+            Some(&(i, _)) => self.shards[i]
+                .st
+                .get(name)
+                .map(|v| Shape::from(v.shape().to_vec()))
+                .unwrap_or_else(|_| Shape::from(())),
+            None => Shape::from(()),
+        };
+        let t = self.load_stored(name, name, &shape, dtype)?;
+        Ok(t.to_dtype(dtype)?)
     }
 
     /// A `VarBuilder` whose names are canonical (original-layout) keys.

@@ -1,8 +1,10 @@
 //! The one parity test binary: each stage module against reference fixtures.
 
 mod batch;
+mod checkpoints;
 mod conversation;
 mod errors;
+mod fuzz_regressions;
 mod image;
 mod npy;
 mod ocr;

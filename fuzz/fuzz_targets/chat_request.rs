@@ -3,7 +3,7 @@
 //! family's preparation (template, tokenizer, image decoding, tiling, image-token expansion).
 //! The first byte picks the fixture model (v1 or VL2); the rest is the body.
 #![no_main]
-use dsvl::models::ChatMessage;
+use dsvl::models::{ChatMessage, ImageOptions};
 use dsvl_fuzz::{v1, v2};
 use dsvl_server::media::MediaPolicy;
 use dsvl_server::openai::convert::{template_messages, ChatPlan};
@@ -22,14 +22,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let marker = model.family.image_marker();
-    let Ok(plan) = ChatPlan::try_from_request(req, 4, marker) else {
+    let media = MediaPolicy::default();
+    let Ok(plan) = ChatPlan::try_from_request(req, 4, marker, &media.pdf) else {
         return;
     };
     let counted =
         model
             .family
             .prompt_from_counts(&model.tok, None, &template_messages(&plan.turns));
-    let media = MediaPolicy::default();
     let mut messages = Vec::new();
     for t in &plan.turns {
         let Ok(images) = t.images.iter().map(|i| media.load(i)).collect() else {
@@ -39,7 +39,15 @@ fuzz_target!(|data: &[u8]| {
     }
     let prepared = model
         .family
-        .prepare(&model.tok, None, &messages, MAX_PIXELS);
+        .prepare(
+            &model.tok,
+            None,
+            &messages,
+            &ImageOptions {
+                max_pixels: MAX_PIXELS,
+                max_tiles: plan.max_tiles,
+            },
+        );
     // Both ways of building the prompt agree where the family allows counting alone.
     if let (Ok(Some(counted)), Ok(prepared)) = (&counted, &prepared) {
         assert_eq!(

@@ -426,7 +426,7 @@ mod tests {
     fn no_repeat_ngram_fields() {
         let plan = |body: &str| {
             let req: ChatRequest = parse(body.as_bytes()).unwrap();
-            ChatPlan::try_from_request(req, 8, "<image>").unwrap()
+            ChatPlan::try_from_request(req, 8, "<image>", &PdfPolicy::default()).unwrap()
         };
         let p = plan(
             r#"{"messages":[],"no_repeat_ngram_size":30,"no_repeat_ngram_whitelist":[128821,128822]}"#,

@@ -182,6 +182,9 @@ pub fn run(a: BatchArgs) -> anyhow::Result<()> {
     let mut cfg = EngineConfig::default();
     cfg.policy.max_running = max_running;
     cfg.max_queue = 2 * max_running;
+    // Each item is its own image: cached embeddings would only be memory that grows with the
+    // job (up to the cache's 512 MB) and is never read again.
+    cfg.image_cache_bytes = 0;
     let engine = EngineHandle::spawn(pipeline.clone(), &cfg)?;
     let model_name = a.model.model.clone();
 

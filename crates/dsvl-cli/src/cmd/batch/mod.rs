@@ -333,18 +333,17 @@ impl PageRenderer {
         let Work::PdfPage { page } = item.work else {
             return Ok(ImageSource::Path(item.source.clone()));
         };
-        if self.open.as_ref().map(|(p, _)| p) != Some(&item.source) {
-            self.open = None;
-            let name = item.source.display().to_string();
-            let bytes = std::fs::read(&item.source).map_err(|source| dsvl::Error::Io {
-                path: item.source.clone(),
-                source,
-            })?;
-            let doc = dsvl::pdf::PdfDocument::from_bytes(bytes, &name, &self.limits)?;
-            self.open = Some((item.source.clone(), doc));
-        }
-        let Some((_, doc)) = &self.open else {
-            unreachable!("opened above")
+        let doc = match &mut self.open {
+            Some((path, doc)) if *path == item.source => &*doc,
+            slot => {
+                let bytes = std::fs::read(&item.source).map_err(|source| dsvl::Error::Io {
+                    path: item.source.clone(),
+                    source,
+                })?;
+                let name = item.source.display().to_string();
+                let doc = dsvl::pdf::PdfDocument::from_bytes(bytes, &name, &self.limits)?;
+                &slot.insert((item.source.clone(), doc)).1
+            }
         };
         Ok(ImageSource::Rendered {
             name: item.id.clone(),
